@@ -1,0 +1,174 @@
+"""Tiny random-init Qwen2.5-VL models with an offline tokenizer and processor, for tests and the CPU demo.
+
+Same architecture as the paper's Qwen2.5-VL-7B-Instruct (multimodal RoPE, windowed vision tower with patch merging,
+`<|image_pad|>` expansion by the processor), scaled down to about a million parameters. The tokenizer is a
+byte-level BPE trained in-process on the prompt / chain-of-thought vocabulary geor1 uses, plus Qwen's special tokens
+and chat template, so nothing is downloaded. Training is deterministic: the same call gives the same vocabulary.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
+)
+
+log = logging.getLogger(__name__)
+
+# Qwen2-VL's special tokens, in Qwen's order (ids follow the BPE vocabulary here, not Qwen's 151643+).
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+# Qwen2-VL's chat template, reduced to what geor1 sends (text and image items; string content too).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Words the tiny models will read and write: prompts, CoT template, place vocabulary, answer tags.
+_CORPUS = """
+You are a helpful assistant. system user assistant
+<think> </think> <answer> </answer> The answer is A B C D E F G H
+Which satellite tile shows the place where the ground-level photo was taken? Answer with the letter.
+Ground view: Candidates: Candidate A B C D E F G H. Where on Earth was this picture taken?
+Give the latitude and longitude in decimal degrees, then the city and the country.
+The ground view shows water to the north east south west, a coastline, sand, desert, snow, ice, forest,
+grassland, cropland, mountains, hills, relief, flat plains, a river, a lake, the sea, the ocean, clouds, blue sky.
+Cross-check: the tile matches the view; the tile does not match because it shows more water, less vegetation,
+no coast, a different colour, brighter, darker, greener, browner, whiter. Rule out candidate. Keep candidate.
+Geographic priors: tropical, arid, temperate, continental, polar climate; northern southern hemisphere;
+eastern western; latitude band; equator; near the coast; inland; high altitude; low altitude.
+Region: Africa Asia Europe North America South America Oceania. City country lat lon km degrees N S E W
+0 1 2 3 4 5 6 7 8 9 10 25 200 750 2500 . , : ; - + ( ) ° ' " ? ! %
+"""
+
+
+def _train_tokenizer(vocab_size: int) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    lines = [line for line in _CORPUS.splitlines() if line.strip()]
+    tok.train_from_iterator(lines * 4, trainer=trainer)
+    return tok
+
+
+def build_tiny_processor(
+    vocab_size: int = 640, min_pixels: int = 28 * 28 * 4, max_pixels: int = 28 * 28 * 16
+) -> Qwen2_5_VLProcessor:
+    """A Qwen2.5-VL processor built offline: in-process BPE + Qwen2-VL image processor (+ the video processor it
+    insists on). `max_pixels` bounds image tokens: 28*28*16 px -> at most 16 tokens per image."""
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(vocab_size),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+        chat_template=CHAT_TEMPLATE,
+        padding_side="left",
+        model_max_length=32768,
+    )
+    tokenizer.image_token = "<|image_pad|>"
+    tokenizer.video_token = "<|video_pad|>"
+    image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
+    return Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_tiny_model(
+    processor: Qwen2_5_VLProcessor,
+    seed: int = 0,
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    vision_hidden_size: int = 64,
+    vision_depth: int = 2,
+) -> Qwen2_5_VLForConditionalGeneration:
+    """A random-init Qwen2.5-VL whose token ids agree with `processor`'s tokenizer."""
+    tok = processor.tokenizer
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    num_heads = 4
+    head_dim = hidden_size // num_heads
+    half = head_dim // 2  # multimodal RoPE splits half the head dim into (temporal, height, width) sections
+    mrope_section = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=hidden_size,
+            intermediate_size=hidden_size * 2,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            num_key_value_heads=2,
+            max_position_embeddings=8192,
+            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": mrope_section},
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            depth=vision_depth,
+            hidden_size=vision_hidden_size,
+            intermediate_size=vision_hidden_size * 2,
+            num_heads=4,
+            out_hidden_size=hidden_size,
+            window_size=112,
+            fullatt_block_indexes=[vision_depth - 1],
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.bos_token_id = ids["<|endoftext|>"]
+    return model
+
+
+def save_tiny_checkpoint(out_dir: str | Path, seed: int = 0, **model_kwargs: int) -> Path:
+    """Write a tiny model + processor folder that `Policy(path)` and plain `transformers` load back offline."""
+    out = Path(out_dir)
+    processor = build_tiny_processor()
+    model = build_tiny_model(processor, seed=seed, **model_kwargs)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    log.info("tiny Qwen2.5-VL (%d parameters) written to %s", sum(p.numel() for p in model.parameters()), out)
+    return out

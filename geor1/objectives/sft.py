@@ -1,0 +1,100 @@
+"""`SFTModule`: scaffolding — next-token loss on the assistant's tokens only (system, user and image tokens masked),
+over chain-of-thought exemplars. The labels come from `Policy.encode_sft`."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+
+from geor1.model.chat import ChatSample
+from geor1.model.policy import IGNORE_INDEX, Policy
+from geor1.objectives.base import PolicyModule
+
+log = logging.getLogger(__name__)
+
+
+def masked_lm_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean next-token cross-entropy over labelled positions, and token accuracy.
+
+    logits: [B, L, V]; labels: [B, L] with IGNORE_INDEX on masked positions (position t predicts labels[t+1])
+    -> (loss, correct tokens, labelled tokens) as scalars.
+    """
+    shift_logits = logits[:, :-1].float()  # [B, L-1, V]
+    shift_labels = labels[:, 1:]  # [B, L-1]
+    keep = shift_labels != IGNORE_INDEX
+    n = keep.sum()
+    loss = torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX, reduction="sum") / n.clamp(min=1)
+    correct = ((shift_logits.argmax(-1) == shift_labels) & keep).sum()
+    return loss, correct, n
+
+
+class SFTModule(PolicyModule):
+    """Supervised fine-tuning on (prompt, response) samples.
+
+    Args:
+        policy: the model to train.
+        optimizer: optimizer factory (YAML `class_path`/`init_args`).
+        scheduler: optional LR scheduler factory.
+        max_length: prompt+response tokens per sample; longer responses are cut at the end.
+        num_val_generations: validation samples whose greedy completions are logged as TensorBoard text.
+        max_new_tokens: tokens generated for those samples.
+        export_dir: write the trained policy as a Hugging Face folder there when fit ends.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        max_length: int = 2048,
+        num_val_generations: int = 2,
+        max_new_tokens: int = 64,
+        export_dir: str | None = None,
+    ) -> None:
+        super().__init__(policy, optimizer, scheduler, export_dir)
+        self.save_hyperparameters(ignore=["policy", "optimizer", "scheduler"])
+        self.max_length = max_length
+        self.num_val_generations = num_val_generations
+        self.max_new_tokens = max_new_tokens
+
+    def _step(self, batch: list[ChatSample], stage: str) -> Tensor:
+        missing = [s.key for s in batch if s.response is None]
+        if missing:
+            raise ValueError(f"SFT needs a response for every sample; none for keys {missing[:5]}")
+        inputs, labels = self.policy.encode_sft([s.prompt for s in batch], [s.response for s in batch],
+                                                self.max_length)
+        logits = self.policy(**inputs, use_cache=False).logits  # [B, L, V]
+        loss, correct, n = masked_lm_loss(logits, labels)
+        bs = len(batch)
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=bs, sync_dist=stage != "train")
+        self.log(f"{stage}/token_acc", correct / n.clamp(min=1), batch_size=bs, sync_dist=stage != "train")
+        return loss
+
+    def training_step(self, batch: list[ChatSample], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: list[ChatSample], batch_idx: int) -> Tensor:
+        loss = self._step(batch, "val")
+        if batch_idx == 0 and self.num_val_generations > 0:
+            self._log_generations(batch[: self.num_val_generations])
+        return loss
+
+    def _log_generations(self, samples: list[ChatSample]) -> None:
+        rollout = self.policy.generate([s.prompt for s in samples], num_samples=1,
+                                       max_new_tokens=self.max_new_tokens, do_sample=False)
+        rows = ["| key | target | generated |", "|---|---|---|"]
+        for s, text in zip(samples, rollout.texts):
+            rows.append(f"| {s.key} | {_cell(s.response)} | {_cell(text)} |")
+        for lg in self.loggers:
+            if isinstance(lg, TensorBoardLogger):
+                lg.experiment.add_text("val/generations", "\n".join(rows), self.global_step)
+
+
+def _cell(text: str | None) -> str:
+    return (text or "").replace("|", "\\|").replace("\n", " ")[:500]
