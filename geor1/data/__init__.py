@@ -1,5 +1,17 @@
-"""Samples, shards, data sets and the LightningDataModules."""
+"""Samples, shards, data sets and the LightningDataModules (imported lazily: `geor1 --help` stays fast)."""
 
-from geor1.data.toy import ToyPairing, ToyPairingDataModule
+from importlib import import_module
 
-__all__ = ["ToyPairing", "ToyPairingDataModule"]
+_EXPORTS = {
+    "Batch": "geor1.data.stream", "ShardStream": "geor1.data.stream",
+    "PairSample": "geor1.data.schema", "SampleError": "geor1.data.schema",
+    "PairShardDataModule": "geor1.data.datamodule", "normalise": "geor1.data.datamodule",
+    "ToyPairing": "geor1.data.toy", "ToyPairingDataModule": "geor1.data.toy",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'geor1.data' has no attribute {name!r}")

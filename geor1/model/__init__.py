@@ -1,7 +1,17 @@
-"""The policy: a vision-language model behind generate / token_logprobs / save_pretrained; tiny offline builders."""
+"""The policy: a vision-language model behind generate / token_logprobs / save_pretrained; tiny offline builders.
+(Imported lazily: `geor1 --help` stays fast.)"""
 
-from geor1.model.chat import ChatSample, Prompt, collate_samples
-from geor1.model.policy import LoraSpec, Policy, Rollout, load_pretrained
-from geor1.model.tiny_policy import TinyPolicy
+from importlib import import_module
 
-__all__ = ["ChatSample", "LoraSpec", "Policy", "Prompt", "Rollout", "TinyPolicy", "collate_samples", "load_pretrained"]
+_EXPORTS = {
+    "ChatSample": "geor1.model.chat", "Prompt": "geor1.model.chat", "collate_samples": "geor1.model.chat",
+    "LoraSpec": "geor1.model.policy", "Policy": "geor1.model.policy", "Rollout": "geor1.model.policy",
+    "load_pretrained": "geor1.model.policy", "TinyPolicy": "geor1.model.tiny_policy",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'geor1.model' has no attribute {name!r}")

@@ -1,0 +1,144 @@
+"""`geor1 data ...`: build GeoWorld, convert public data sets, inspect shards."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from geor1 import Geor1Error
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="build GeoWorld, convert data sets to shards, inspect shards")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    w = dsub.add_parser("world", help="render GeoWorld (the embedded default data set) into shards")
+    w.add_argument("--out", default="data/geoworld")
+    w.add_argument("--num-train", type=int, default=2000)
+    w.add_argument("--num-val", type=int, default=200)
+    w.add_argument("--num-test", type=int, default=600)
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--min-separation-km", type=float, default=60.0, help="minimum distance between any two places")
+    w.set_defaults(handler=_world)
+
+    i = dsub.add_parser("inspect", help="counts per split, schema check of every sample, a PNG grid of pairs")
+    i.add_argument("path", help="folder of shards")
+    i.add_argument("--grid", default=None, help="PNG to write (default: <path>/inspect.png)")
+    i.add_argument("--grid-count", type=int, default=8)
+    i.set_defaults(handler=_inspect)
+
+    c = dsub.add_parser("convert", help="convert a public data set into shards")
+    csub = c.add_subparsers(dest="format", metavar="FORMAT", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", required=True, help="output folder for shards + manifest.json")
+    common.add_argument("--max-side", type=int, default=None, help="downscale images larger than this (px)")
+    common.add_argument("--strict", action="store_true", help="stop at the first bad sample instead of skipping it")
+
+    f = csub.add_parser("csv", parents=[common], help="image folder + CSV (im2gps3k, YFCC4k, IMAGEO, OSV-5M, ...)")
+    f.add_argument("--csv", required=True)
+    f.add_argument("--images", required=True, help="folder the image ids/paths are relative to")
+    f.add_argument("--id-col", default="IMG_ID")
+    f.add_argument("--lat-col", default="LAT")
+    f.add_argument("--lon-col", default="LON")
+    f.add_argument("--path-col", default=None, help="column with the image path (default: id + --ext)")
+    f.add_argument("--sat-col", default=None, help="column with a satellite image path, for pair data")
+    f.add_argument("--city-col", default=None)
+    f.add_argument("--country-col", default=None, help="ISO alpha-2 or a name (names are kept as country_name)")
+    f.add_argument("--split", default="test")
+    f.add_argument("--ext", default=".jpg")
+    f.add_argument("--source", default=None, help="data set name (default: the CSV's file stem)")
+    f.add_argument("--lat-lon-check", choices=["auto", "off", "swap"], default="auto",
+                   help="auto: detect swapped LAT/LON headers by the share of points on land")
+    f.set_defaults(handler=_convert_csv)
+
+    v = csub.add_parser("vigor", parents=[common], help="VIGOR (panorama/satellite folders, splits/)")
+    v.add_argument("--root", required=True)
+    v.add_argument("--mode", choices=["cross", "same"], default="cross")
+    v.set_defaults(handler=lambda ns: _convert(ns, "vigor", "VIGOR (research use; see its licence)",
+                                               _rows("vigor_rows", ns.root, mode=ns.mode)))
+
+    u = csub.add_parser("cvusa", parents=[common], help="CVUSA (splits/*-19zl.csv + a locations file)")
+    u.add_argument("--root", required=True)
+    u.add_argument("--locations", default="split_locations/all.csv")
+    u.add_argument("--location-columns", default="sat_lat,sat_lon,lat,lon,id",
+                   help="names of the header-less locations file's columns")
+    u.set_defaults(handler=lambda ns: _convert(ns, "cvusa", "CVUSA (research use; see its licence)",
+                                               _rows("cvusa_rows", ns.root, ns.locations, ns.location_columns)))
+
+    a = csub.add_parser("cvact", parents=[common], help="CVACT (ACT_data.mat, streetview/, satview_polish/)")
+    a.add_argument("--root", required=True)
+    a.add_argument("--mat", default="ACT_data.mat")
+    a.add_argument("--utm-zone", type=int, default=55)
+    a.set_defaults(handler=lambda ns: _convert(ns, "cvact", "CVACT (research use; see its licence)",
+                                               _rows("cvact_rows", ns.root, ns.mat, ns.utm_zone, True)))
+
+    cc = csub.add_parser("cvcities", parents=[common], help="CV-Cities (<City>/{ground,satellite}/, <City>.csv)")
+    cc.add_argument("--root", required=True)
+    cc.add_argument("--test-cities", default="", help="comma-separated cities for the test split")
+    cc.set_defaults(handler=lambda ns: _convert(
+        ns, "cvcities", "CV-Cities (see its licence)",
+        _rows("cvcities_rows", ns.root, [c for c in ns.test_cities.split(",") if c])))
+
+
+def _rows(name: str, *args, **kwargs):
+    from geor1.data import convert
+
+    return getattr(convert, name)(*args, **kwargs)
+
+
+def _convert(ns: argparse.Namespace, source: str, licence: str, rows) -> None:
+    from geor1.data.convert import write_rows
+
+    report = write_rows(rows, ns.out, source, licence, max_side=ns.max_side, strict=ns.strict)
+    print(report.summary())
+
+
+def _convert_csv(ns: argparse.Namespace) -> None:
+    from geor1.data.convert import check_lat_lon_columns, csv_rows
+
+    if not Path(ns.csv).is_file():
+        raise Geor1Error(f"CSV not found: {ns.csv}")
+    swap = ns.lat_lon_check == "swap"
+    if ns.lat_lon_check == "auto":
+        land = check_lat_lon_columns(ns.csv, ns.lat_col, ns.lon_col)
+        if land["land_swapped"] > land["land_as_given"] + 0.2:
+            swap = True
+            print(f"warning: {ns.csv}: only {land['land_as_given']:.0%} of points fall on land as the header says, "
+                  f"{land['land_swapped']:.0%} with {ns.lat_col}/{ns.lon_col} swapped: reading them swapped "
+                  f"(--lat-lon-check off to keep the header)")
+    source = ns.source or Path(ns.csv).stem
+    rows = csv_rows(ns.csv, ns.images, ns.id_col, ns.lat_col, ns.lon_col, ns.path_col, ns.sat_col, ns.city_col,
+                    ns.country_col, ns.split, ns.ext, swap_lat_lon=swap)
+    _convert(ns, source, "see the data set's own licence", rows)
+
+
+def _world(ns: argparse.Namespace) -> None:
+    from geor1.data.geoworld import build_geoworld
+
+    out = build_geoworld(ns.out, ns.num_train, ns.num_val, ns.num_test, ns.seed,
+                         min_separation_km=ns.min_separation_km)
+    print(f"GeoWorld written to {out} (train {ns.num_train}, val {ns.num_val}, test {ns.num_test}, seed {ns.seed})")
+
+
+def _inspect(ns: argparse.Namespace) -> None:
+    from geor1.data.inspect import inspect_shards
+
+    if not Path(ns.path).is_dir():
+        raise Geor1Error(f"not a folder of shards: {ns.path}")
+    grid = ns.grid or str(Path(ns.path) / "inspect.png")
+    try:
+        report = inspect_shards(ns.path, grid, ns.grid_count)
+    except FileNotFoundError as e:
+        raise Geor1Error(str(e)) from None
+    for split, counts in sorted(report["splits"].items()):
+        print(f"{split:>8}: {counts.get('valid', 0)} valid, {counts.get('corrupt', 0)} corrupt"
+              + (f", {counts['ground_only']} ground-only" if counts.get("ground_only") else ""))
+    for c in report["corrupt"][:20]:
+        print(f"  corrupt {c['shard']} {c['key']}: {c['field']}: {c['reason']}")
+    for b in report["broken_shards"]:
+        print(f"  truncated/unreadable shard {b['shard']}: {b['error']}")
+    if report.get("manifest_mismatch"):
+        print(f"  manifest disagrees with the shards: {json.dumps(report['manifest_mismatch'])}")
+    if report.get("grid_png"):
+        print(f"grid of example pairs: {report['grid_png']}")
