@@ -49,9 +49,10 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
 def collate_tensors(elements: list[StreamItem]) -> dict[str, Any]:
     """StreamItems of PairToTensors items -> one dict batch, stacked in the worker (two tensors cross the process
     boundary per batch, not two per sample): "ground" [B, 3, Hg, Wg] and "sat" [B, 3, S, S] uint8 (normalise on
-    the device with `normalise`), "lat"/"lon" [B] float64, "key" list, "skipped" keys of corrupt samples."""
+    the device with `normalise`), "lat"/"lon" [B] float64, "key" and "meta" lists, "skipped" keys of corrupt samples."""
     items = [e.item for e in elements if e.item is not None]
-    out: dict[str, Any] = {"key": [b["key"] for b in items], "skipped": [k for e in elements for k in e.skipped]}
+    out: dict[str, Any] = {"key": [b["key"] for b in items], "meta": [b["meta"] for b in items],
+                           "skipped": [k for e in elements for k in e.skipped]}
     if items:
         out["ground"] = torch.stack([b["ground"] for b in items]).permute(0, 3, 1, 2).contiguous()  # [B, 3, H, W]
         out["sat"] = torch.stack([b["sat"] for b in items]).permute(0, 3, 1, 2).contiguous()

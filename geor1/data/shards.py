@@ -50,23 +50,27 @@ class ShardWriter:
         self._tar.addfile(info, io.BytesIO(data))
 
     def write(self, key: str, ground: bytes, sat: bytes | None, meta: dict[str, Any]) -> None:
-        """Validate and append one sample; SampleError names the key and field of a bad one."""
-        validate_key(key)
+        """Validate and append one pair sample; SampleError names the key and field of a bad one."""
         validate_meta(key, meta)
-        if key in self._keys:
-            raise SampleError(key, "__key__", f"duplicate key in split '{self.split}'")
-        for name, data in ((GROUND, ground), (SAT, sat)):
-            if data is not None and not (isinstance(data, bytes) and data[:2] == b"\xff\xd8"):
-                raise SampleError(key, name, "must be JPEG bytes")
+        files = {GROUND: ground} if sat is None else {GROUND: ground, SAT: sat}
         if not ground:
             raise SampleError(key, GROUND, "missing")
+        self.write_files(key, files, meta)
+
+    def write_files(self, key: str, files: dict[str, bytes], meta: dict[str, Any]) -> None:
+        """Append one sample made of `files` (extension -> JPEG bytes) + its JSON metadata, adjacent in the tar."""
+        validate_key(key)
+        if key in self._keys:
+            raise SampleError(key, "__key__", f"duplicate key in split '{self.split}'")
+        for name, data in files.items():
+            if not (isinstance(data, bytes) and data[:2] == b"\xff\xd8"):
+                raise SampleError(key, name, "must be JPEG bytes")
         payload = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()
-        size = len(ground) + len(sat or b"") + len(payload)
+        size = sum(len(d) for d in files.values()) + len(payload)
         if self._tar is None or self._in_shard >= self.max_count or self._shard_bytes + size > self.max_bytes:
             self._open_next()
-        self._add(f"{key}.{GROUND}", ground)
-        if sat is not None:
-            self._add(f"{key}.{SAT}", sat)
+        for name, data in files.items():
+            self._add(f"{key}.{name}", data)
         self._add(f"{key}.{META}", payload)
         self._keys.add(key)
         self._in_shard += 1

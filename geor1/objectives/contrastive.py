@@ -1,0 +1,136 @@
+"""`ContrastiveModule`: the cross-view encoder behind hard-negative mining and retrieval benchmarks.
+
+Ground and satellite images go through timm backbones (shared or separate weights, created offline with
+`pretrained=False` or loaded from a local checkpoint file), a linear projection and L2 normalisation; the loss is the
+symmetric InfoNCE over in-batch negatives with a learnable temperature (CLIP-style logit scale, clamped at 100).
+Batches come from `PairShardDataModule(item="tensors")`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import lightning as L
+import timm
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from geor1 import Geor1Error
+from geor1.data.datamodule import normalise
+from geor1.metrics.retrieval import CrossViewRecall
+
+log = logging.getLogger(__name__)
+
+
+def make_backbone(name: str, checkpoint: str | None) -> nn.Module:
+    """A timm backbone without classifier head; weights from a local file (safetensors or a plain state dict
+    loaded with weights_only=True), never from a hub."""
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+    except RuntimeError as e:
+        raise Geor1Error(f"unknown timm backbone {name!r}: {e}") from None
+    if checkpoint:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise Geor1Error(f"backbone checkpoint '{path}' does not exist (geor1 never downloads weights)")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        log.info("backbone %s from %s (%d missing, %d unexpected keys)", name, path, len(missing), len(unexpected))
+    return model
+
+
+def info_nce(ground: Tensor, sat: Tensor, logit_scale: Tensor) -> Tensor:
+    """Symmetric InfoNCE. ground, sat: [B, D] L2-normalised, row i of each the same place -> scalar loss."""
+    logits = logit_scale * ground @ sat.T  # [B, B]
+    target = torch.arange(len(ground), device=ground.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+class CrossViewEncoder(nn.Module):
+    """Ground and satellite towers -> L2-normalised embeddings."""
+
+    def __init__(self, backbone: str, embed_dim: int, shared: bool, checkpoint: str | None) -> None:
+        super().__init__()
+        self.ground = make_backbone(backbone, checkpoint)
+        self.sat = self.ground if shared else make_backbone(backbone, checkpoint)
+        width = self.ground.num_features
+        self.ground_proj = nn.Linear(width, embed_dim)
+        self.sat_proj = nn.Linear(width, embed_dim)
+
+    def embed_ground(self, images: Tensor) -> Tensor:
+        """[B, 3, H, W] normalised float -> [B, D] unit vectors."""
+        return F.normalize(self.ground_proj(self.ground(images)), dim=-1)
+
+    def embed_sat(self, images: Tensor) -> Tensor:
+        return F.normalize(self.sat_proj(self.sat(images)), dim=-1)
+
+
+class ContrastiveModule(L.LightningModule):
+    """Cross-view contrastive training.
+
+    Args:
+        backbone: timm model name (random init unless `backbone_checkpoint` is given).
+        embed_dim: embedding size (the FAISS index dimension).
+        shared: one backbone for both views (separate projections) instead of two.
+        backbone_checkpoint: local weights file for the backbone(s) (safetensors or a torch state dict).
+        temperature: initial softmax temperature (learned).
+        optimizer: optimizer factory.
+        scheduler: optional LR scheduler factory.
+    """
+
+    def __init__(self, backbone: str = "regnetx_002", embed_dim: int = 128, shared: bool = False,
+                 backbone_checkpoint: str | None = None, temperature: float = 0.07,
+                 optimizer: OptimizerCallable = torch.optim.AdamW, scheduler: LRSchedulerCallable | None = None
+                 ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.encoder = CrossViewEncoder(backbone, embed_dim, shared, backbone_checkpoint)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.val_recall = CrossViewRecall()
+
+    def embed(self, batch: dict) -> tuple[Tensor, Tensor]:
+        """A `collate_tensors` batch (uint8 images) -> (ground [B, D], sat [B, D]) embeddings."""
+        return (self.encoder.embed_ground(normalise(batch["ground"])),
+                self.encoder.embed_sat(normalise(batch["sat"])))
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
+        if len(batch["key"]) < 2:
+            return None  # a batch of skipped samples only, or a single pair: no negatives
+        ground, sat = self.embed(batch)
+        scale = self.logit_scale.exp().clamp(max=100.0)
+        loss = info_nce(ground, sat, scale)
+        bs = len(batch["key"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/temperature", 1.0 / scale, batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        if not batch["key"]:
+            return
+        ground, sat = self.embed(batch)
+        self.val_recall.update(ground, sat)
+        self.log("val/loss", info_nce(ground, sat, self.logit_scale.exp().clamp(max=100.0)),
+                 batch_size=len(batch["key"]), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        for name, value in self.val_recall.compute().items():
+            self.log(f"val/{name}", value, prog_bar=name == "recall@1")
+        self.val_recall.reset()
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}

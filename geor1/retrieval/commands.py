@@ -1,0 +1,101 @@
+"""`geor1 index build|search` and `geor1 mine episodes`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="FAISS index of satellite embeddings: build, search")
+    isub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+    b = isub.add_parser("build", help="embed every tile of a shard folder with a trained encoder and index it")
+    b.add_argument("--ckpt", required=True, help="ContrastiveModule checkpoint (geor1 fit configs/retrieval/...)")
+    b.add_argument("--shards", required=True, help="folder of pair shards")
+    b.add_argument("--out", required=True, help="index folder to write")
+    b.add_argument("--type", choices=["flat", "ivf", "hnsw"], default="flat")
+    b.add_argument("--splits", default="train,val,test")
+    b.add_argument("--nlist", type=int, default=None, help="IVF cells (default ~4*sqrt(N))")
+    b.add_argument("--nprobe", type=int, default=16, help="IVF cells probed per query")
+    b.add_argument("--m", type=int, default=32, help="HNSW links per node")
+    b.add_argument("--ef-search", type=int, default=64, help="HNSW search breadth")
+    b.add_argument("--batch-size", type=int, default=128)
+    b.set_defaults(handler=_build)
+    s = isub.add_parser("search", help="the tiles most similar to a sample's ground view")
+    s.add_argument("--index", required=True)
+    s.add_argument("--key", required=True, help="key of a sample in the index (its ground embedding is the query)")
+    s.add_argument("--k", type=int, default=10)
+    s.set_defaults(handler=_search)
+
+    m = sub.add_parser("mine", help="mine hard-negative pairing episodes")
+    msub = m.add_subparsers(dest="mine_command", metavar="ACTION", required=True)
+    e = msub.add_parser("episodes", help="write episode shards: ground + K candidate tiles + answer")
+    e.add_argument("--index", required=True, help="index folder from `geor1 index build`")
+    e.add_argument("--shards", required=True, help="the pair shards the index was built from")
+    e.add_argument("--out", required=True)
+    e.add_argument("--k", type=int, default=4, help="candidates per episode (1 true + K-1 negatives)")
+    e.add_argument("--strategy", choices=["random", "geo", "hard", "hybrid"], default="hybrid")
+    e.add_argument("--min-km", type=float, default=150.0, help="no negative closer than this to the truth")
+    e.add_argument("--max-km", type=float, default=2000.0, help="neighbourhood radius (geo, hybrid)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--splits", default="train,val,test")
+    e.set_defaults(handler=_mine)
+
+
+def _build(ns: argparse.Namespace) -> None:
+    import torch
+
+    from geor1.retrieval.embed import embed_shards, load_contrastive
+    from geor1.retrieval.index import IndexSpec, SatIndex
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    module, data_hp = load_contrastive(ns.ckpt, device)
+    ground_size = tuple(data_hp.get("ground_size", (128, 192)))
+    sat_size = int(data_hp.get("sat_size", 128))
+    ground, sat, meta = embed_shards(module, ns.shards, [s for s in ns.splits.split(",") if s], ground_size,
+                                     sat_size, ns.batch_size, device)
+    spec = IndexSpec(type=ns.type, nlist=ns.nlist, nprobe=ns.nprobe, m=ns.m, ef_search=ns.ef_search)
+    index = SatIndex.build(sat, ground, meta, spec, info={"ckpt": str(ns.ckpt), "shards": str(ns.shards),
+                                                          "ground_size": list(ground_size), "sat_size": sat_size})
+    out = index.save(ns.out)
+    print(f"{ns.type} index of {len(meta)} tiles ({sat.shape[1]}-d) written to {out}")
+
+
+def _search(ns: argparse.Namespace) -> None:
+    from geor1 import Geor1Error
+    from geor1.geo import haversine_km
+    from geor1.retrieval.index import SatIndex
+
+    index = SatIndex.load(ns.index)
+    if ns.key not in index.row_of_key:
+        raise Geor1Error(f"key '{ns.key}' is not in index {ns.index}")
+    if index.ground is None:
+        raise Geor1Error(f"index {ns.index} has no ground embeddings")
+    q = index.row_of_key[ns.key]
+    scores, rows = index.search(index.ground[q][None], ns.k)
+    mq = index.meta[q]
+    print(f"query {ns.key} ({mq.get('city')}, {mq.get('country')})")
+    for rank, (score, r) in enumerate(zip(scores[0], rows[0]), start=1):
+        m = index.meta[r]
+        d = float(haversine_km(mq["lat"], mq["lon"], m["lat"], m["lon"]))
+        mark = "  <- true tile" if r == q else ""
+        print(f"{rank:>3}. {m['key']}  {score:.3f}  {d:8.1f} km  {m.get('city')}, {m.get('country')}{mark}")
+
+
+def _mine(ns: argparse.Namespace) -> None:
+    from geor1.retrieval.index import SatIndex
+    from geor1.retrieval.mining import Miner, MiningSpec, write_episodes
+
+    spec = MiningSpec(k=ns.k, strategy=ns.strategy, min_km=ns.min_km, max_km=ns.max_km, seed=ns.seed,
+                      splits=tuple(s for s in ns.splits.split(",") if s))
+    miner = Miner(SatIndex.load(ns.index), spec)
+    episodes, report = miner.mine()
+    write_episodes(miner, episodes, ns.shards, ns.out)
+    (Path(ns.out) / "mining_report.json").write_text(json.dumps(asdict(report), indent=2))
+    for split, n in report.episodes.items():
+        short = len(report.too_few_candidates[split])
+        print(f"{split:>6}: {n} episodes, letters {report.letters[split]}, mean negative distance "
+              f"{report.mean_negative_km[split]:.0f} km" + (f", {short} queries with too few candidates" if short
+                                                           else ""))
