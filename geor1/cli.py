@@ -29,12 +29,14 @@ TRAINER_COMMANDS = {
 
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     from geor1 import demo
+    from geor1.cot import commands as cot_commands
     from geor1.data import commands as data_commands
+    from geor1.eval import commands as eval_commands
     from geor1.model import commands as model_commands
     from geor1.retrieval import commands as retrieval_commands
 
-    return [data_commands.add_commands, retrieval_commands.add_commands, model_commands.add_commands,
-            demo.add_commands]
+    return [data_commands.add_commands, retrieval_commands.add_commands, cot_commands.add_commands,
+            eval_commands.add_commands, model_commands.add_commands, demo.add_commands]
 
 
 def build_parser(prog: str = "geor1") -> argparse.ArgumentParser:

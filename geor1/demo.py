@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def evaluate_pairing(policy, dataset, batch_size: int = 16, max_new_tokens: int = 48) -> dict[str, float]:
     """Greedy answers on `dataset`: share in the exact <think>/<answer> format, pairing accuracy (Wilson 95%)."""
     from geor1.answers import parse_letter, split_tags
+    from geor1.eval.runners import wilson_interval
 
     n = len(dataset)
     fmt = correct = length = 0
@@ -42,16 +42,6 @@ def evaluate_pairing(policy, dataset, batch_size: int = 16, max_new_tokens: int 
     lo, hi = wilson_interval(correct, n)
     return {"n": n, "format_rate": fmt / n, "pairing_acc": correct / n, "acc_ci_low": lo, "acc_ci_high": hi,
             "mean_completion_tokens": length / n}
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion k/n."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def run_demo(out: Path, steps: int, num_eval: int, seed: int) -> Path:

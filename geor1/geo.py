@@ -20,7 +20,7 @@ def haversine_km(lat1, lon1, lat2, lon2):
     (broadcasting).
 
     >>> round(float(haversine_km(0.0, 0.0, 0.0, 180.0)), 3)  # half the circumference
-    20015.115
+    20015.114
     """
     if hasattr(lat1, "deg2rad") or hasattr(lat2, "deg2rad"):  # torch
         import torch

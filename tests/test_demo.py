@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from geor1.demo import run_demo, wilson_interval
+from geor1.demo import run_demo
+from geor1.eval.runners import wilson_interval
 
 
 def test_wilson_interval_by_hand():

@@ -162,3 +162,36 @@ def test_bad_model_path_is_a_clear_error(tmp_path, kind):
         Policy(str(path))
     assert str(path) in str(err.value)
     assert ("never downloads" in str(err.value)) if kind == "missing" else ("config.json" in str(err.value))
+
+
+def test_shared_prefix_rollout_equals_naive_and_encodes_each_prompt_once(tiny_policy):
+    prompts, g = _prompts(), 4
+    torch.manual_seed(5)
+    shared = tiny_policy.generate(prompts, num_samples=g, max_new_tokens=10, share_prefix=True)
+    torch.manual_seed(5)
+    naive = tiny_policy.generate(prompts, num_samples=g, max_new_tokens=10, share_prefix=False)
+    assert torch.equal(shared.completion_ids, naive.completion_ids)  # same seed, same samples
+    patches: list[int] = []  # image patches through the vision tower per call
+    hook = Policy.vision_tower(tiny_policy.model).register_forward_hook(
+        lambda module, args, out: patches.append(args[0].shape[0]))
+    try:
+        lp_shared = tiny_policy.token_logprobs(shared.inputs, shared.completion_ids, shared.completion_mask, g,
+                                               share_prefix=True)
+        shared_patches, patches[:] = sum(patches), []
+        lp_naive = tiny_policy.token_logprobs(shared.inputs, shared.completion_ids, shared.completion_mask, g,
+                                              share_prefix=False)
+        naive_patches = sum(patches)
+    finally:
+        hook.remove()
+    per_prompt_patches = int(shared.inputs["image_grid_thw"].prod(-1).sum())
+    assert shared_patches == per_prompt_patches and naive_patches == g * per_prompt_patches  # B, not B x G
+    torch.testing.assert_close(lp_shared, lp_naive, atol=1e-5, rtol=1e-5)
+    # gradients through the shared prompt equal those of G separate copies
+    grads = []
+    for share in (True, False):
+        tiny_policy.zero_grad()
+        tiny_policy.token_logprobs(shared.inputs, shared.completion_ids, shared.completion_mask, g,
+                                   share_prefix=share).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in tiny_policy.parameters() if p.grad is not None]))
+    tiny_policy.zero_grad()
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-4, rtol=1e-4)

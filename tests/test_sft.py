@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from geor1.model.policy import IGNORE_INDEX
@@ -16,3 +17,46 @@ def test_masked_lm_loss_by_hand():
     expected = -torch.log_softmax(torch.tensor([0.0, 2.0]), -1)[1]
     torch.testing.assert_close(loss, expected)
     assert (int(correct), int(n)) == (1, 1)
+
+
+def test_tiny_sft_fit_lowers_loss_and_checkpoint_reloads(tmp_path):
+    import lightning as L
+
+    from geor1.cot.synthesize import synthesize
+    from geor1.data.chat import ChatShardDataModule
+    from geor1.data.geoworld import build_geoworld
+    from geor1.model import Policy, TinyPolicy
+    from geor1.objectives.sft import SFTModule
+
+    world = build_geoworld(tmp_path / "gw", num_train=16, num_val=4, num_test=2, seed=3)
+    synthesize(world, tmp_path / "sft", "geolocate")
+    L.seed_everything(0)
+
+    losses: list[float] = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    module = SFTModule(TinyPolicy(seed=0), optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3), max_length=512,
+                       num_val_generations=2, max_new_tokens=8, export_dir=str(tmp_path / "export"))
+    dm = ChatShardDataModule(str(tmp_path / "sft"), batch_size=4, shuffle_buffer=8)
+    trainer = L.Trainer(max_steps=16, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        callbacks=[Record()], default_root_dir=tmp_path, num_sanity_val_steps=0,
+                        limit_val_batches=1)
+    trainer.fit(module, datamodule=dm)
+    assert len(losses) == 16
+    assert np.mean(losses[-4:]) < 0.85 * np.mean(losses[:4]), losses
+    (val,) = trainer.validate(module, datamodule=dm, verbose=False)
+    assert 0.0 <= val["val/format_rate"] <= 1.0 and "val/token_acc" in val
+    # the Lightning checkpoint reloads (weights_only) into a fresh module with identical outputs
+    ckpt = tmp_path / "sft.ckpt"
+    trainer.save_checkpoint(ckpt)
+    fresh = SFTModule(TinyPolicy(seed=7))
+    fresh.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"])
+    sample = next(iter(dm.val_dataloader()))[:2]
+    inputs, _ = module.policy.encode_sft([s.prompt for s in sample], [s.response for s in sample])
+    with torch.no_grad():
+        assert torch.equal(fresh.policy.model(**inputs).logits, module.policy.model(**inputs).logits)
+        exported = Policy(str(tmp_path / "export"))  # written by export_dir when fit ended
+        torch.testing.assert_close(exported.model(**inputs).logits, module.policy.model(**inputs).logits)

@@ -6,6 +6,7 @@ _EXPORTS = {
     "Batch": "geor1.data.stream", "ShardStream": "geor1.data.stream",
     "PairSample": "geor1.data.schema", "SampleError": "geor1.data.schema",
     "PairShardDataModule": "geor1.data.datamodule", "normalise": "geor1.data.datamodule",
+    "ChatShardDataModule": "geor1.data.chat", "ChatDecoder": "geor1.data.chat",
     "ToyPairing": "geor1.data.toy", "ToyPairingDataModule": "geor1.data.toy",
 }
 __all__ = sorted(_EXPORTS)

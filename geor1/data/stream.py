@@ -70,11 +70,13 @@ class ShardStream(IterableDataset):
         resampled: draw shards with replacement forever (use with `samples_per_epoch`).
         samples_per_epoch: stop each epoch after this many items per reader (None: one pass over the shards).
         require_sat: a sample without `sat.jpg` is corrupt (pair data) or allowed (ground-only benchmarks).
+        decode: raw sample -> decoded sample, raising SampleError when corrupt (default: `decode_pair`).
     """
 
     def __init__(self, shards: list[str | Path], to_item: Callable[[PairSample], Any] | None = None,
                  shuffle_buffer: int = 0, seed: int = 0, resampled: bool = False,
-                 samples_per_epoch: int | None = None, require_sat: bool = True) -> None:
+                 samples_per_epoch: int | None = None, require_sat: bool = True,
+                 decode: Callable[[dict], Any] | None = None) -> None:
         super().__init__()
         if not shards:
             raise ValueError("ShardStream needs at least one shard")
@@ -82,6 +84,7 @@ class ShardStream(IterableDataset):
         self.to_item = to_item or (lambda s: s)
         self.shuffle_buffer, self.seed, self.resampled = shuffle_buffer, seed, resampled
         self.samples_per_epoch, self.require_sat = samples_per_epoch, require_sat
+        self.decode = decode
         self.epoch = 0
 
     # ---- stages -------------------------------------------------------------------------------------------
@@ -114,7 +117,7 @@ class ShardStream(IterableDataset):
             if stride > 1 and i % stride != slot:
                 continue
             try:
-                sample = decode_pair(raw, require_sat=self.require_sat)
+                sample = self.decode(raw) if self.decode else decode_pair(raw, require_sat=self.require_sat)
             except SampleError as e:
                 log.warning("skipping corrupt sample in %s: %s", raw.get("__url__"), e)
                 pending.append(e.key)

@@ -263,19 +263,33 @@ class Policy(nn.Module):
         temperature: float = 1.0,
         top_p: float = 1.0,
         do_sample: bool = True,
+        share_prefix: bool = True,
     ) -> Rollout:
-        """Sample `num_samples` completions per prompt (greedy when do_sample is False), in eval mode."""
+        """Sample `num_samples` completions per prompt (greedy when do_sample is False), in eval mode.
+
+        With `share_prefix` (and a model that supports it, like Qwen2.5-VL) the B prompts, images included, are
+        prefilled once and their KV cache is expanded to B*G rows; the G samples then decode from it. Without it,
+        every one of the B*G rows prefills its own copy of the prompt.
+        """
+        if not do_sample and num_samples > 1:
+            raise ValueError("greedy decoding gives one completion per prompt; use do_sample=True for G > 1")
         inputs = self.encode(prompts)
         was_training = self.model.training
         self.model.eval()
         try:
-            kwargs = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
-                          pad_token_id=self.pad_id, eos_token_id=self.eos_ids)
+            kwargs = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, pad_token_id=self.pad_id,
+                          eos_token_id=self.eos_ids)
             if do_sample:
                 kwargs.update(temperature=temperature, top_p=top_p, top_k=None)
             else:
                 kwargs.update(temperature=None, top_p=None, top_k=None)
-            out = self.model.generate(**inputs, **kwargs)
+            if share_prefix and self.supports_shared_prefix:
+                cache = self._prefill(inputs, num_samples)
+                out = self.model.generate(input_ids=inputs["input_ids"].repeat_interleave(num_samples, 0),
+                                          attention_mask=inputs["attention_mask"].repeat_interleave(num_samples, 0),
+                                          past_key_values=cache, **kwargs)
+            else:
+                out = self.model.generate(**inputs, num_return_sequences=num_samples, **kwargs)
         finally:
             self.model.train(was_training)
         completion = out[:, inputs["input_ids"].shape[1]:]
@@ -284,21 +298,52 @@ class Policy(nn.Module):
         texts = self.tokenizer.batch_decode(completion, skip_special_tokens=True)
         return Rollout(inputs, completion, mask, texts, num_samples, truncated)
 
+    @property
+    def supports_shared_prefix(self) -> bool:
+        """Models whose multimodal RoPE offsets live in `model.rope_deltas` (Qwen2-VL, Qwen2.5-VL)."""
+        inner = getattr(self.base_model(), "model", None)
+        return inner is not None and hasattr(inner, "rope_deltas")
+
+    def _prefill(self, inputs: BatchFeature, repeats: int):
+        """Run the B prompts but their last token once (vision tower included) -> a KV cache expanded to B*G rows
+        (and the multimodal RoPE offsets with it). The last prompt token is left to the caller, so that its logits
+        predict the first completion token."""
+        inner = self.base_model().model
+        inner.rope_deltas = None
+        head = {k: (v[:, :-1] if k in _ROW_KEYS else v) for k, v in inputs.items()}
+        cache = self.model(**head, use_cache=True, logits_to_keep=1).past_key_values
+        cache.batch_repeat_interleave(repeats)
+        inner.rope_deltas = inner.rope_deltas.repeat_interleave(repeats, 0)
+        return cache
+
     def token_logprobs(self, inputs: BatchFeature, completion_ids: Tensor, completion_mask: Tensor,
-                       num_samples: int = 1, temperature: float = 1.0) -> Tensor:
-        """Per-token log-probabilities of completions given their prompts.
+                       num_samples: int = 1, temperature: float = 1.0, share_prefix: bool = True) -> Tensor:
+        """Per-token log-probabilities of completions given their prompts (differentiable).
 
         inputs: B left-padded prompts (from `encode`); completion_ids, completion_mask: [B*G, T] with rows
-        grouped by prompt -> [B*G, T] float32 (zero where the mask is False).
+        grouped by prompt -> [B*G, T] float32 (zero where the mask is False). With `share_prefix`, each prompt
+        (vision tower included) runs once and its KV cache serves its G completions; gradients flow through it.
         """
-        full = repeat_prompts(inputs, num_samples, self.vision_start_id)
         t = completion_ids.shape[1]
-        batch = dict(full)
-        batch["input_ids"] = torch.cat([full["input_ids"], completion_ids], 1)
-        batch["attention_mask"] = torch.cat([full["attention_mask"], completion_mask.long()], 1)
-        if "mm_token_type_ids" in full:
-            batch["mm_token_type_ids"] = torch.cat([full["mm_token_type_ids"], torch.zeros_like(completion_ids)], 1)
-        logits = self.model(**batch, use_cache=False, logits_to_keep=t + 1).logits[:, :-1]  # [N, T, V]
+        if share_prefix and self.supports_shared_prefix and num_samples > 1:
+            cache = self._prefill(inputs, num_samples)
+            prompt_mask = inputs["attention_mask"].repeat_interleave(num_samples, 0)
+            attention = torch.cat([prompt_mask, completion_mask.long()], 1)  # [N, P+T]
+            tail = torch.cat([inputs["input_ids"][:, -1:].repeat_interleave(num_samples, 0), completion_ids], 1)
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, -(t + 1):]  # [N, 1+T] text positions
+            positions = positions + self.base_model().model.rope_deltas  # multimodal RoPE offset per row
+            logits = self.model(input_ids=tail, attention_mask=attention, past_key_values=cache,
+                                position_ids=positions.unsqueeze(0).expand(3, -1, -1), use_cache=True).logits
+            logits = logits[:, :-1]  # [N, T, V]
+        else:
+            full = repeat_prompts(inputs, num_samples, self.vision_start_id)
+            batch = dict(full)
+            batch["input_ids"] = torch.cat([full["input_ids"], completion_ids], 1)
+            batch["attention_mask"] = torch.cat([full["attention_mask"], completion_mask.long()], 1)
+            if "mm_token_type_ids" in full:
+                batch["mm_token_type_ids"] = torch.cat([full["mm_token_type_ids"],
+                                                        torch.zeros_like(completion_ids)], 1)
+            logits = self.model(**batch, use_cache=False, logits_to_keep=t + 1).logits[:, :-1]  # [N, T, V]
         if temperature != 1.0:
             logits = logits / temperature
         return selective_log_softmax(logits, completion_ids) * completion_mask

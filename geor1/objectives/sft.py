@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
+from geor1.answers import split_tags
 from geor1.model.chat import ChatSample
 from geor1.model.policy import IGNORE_INDEX, Policy
 from geor1.objectives.base import PolicyModule
@@ -76,18 +77,26 @@ class SFTModule(PolicyModule):
         self.log(f"{stage}/token_acc", correct / n.clamp(min=1), batch_size=bs, sync_dist=stage != "train")
         return loss
 
-    def training_step(self, batch: list[ChatSample], batch_idx: int) -> Tensor:
+    def training_step(self, batch: list[ChatSample], batch_idx: int) -> Tensor | None:
+        if not batch:
+            return None  # every sample of this batch was corrupt (counted by DataHealth)
         return self._step(batch, "train")
 
-    def validation_step(self, batch: list[ChatSample], batch_idx: int) -> Tensor:
+    def validation_step(self, batch: list[ChatSample], batch_idx: int) -> Tensor | None:
+        if not batch:
+            return None
         loss = self._step(batch, "val")
         if batch_idx == 0 and self.num_val_generations > 0:
             self._log_generations(batch[: self.num_val_generations])
         return loss
 
     def _log_generations(self, samples: list[ChatSample]) -> None:
+        """Greedy completions of a few validation prompts: `val/format_rate` (exact <think>/<answer> format) and a
+        TensorBoard text table next to the targets."""
         rollout = self.policy.generate([s.prompt for s in samples], num_samples=1,
                                        max_new_tokens=self.max_new_tokens, do_sample=False)
+        well_formed = [split_tags(t) is not None for t in rollout.texts]
+        self.log("val/format_rate", sum(well_formed) / len(samples), batch_size=len(samples))
         rows = ["| key | target | generated |", "|---|---|---|"]
         for s, text in zip(samples, rollout.texts):
             rows.append(f"| {s.key} | {_cell(s.response)} | {_cell(text)} |")

@@ -61,7 +61,9 @@ def build_faiss_index(vectors: np.ndarray, spec: IndexSpec, seed: int = 0):
         nlist = spec.nlist or max(1, min(n // 39, int(4 * np.sqrt(n))))  # FAISS wants >= 39 points per cell
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
-        index.train(x)
+        sample = min(n, 64 * nlist)  # k-means on 64 points per cell: as good, and far faster than on all of N
+        train = x if sample == n else x[np.random.default_rng(seed).choice(n, sample, replace=False)]
+        index.train(train)
         index.nprobe = min(spec.nprobe, nlist)
     else:
         index = faiss.IndexHNSWFlat(d, spec.m, faiss.METRIC_INNER_PRODUCT)

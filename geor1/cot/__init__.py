@@ -1,0 +1,1 @@
+"""Synthetic chain-of-thought exemplars (the scaffolding data) and their fact-check."""

@@ -1,0 +1,115 @@
+"""Chat samples from shards: pairing episodes, CoT exemplar shards and pair shards, as `ChatSample`s for the SFT
+and GRPO objectives, and `ChatShardDataModule` to stream them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import lightning as L
+
+from geor1 import Geor1Error
+from geor1.data.schema import SampleError, decode_image, validate_meta
+from geor1.data.shards import split_shards
+from geor1.data.stream import Batch, ShardStream, StreamLoader
+from geor1.model.chat import ChatSample, Prompt
+from geor1.prompts import geolocate_prompt, pairing_prompt
+
+TASKS = ("pairing", "geolocate")
+
+
+class ChatDecoder:
+    """raw sample -> ChatSample. The task comes from the sample's json (`task`), else from `task`, else from its
+    shape (`k` candidates: pairing). Pairing shows ground + K tiles; geolocation shows the ground view only."""
+
+    def __init__(self, task: str | None = None) -> None:
+        if task is not None and task not in TASKS:
+            raise Geor1Error(f"task must be one of {TASKS}, got {task!r}")
+        self.task = task
+
+    def __call__(self, raw: dict[str, Any]) -> ChatSample:
+        key = str(raw.get("__key__", "?"))
+        if "json" not in raw:
+            raise SampleError(key, "json", "missing")
+        try:
+            meta = json.loads(raw["json"])
+        except (ValueError, UnicodeDecodeError) as e:
+            raise SampleError(key, "json", f"bad JSON ({e})") from None
+        validate_meta(key, meta)
+        task = meta.get("task") or self.task or ("pairing" if "k" in meta else "geolocate")
+        names = ["ground.jpg"]
+        if task == "pairing":
+            if not isinstance(meta.get("k"), int) or not isinstance(meta.get("answer"), int):
+                raise SampleError(key, "k", "a pairing episode needs integer 'k' and 'answer'")
+            if not 0 <= meta["answer"] < meta["k"]:
+                raise SampleError(key, "answer", f"{meta['answer']} is not a candidate index below k={meta['k']}")
+            names += [f"cand{i}.jpg" for i in range(meta["k"])]
+        images = []
+        for name in names:
+            if name not in raw:
+                raise SampleError(key, name, "missing")
+            images.append(decode_image(key, name, raw[name]))
+        text = meta.get("prompt") or (pairing_prompt(meta["k"]) if task == "pairing" else geolocate_prompt())
+        meta = {**meta, "task": task}
+        if task == "pairing":
+            meta.setdefault("answer_letter", chr(ord("A") + meta["answer"]))
+        return ChatSample(key, Prompt(text, images), meta.get("response"), meta)
+
+
+class ChatShardDataModule(L.LightningDataModule):
+    """Streams chat samples from one or more shard folders (episodes, CoT exemplars, pairs).
+
+    Args:
+        roots: shard folder(s); samples of all of them are mixed (shard order shuffled, then the buffer).
+        task: "pairing" | "geolocate" | None (from each sample).
+        batch_size: prompts per batch (per process).
+        num_workers: DataLoader workers per process.
+        shuffle_buffer: training shuffle buffer (samples).
+        samples_per_epoch: training samples per epoch per reader (None: one pass).
+        resampled: draw training shards with replacement (infinite stream; set samples_per_epoch).
+        train_split: split names.
+        val_split: validation split ("" for none).
+        test_split: test split.
+        seed: data order seed.
+    """
+
+    def __init__(self, roots: str | list[str] = "data/sft", task: str | None = None, batch_size: int = 8,
+                 num_workers: int = 0, shuffle_buffer: int = 500, samples_per_epoch: int | None = None,
+                 resampled: bool = False, train_split: str = "train", val_split: str = "val",
+                 test_split: str = "test", seed: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.roots = [roots] if isinstance(roots, str) else list(roots)
+        self.decoder = ChatDecoder(task)
+
+    def stream(self, split: str, train: bool) -> ShardStream:
+        shards = [s for root in self.roots for s in split_shards(root, split)]
+        if not shards:
+            raise Geor1Error(f"no shards for split '{split}' in {', '.join(self.roots)}")
+        return ShardStream(shards, shuffle_buffer=self.hparams.shuffle_buffer if train else 0,
+                           seed=self.hparams.seed, resampled=self.hparams.resampled and train,
+                           samples_per_epoch=self.hparams.samples_per_epoch if train else None,
+                           decode=self.decoder)
+
+    def _loader(self, split: str, train: bool) -> StreamLoader:
+        return StreamLoader(self.stream(split, train), batch_size=self.hparams.batch_size,
+                            num_workers=self.hparams.num_workers)
+
+    def transfer_batch_to_device(self, batch: Any, device, dataloader_idx: int) -> Any:
+        return batch  # PIL images and text: the Policy tokenises and moves them
+
+    def train_dataloader(self) -> StreamLoader:
+        return self._loader(self.hparams.train_split, True)
+
+    def val_dataloader(self) -> StreamLoader | list:
+        return self._loader(self.hparams.val_split, False) if self.hparams.val_split else []
+
+    def test_dataloader(self) -> StreamLoader:
+        return self._loader(self.hparams.test_split, False)
+
+    def predict_dataloader(self) -> StreamLoader:
+        return self._loader(self.hparams.test_split, False)
+
+
+
+__all__ = ["Batch", "ChatDecoder", "ChatShardDataModule"]

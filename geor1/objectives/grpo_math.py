@@ -1,0 +1,85 @@
+"""The pure maths of GRPO: group-normalised advantages, the clipped surrogate, KL estimators, loss aggregation.
+
+Shapes: B prompts, G samples per prompt (N = B*G rows, grouped: rows b*G .. b*G+G-1 belong to prompt b),
+T completion tokens (right-padded, `mask` True on real tokens).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+AGGREGATIONS = ("grpo", "dr_grpo", "dapo")
+KL_ESTIMATORS = ("k1", "k3")
+
+
+def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-4, scale: bool = True
+                     ) -> tuple[Tensor, Tensor]:
+    """(r - mean_g) / (std_g + eps) within each group of G samples of the same prompt.
+
+    rewards: [N] float, NaN where a reward could not be scored -> (advantages [N], scored mask [N] bool).
+    Unscored samples get advantage 0 and do not enter their group's mean/std; a group with fewer than 2 scored
+    samples, or whose scored rewards are all equal, gets advantage 0 everywhere (never NaN). `std` is the unbiased
+    sample standard deviation (as in the paper's TRL-based trainer); `scale=False` gives Dr. GRPO's r - mean.
+    """
+    if group_size < 2:
+        raise ValueError(f"GRPO needs at least 2 samples per prompt (G >= 2), got G={group_size}")
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    r = rewards.double().view(-1, group_size)  # [B, G]
+    scored = ~torch.isnan(r)
+    n = scored.sum(1, keepdim=True)  # [B, 1]
+    r0 = torch.where(scored, r, torch.zeros_like(r))
+    mean = r0.sum(1, keepdim=True) / n.clamp(min=1)
+    var = (torch.where(scored, r - mean, torch.zeros_like(r)) ** 2).sum(1, keepdim=True) / (n - 1).clamp(min=1)
+    adv = r0 - mean
+    if scale:
+        adv = adv / (var.sqrt() + eps)
+    adv = torch.where(scored & (n >= 2), adv, torch.zeros_like(adv))
+    return adv.view(-1).to(rewards.dtype), scored.view(-1)
+
+
+def kl_estimate(logp: Tensor, ref_logp: Tensor, estimator: str = "k3") -> Tensor:
+    """Per-token KL(pi || ref) estimate from log-probs of the sampled tokens. [N, T] -> [N, T].
+
+    k1 = logp - ref_logp (unbiased, high variance, can be negative);
+    k3 = exp(ref - logp) - (ref - logp) - 1 (unbiased, non-negative; the paper's).
+    """
+    if estimator == "k1":
+        return logp - ref_logp
+    if estimator == "k3":
+        d = ref_logp - logp
+        return torch.exp(d) - d - 1.0
+    raise ValueError(f"KL estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
+
+
+def clipped_surrogate(logp: Tensor, old_logp: Tensor, advantages: Tensor, epsilon: float = 0.2,
+                      epsilon_high: float | None = None) -> tuple[Tensor, Tensor]:
+    """PPO's clipped objective as a per-token loss.
+
+    logp, old_logp: [N, T]; advantages: [N] -> (loss [N, T] = -min(ratio*A, clip(ratio, 1-eps, 1+eps_high)*A),
+    clipped [N, T] bool where the clipped term was the smaller one).
+    """
+    high = epsilon if epsilon_high is None else epsilon_high
+    ratio = torch.exp(logp - old_logp)
+    a = advantages.unsqueeze(1)
+    unclipped = ratio * a
+    clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + high) * a
+    return -torch.minimum(unclipped, clipped), clipped < unclipped
+
+
+def aggregate(per_token: Tensor, mask: Tensor, mode: str = "grpo", max_len: int | None = None) -> Tensor:
+    """Reduce a per-token loss [N, T] over real tokens (mask [N, T]) to a scalar.
+
+    grpo:    mean over each sequence's tokens, then mean over sequences (the paper's);
+    dapo:    sum over all tokens / number of tokens (token-level);
+    dr_grpo: sum over all tokens / (N * max_len) (a constant normaliser; max_len defaults to T).
+    """
+    m = mask.to(per_token.dtype)
+    if mode == "grpo":
+        return ((per_token * m).sum(1) / m.sum(1).clamp(min=1)).mean()
+    if mode == "dapo":
+        return (per_token * m).sum() / m.sum().clamp(min=1)
+    if mode == "dr_grpo":
+        return (per_token * m).sum() / (per_token.shape[0] * (max_len or per_token.shape[1]))
+    raise ValueError(f"loss aggregation must be one of {AGGREGATIONS}, got {mode!r}")

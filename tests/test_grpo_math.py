@@ -1,0 +1,67 @@
+"""GRPO maths against hand-computed numbers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from geor1.objectives.grpo_math import aggregate, clipped_surrogate, group_advantages, kl_estimate
+
+
+def test_group_advantages_by_hand():
+    # group 1: rewards 1, 0, 0, 1 -> mean 0.5, unbiased std sqrt(1/3)
+    # group 2: all equal -> zero advantage, never NaN
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
+    adv, scored = group_advantages(r, group_size=4, eps=1e-4)
+    std = math.sqrt(1 / 3)
+    expected = [0.5 / (std + 1e-4), -0.5 / (std + 1e-4)] * 1
+    torch.testing.assert_close(adv[:4], torch.tensor([expected[0], expected[1], expected[1], expected[0]]))
+    assert torch.equal(adv[4:], torch.zeros(4)) and scored.all()
+    unscaled, _ = group_advantages(r, 4, scale=False)  # Dr. GRPO: r - mean
+    torch.testing.assert_close(unscaled[:4], torch.tensor([0.5, -0.5, -0.5, 0.5]))
+
+
+def test_unscored_samples_get_zero_advantage_and_leave_the_statistics():
+    r = torch.tensor([1.0, float("nan"), 0.0, float("nan"), float("nan"), 5.0])  # G=3; group 2: one scored
+    adv, scored = group_advantages(r, 3, eps=0.0)
+    # group 1 scored: [1, 0] -> mean 0.5, unbiased std sqrt(0.5)
+    torch.testing.assert_close(adv[:3], torch.tensor([0.5 / math.sqrt(0.5), 0.0, -0.5 / math.sqrt(0.5)]))
+    assert torch.equal(adv[3:], torch.zeros(3)) and scored.tolist() == [True, False, True, False, False, True]
+    assert not torch.isnan(adv).any()
+
+
+def test_group_size_one_is_rejected():
+    with pytest.raises(ValueError, match="G >= 2"):
+        group_advantages(torch.ones(4), 1)
+
+
+def test_kl_estimators_by_hand():
+    logp, ref = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.0]])
+    torch.testing.assert_close(kl_estimate(logp, ref, "k1"), torch.tensor([[0.5, -1.0]]))
+    d = ref - logp  # [-0.5, 1.0]
+    torch.testing.assert_close(kl_estimate(logp, ref, "k3"),
+                               torch.tensor([[math.exp(-0.5) + 0.5 - 1, math.exp(1.0) - 1.0 - 1]]))
+    assert torch.all(kl_estimate(logp, ref, "k3") >= 0) and torch.equal(d, torch.tensor([[-0.5, 1.0]]))
+    assert float(kl_estimate(logp, logp, "k3").abs().max()) == 0.0
+
+
+def test_clipped_surrogate_by_hand():
+    old = torch.zeros(2, 3)
+    logp = torch.log(torch.tensor([[1.0, 1.5, 0.5], [1.0, 1.5, 0.5]]))  # ratios 1, 1.5, 0.5
+    adv = torch.tensor([2.0, -1.0])
+    loss, clipped = clipped_surrogate(logp, old, adv, epsilon=0.2)
+    # A=2: min(r*2, clip(r)*2) = [2, 2.4, 1.0]; A=-1: min(-r, -clip(r)) = [-1, -1.5, -0.8]
+    torch.testing.assert_close(loss, -torch.tensor([[2.0, 2.4, 1.0], [-1.0, -1.5, -0.8]]))
+    assert clipped.tolist() == [[False, True, False], [False, False, True]]
+    loss_hi, _ = clipped_surrogate(logp, old, adv, epsilon=0.2, epsilon_high=0.6)  # DAPO's clip-higher
+    assert float(loss_hi[0, 1]) == pytest.approx(-3.0)
+
+
+def test_aggregations_by_hand():
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    assert float(aggregate(per_token, mask, "grpo")) == pytest.approx((2.0 + 4.0) / 2)
+    assert float(aggregate(per_token, mask, "dapo")) == pytest.approx(10.0 / 4)
+    assert float(aggregate(per_token, mask, "dr_grpo", max_len=5)) == pytest.approx(10.0 / (2 * 5))
