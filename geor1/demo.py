@@ -37,7 +37,7 @@ def evaluate_pairing(policy, dataset, batch_size: int = 16, max_new_tokens: int 
         rollout = policy.generate([s.prompt for s in samples], max_new_tokens=max_new_tokens, do_sample=False)
         for s, text in zip(samples, rollout.texts):
             fmt += split_tags(text) is not None
-            correct += parse_letter(text, s.meta["num_candidates"]) == s.meta["answer"]
+            correct += parse_letter(text, s.meta["k"]) == s.meta["answer_letter"]
         length += int(rollout.lengths.sum())
     lo, hi = wilson_interval(correct, n)
     return {"n": n, "format_rate": fmt / n, "pairing_acc": correct / n, "acc_ci_low": lo, "acc_ci_high": hi,

@@ -56,8 +56,10 @@ def test_pairing_exemplar_is_grounded_in_the_images():
     rng = np.random.default_rng(0)
     text, reason = pairing_exemplar(ground, [_solid(sea), _solid(forest), _solid(desert)], 1, rng)
     assert reason is None and text.endswith("<answer>B</answer>")
-    assert "candidate A shows mostly water (100%)" in text and "candidate C shows mostly bare or desert" in text
-    assert "ruled out" in text and fact_check(text, {"lat": 0, "lon": 0, "k": 3, "answer": 1}, "pairing") == []
+    assert "A: water 100%" in text and "C: bare 100%" in text and "green 0% vs 100%" in text
+    assert fact_check(text, {"lat": 0, "lon": 0, "k": 3, "answer": 1}, "pairing") == []
+    assert fact_check(text.replace("C: bare", "D: bare"), {"lat": 0, "lon": 0, "k": 3, "answer": 1},
+                      "pairing") == ["letter_out_of_range"]
     # when the cues cannot tell the truth from a negative, no exemplar is made
     text, reason = pairing_exemplar(ground, [_solid(forest), _solid(forest), _solid(desert)], 1, rng)
     assert text is None and reason == "cues_do_not_single_out_answer"

@@ -16,7 +16,7 @@ from typing import Any
 from geor1.answers import parse_coordinates, parse_letter, parse_place, split_tags
 from geor1.geo import haversine_km
 
-_CANDIDATE = re.compile(r"\bcandidate ([A-Za-z])\b", re.IGNORECASE)
+_CANDIDATE = re.compile(r"\bcandidate ([A-Za-z])\b|\b([A-Z]):", re.IGNORECASE)
 # a coordinate pair stated in prose: two decimals (percentages and counts are integers), optional N/S and E/W
 _PAIR = re.compile(r"([-\u2212]?\d{1,2}\.\d{1,8})\s*°?\s*([NS])?\s*,\s*([-\u2212]?\d{1,3}\.\d{1,8})\s*°?\s*([EW])?")
 _HEMI = re.compile(r"\b(northern|southern|eastern|western) hemisphere\b", re.IGNORECASE)
@@ -43,7 +43,7 @@ def fact_check(text: str, meta: dict[str, Any], task: str, tolerance_km: float =
             reasons.append("unparseable_answer")
         elif letter != meta.get("answer_letter", string.ascii_uppercase[int(meta["answer"])]):
             reasons.append("wrong_letter")
-        if any(ord(m.upper()) - ord("A") >= k for m in _CANDIDATE.findall(think)):
+        if any(ord((a or b).upper()) - ord("A") >= k for a, b in _CANDIDATE.findall(think)):
             reasons.append("letter_out_of_range")
         return reasons
     lat, lon = float(meta["lat"]), float(meta["lon"])

@@ -3,7 +3,8 @@ visual cues -> cross-check the views -> geographic priors -> answer, as `<think>
 
 Pairing (episode shards): the land cover of the ground nearest the camera (bottom quarter of the view), the land
 cover around each candidate tile's centre (what lies under the camera), every wrong candidate ruled out by its
-largest stated difference, the letter. An episode whose cues do not single out the true tile (a negative
+largest stated difference, the letter. Pairing traces are kept compact ("View: green 94%. A: water 60%, green 30%,
+no: green 30% vs 94%. B: green 90%, matches. So B.") so that RL rollouts stay short. An episode whose cues do not single out the true tile (a negative
 matches the view at least as well) gets no exemplar: the reasoning would not lead to the answer (counted as
 `cues_do_not_single_out_answer`). Geolocation (pair shards): the view's cover and relief -> climate, latitude band,
 hemispheres, continent -> coordinates, city and country. Phrasing varies with a seed inside the template.
@@ -34,12 +35,10 @@ log = logging.getLogger(__name__)
 CONTINENT_NAMES = {"africa": "Africa", "asia": "Asia", "europe": "Europe", "north_america": "North America",
                    "oceania": "Oceania", "south_america": "South America"}
 _OPEN = ("The ground view shows", "Looking at the ground-level photo, I see", "In the ground view there is")
-_NEAR = ("Near the camera the ground is", "The foreground is", "Close to the camera I see")
-_CHECK = ("Cross-check with the tiles:", "Now compare each satellite tile with the view:",
-          "Checking the candidates one by one:")
-_KEEP = ("consistent with the view", "matches the view", "agrees with what the ground view shows")
-_CLOSE = ("So the photo was taken at candidate {L}.", "Only candidate {L} fits, so the answer is {L}.",
-          "Therefore candidate {L}.")
+_NEAR = ("View:", "Near the camera:", "Foreground:")
+_KEEP = ("matches", "fits", "consistent")
+_DROP = ("ruled out", "no")
+_CLOSE = ("So {L}.", "Only {L} fits.", "Answer {L}.")
 
 
 def describe(cover: dict[str, float]) -> str:
@@ -56,6 +55,16 @@ def _name(cover_class: str) -> str:
             "other": "dark or hazy ground"}[cover_class]
 
 
+def describe_short(cover: dict[str, float]) -> str:
+    """Compact cover description for pairing traces (short completions keep RL rollouts cheap): 'vegetation 94%,
+    water 20%' (classes of at least 10%, largest first, at most two)."""
+    top = [c for c in sorted(COVERS + ("other",), key=lambda c: -cover[c]) if cover[c] >= 0.1][:2]
+    return ", ".join(f"{_SHORT[c]} {cover[c]:.0%}" for c in top)
+
+
+_SHORT = {"water": "water", "snow": "snow", "vegetation": "green", "bare": "bare", "other": "dark"}
+
+
 def cover_distance(a: dict[str, float], b: dict[str, float]) -> float:
     return sum(abs(a[c] - b[c]) for c in COVERS + ("other",))
 
@@ -70,17 +79,16 @@ def pairing_exemplar(ground: Image.Image, candidates: list[Image.Image], answer:
     if ranked[0] != answer or dist[ranked[1]] - dist[answer] < 0.05:
         return None, "cues_do_not_single_out_answer"
     letters = string.ascii_uppercase
-    lines = [f"{rng.choice(_NEAR)} {describe(g)}."]
-    lines.append(rng.choice(_CHECK))
+    parts = [f"{rng.choice(_NEAR)} {describe_short(g)}."]
     for i, c in enumerate(cs):
         if i == answer:
-            lines.append(f"Around its centre, candidate {letters[i]} shows {describe(c)}: {rng.choice(_KEEP)}.")
+            parts.append(f"{letters[i]}: {describe_short(c)}, {rng.choice(_KEEP)}.")
         else:
             worst = max(COVERS + ("other",), key=lambda k: abs(c[k] - g[k]))
-            lines.append(f"Around its centre, candidate {letters[i]} shows {describe(c)}: ruled out, "
-                         f"{c[worst]:.0%} {_name(worst)} against {g[worst]:.0%} in the view.")
-    lines.append(rng.choice(_CLOSE).format(L=letters[answer]))
-    return f"<think>{' '.join(lines)}</think><answer>{letters[answer]}</answer>", None
+            parts.append(f"{letters[i]}: {describe_short(c)}, {rng.choice(_DROP)}: {_SHORT[worst]} {c[worst]:.0%} "
+                         f"vs {g[worst]:.0%}.")
+    parts.append(rng.choice(_CLOSE).format(L=letters[answer]))
+    return f"<think>{' '.join(parts)}</think><answer>{letters[answer]}</answer>", None
 
 
 def geolocate_exemplar(ground: Image.Image, meta: dict[str, Any], rng: np.random.Generator) -> str:

@@ -53,7 +53,8 @@ class ToyPairing(Dataset):
         response = (f"<think>The ground view shows {truth} ground. Candidate {letters[answer]} is {truth}; "
                     f"{others}.</think><answer>{letters[answer]}</answer>")
         return ChatSample(key=f"toy-{self.seed}-{i:06d}", prompt=Prompt(text, images), response=response,
-                          meta={"answer": letters[answer], "answer_index": answer, "num_candidates": self.k})
+                          meta={"answer": answer, "answer_letter": letters[answer], "k": self.k,
+                                "num_candidates": self.k})
 
 
 def _to_image(arr: np.ndarray, rng: np.random.Generator) -> Image.Image:

@@ -100,29 +100,42 @@ def selective_log_softmax(logits: Tensor, ids: Tensor, chunk: int = 8) -> Tensor
     return torch.cat(out)
 
 
-def repeat_prompts(inputs: BatchFeature, repeats: int, vision_start_id: int | None = None) -> BatchFeature:
-    """Repeat each of B prompts `repeats` times (rows b*G..b*G+G-1 = prompt b), images included.
+def select_prompts(inputs: BatchFeature, rows: list[int], vision_start_id: int | None) -> BatchFeature:
+    """The prompts `rows` (any order, repeats allowed) of a batch, with their images.
 
     `pixel_values` is flat over all images' patches ([sum_i patches_i, D]) and `image_grid_thw` is [n_images, 3];
     each image opens with one `vision_start_id` token, which tells how many images each row holds.
     """
-    if repeats == 1:
-        return inputs
-    out = {k: v.repeat_interleave(repeats, dim=0) for k, v in inputs.items() if k in _ROW_KEYS}
+    index = torch.as_tensor(rows, dtype=torch.long, device=inputs["input_ids"].device)
+    out = {k: v[index] for k, v in inputs.items() if k in _ROW_KEYS}
     if "image_grid_thw" in inputs:
         if vision_start_id is None:
-            raise ValueError("repeat_prompts needs vision_start_id when the inputs hold images")
+            raise ValueError("selecting prompts with images needs vision_start_id")
         grid = inputs["image_grid_thw"]  # [n_images, 3]
         patches = grid.prod(-1)  # [n_images]
         images_per_row = (inputs["input_ids"] == vision_start_id).sum(-1)  # [B]
-        image_of_row = torch.arange(len(images_per_row)).repeat_interleave(images_per_row)  # [n_images]
-        image_idx = torch.cat([torch.nonzero(image_of_row == b).flatten()
-                               for b in range(len(images_per_row)) for _ in range(repeats)])  # [G * n_images]
+        first_image = torch.cumsum(images_per_row, 0) - images_per_row
+        image_idx = [i for r in index.tolist() for i in range(int(first_image[r]), int(first_image[r] +
+                                                                                      images_per_row[r]))]
         patch_start = torch.cumsum(patches, 0) - patches
-        patch_idx = torch.cat([torch.arange(patch_start[i], patch_start[i] + patches[i]) for i in image_idx.tolist()])
+        patch_idx = [torch.arange(int(patch_start[i]), int(patch_start[i] + patches[i])) for i in image_idx]
         out["image_grid_thw"] = grid[image_idx]
-        out["pixel_values"] = inputs["pixel_values"][patch_idx]
+        out["pixel_values"] = inputs["pixel_values"][torch.cat(patch_idx).to(grid.device)] if patch_idx else \
+            inputs["pixel_values"][:0]
     return BatchFeature(out)
+
+
+def repeat_prompts(inputs: BatchFeature, repeats: int, vision_start_id: int | None = None) -> BatchFeature:
+    """Each of B prompts `repeats` times (rows b*G..b*G+G-1 = prompt b), images included."""
+    if repeats == 1:
+        return inputs
+    b = inputs["input_ids"].shape[0]
+    return select_prompts(inputs, [r for r in range(b) for _ in range(repeats)], vision_start_id)
+
+
+def slice_prompts(inputs: BatchFeature, prompts: slice, vision_start_id: int | None) -> BatchFeature:
+    """Prompts `prompts.start .. prompts.stop - 1` of a batch, images included."""
+    return select_prompts(inputs, list(range(inputs["input_ids"].shape[0]))[prompts], vision_start_id)
 
 
 _ROW_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
@@ -169,7 +182,6 @@ class Policy(nn.Module):
             if lo > hi:
                 raise Geor1Error(f"min_pixels ({lo}) is larger than max_pixels ({hi})")
             ip.size = {"shortest_edge": lo, "longest_edge": hi}
-            ip.min_pixels, ip.max_pixels = lo, hi
         self.lora = lora
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -67,6 +67,12 @@ Geographic priors: tropical, arid, temperate, continental, polar climate; northe
 eastern western; latitude band; equator; near the coast; inland; high altitude; low altitude.
 Region: Africa Asia Europe North America South America Oceania. City country lat lon km degrees N S E W
 0 1 2 3 4 5 6 7 8 9 10 25 200 750 2500 . , : ; - + ( ) ° ' " ? ! %
+View: Near the camera: Foreground: green bare dark water snow matches fits consistent ruled out no vs
+A: B: C: D: So A. So B. So C. So D. Only A fits. Answer B. 10% 20% 30% 40% 50% 60% 70% 80% 90% 100%
+The ground view shows mostly vegetation with some water and fairly flat terrain. rugged, broken terrain.
+Open water is in view, so the place is near a coast or a large lake. This suggests a tropical humid climate,
+typical of tropical latitudes. Geographic priors: the northern hemisphere and the eastern hemisphere, in Europe.
+The region fits My estimate is Looking at the ground-level photo, I see In the ground view there is
 """
 
 
@@ -86,7 +92,7 @@ def _train_tokenizer(vocab_size: int) -> Tokenizer:
 
 
 def build_tiny_processor(
-    vocab_size: int = 640, min_pixels: int = 28 * 28 * 4, max_pixels: int = 28 * 28 * 16
+    vocab_size: int = 1024, min_pixels: int = 28 * 28 * 4, max_pixels: int = 28 * 28 * 16
 ) -> Qwen2_5_VLProcessor:
     """A Qwen2.5-VL processor built offline: in-process BPE + Qwen2-VL image processor (+ the video processor it
     insists on). `max_pixels` bounds image tokens: 28*28*16 px -> at most 16 tokens per image."""

@@ -6,6 +6,7 @@ _EXPORTS = {
     "PolicyModule": "geor1.objectives.base",
     "SFTModule": "geor1.objectives.sft",
     "ContrastiveModule": "geor1.objectives.contrastive",
+    "GRPOModule": "geor1.objectives.grpo",
 }
 __all__ = sorted(_EXPORTS)
 

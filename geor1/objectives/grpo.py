@@ -1,0 +1,287 @@
+"""`GRPOModule`: elevating — GRPO on pairing episodes (or coordinate answers) with verifiable rewards.
+
+Per batch of B prompts: rollout (G samples each, the prompt prefilled once) -> score (registered rewards, weights
+honoured) -> group-normalised advantages -> `mu` policy updates of the clipped surrogate + beta * KL(pi || ref) ->
+log. The maths are the plain functions of `grpo_math`.
+
+Departures from the paper's public trainer, on purpose: rewards are weighted as configured (its weights were
+ignored); temperature and top_p are settings (it hard-wired them); the length reward is conditioned on correctness;
+each prompt and its images are encoded once per rollout and once per log-prob pass, not once per sample;
+a sample no reward can score gets zero advantage (never NaN); G < 2 is an error. With mu = 1 the old policy is the
+current one (ratio 1, as in TRL); with mu > 1 the old log-probs are stored before the first update.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+
+from geor1 import Geor1Error
+from geor1.answers import parse_letter, split_tags
+from geor1.model.chat import ChatSample
+from geor1.model.policy import Policy, Rollout, slice_prompts
+from geor1.objectives.base import PolicyModule
+from geor1.objectives.grpo_math import AGGREGATIONS, KL_ESTIMATORS, clipped_surrogate, group_advantages, \
+    kl_estimate
+from geor1.rewards import combine, get_reward
+from geor1.rewards.registry import call_reward
+
+log = logging.getLogger(__name__)
+
+
+class GRPOModule(PolicyModule):
+    """GRPO with the Geo-R1 recipe as defaults (G=8, beta=0.04 with k3, epsilon=0.2, mu=1, temperature 1.0).
+
+    Args:
+        policy: the model to train (a local folder, e.g. the SFT export, or a TinyPolicy).
+        optimizer: optimizer factory (the paper: AdamW, lr 1e-6).
+        scheduler: optional LR scheduler factory, stepped every optimizer step.
+        rewards: reward name (registered, or a dotted import path) -> weight.
+        reward_kwargs: extra keyword arguments per reward, e.g. {"length": {"max_len": 1024}}.
+        num_generations: G samples per prompt (>= 2).
+        max_new_tokens: completion length limit (the paper: 2048).
+        temperature: sampling temperature (also applied to the log-probs).
+        top_p: nucleus sampling.
+        beta: KL penalty weight; 0 needs no reference model.
+        kl_estimator: "k3" (the paper's) or "k1".
+        epsilon: clip range below (and above, unless epsilon_high).
+        epsilon_high: DAPO's clip-higher upper range.
+        mu: policy updates per batch of rollouts.
+        loss_aggregation: "grpo" (per-sequence mean, then batch mean), "dr_grpo" or "dapo" (token-level).
+        scale_rewards: divide by the group std (False: Dr. GRPO's r - mean).
+        advantage_eps: the epsilon of (r - mean) / (std + eps).
+        share_prefix: encode each prompt once for its G samples (rollout and log-prob passes).
+        micro_batch_prompts: prompts per backward pass (memory); None: the whole batch at once.
+        max_grad_norm: gradient clipping (None: off).
+        log_completions_every_n_steps: TensorBoard text table of completions and an episode's images.
+        export_dir: write the trained policy as a Hugging Face folder there when fit ends.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        rewards: dict[str, float] | None = None,
+        reward_kwargs: dict[str, dict[str, Any]] | None = None,
+        num_generations: int = 8,
+        max_new_tokens: int = 2048,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        beta: float = 0.04,
+        kl_estimator: str = "k3",
+        epsilon: float = 0.2,
+        epsilon_high: float | None = None,
+        mu: int = 1,
+        loss_aggregation: str = "grpo",
+        scale_rewards: bool = True,
+        advantage_eps: float = 1e-4,
+        share_prefix: bool = True,
+        micro_batch_prompts: int | None = None,
+        max_grad_norm: float | None = 1.0,
+        log_completions_every_n_steps: int = 50,
+        export_dir: str | None = None,
+    ) -> None:
+        super().__init__(policy, optimizer, scheduler, export_dir)
+        self.save_hyperparameters(ignore=["policy", "optimizer", "scheduler"])
+        if num_generations < 2:
+            raise Geor1Error(f"GRPO needs num_generations >= 2 (a group of one has no advantage), got "
+                             f"{num_generations}")
+        if loss_aggregation not in AGGREGATIONS:
+            raise Geor1Error(f"loss_aggregation must be one of {AGGREGATIONS}, got {loss_aggregation!r}")
+        if kl_estimator not in KL_ESTIMATORS:
+            raise Geor1Error(f"kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}")
+        if mu < 1:
+            raise Geor1Error(f"mu must be >= 1, got {mu}")
+        self.reward_weights = dict(rewards or {"accuracy": 1.0, "format": 1.0, "length": 1.0, "repetition": 1.0})
+        self.reward_fns = {name: get_reward(name) for name in self.reward_weights}
+        self.reward_kwargs = {name: dict((reward_kwargs or {}).get(name, {})) for name in self.reward_weights}
+        self.automatic_optimization = False
+        self._reference: Policy | None = None  # full fine-tuning with beta > 0: a frozen copy (not a submodule)
+
+    # ------------------------------------------------------------------ reference model
+    def on_fit_start(self) -> None:
+        if self.hparams.beta > 0 and self.policy.lora is None and self._reference is None:
+            ref = copy.deepcopy(self.policy).eval()
+            for p in ref.parameters():
+                p.requires_grad_(False)
+            object.__setattr__(self, "_reference", ref)  # kept out of state_dict and checkpoints
+        if self._reference is not None:
+            self._reference.to(self.device)
+
+    @contextmanager
+    def _reference_policy(self):
+        """The reference for the KL term: the adapter-disabled base under LoRA, else the frozen copy."""
+        if self.policy.lora is not None:
+            with self.policy.model.disable_adapter():
+                yield self.policy
+        else:
+            yield self._reference
+
+    # ------------------------------------------------------------------ one step
+    def training_step(self, batch: list[ChatSample], batch_idx: int) -> None:
+        if not batch:
+            return None  # every sample of this batch was corrupt (counted by DataHealth)
+        hp = self.hparams
+        g = hp.num_generations
+        t0 = time.perf_counter()
+        rollout = self.policy.generate([s.prompt for s in batch], num_samples=g, max_new_tokens=hp.max_new_tokens,
+                                       temperature=hp.temperature, top_p=hp.top_p, share_prefix=hp.share_prefix)
+        t1 = time.perf_counter()
+        metas = [s.meta for s in batch for _ in range(g)]  # [N], grouped like the completions
+        scores, total = self.score(rollout, metas)
+        rewards = torch.tensor([np.nan if r is None else r for r in total], dtype=torch.float32)
+        advantages, scored = group_advantages(rewards, g, hp.advantage_eps, hp.scale_rewards)
+        advantages = advantages.to(self.device)
+        t2 = time.perf_counter()
+        old_lp, ref_lp = self._fixed_logprobs(rollout)
+        stats = [self._update(rollout, advantages, old_lp, ref_lp) for _ in range(hp.mu)]
+        t3 = time.perf_counter()
+        self._log_step(batch, rollout, scores, rewards, scored, stats, metas, (t1 - t0, t2 - t1, t3 - t2))
+
+    def score(self, rollout: Rollout, metas: list[dict[str, Any]]
+              ) -> tuple[dict[str, list[float | None]], list[float | None]]:
+        lengths = rollout.lengths.tolist()
+        scores = {name: call_reward(fn, rollout.texts, metas, lengths=lengths, **self.reward_kwargs[name])
+                  for name, fn in self.reward_fns.items()}
+        return scores, combine(scores, self.reward_weights)
+
+    @torch.no_grad()
+    def _fixed_logprobs(self, rollout: Rollout) -> tuple[Tensor | None, Tensor | None]:
+        hp = self.hparams
+        old = ref = None
+        if hp.mu > 1:
+            old = self._logprobs(self.policy, rollout)
+        if hp.beta > 0:
+            with self._reference_policy() as reference:
+                ref = self._logprobs(reference, rollout)
+        return old, ref
+
+    def _logprobs(self, policy: Policy, rollout: Rollout, rows: slice | None = None,
+                  prompts: slice | None = None) -> Tensor:
+        inputs = rollout.inputs if prompts is None else slice_prompts(rollout.inputs, prompts, policy.vision_start_id)
+        rows = rows or slice(None)
+        return policy.token_logprobs(inputs, rollout.completion_ids[rows], rollout.completion_mask[rows],
+                                     rollout.num_samples, self.hparams.temperature, self.hparams.share_prefix)
+
+    def _update(self, rollout: Rollout, advantages: Tensor, old_lp: Tensor | None, ref_lp: Tensor | None
+                ) -> dict[str, float]:
+        """One optimizer step over the whole batch, in micro-batches of whole groups."""
+        hp = self.hparams
+        g, mask = rollout.num_samples, rollout.completion_mask
+        n_prompts, n_rows = mask.shape[0] // g, mask.shape[0]
+        tokens = mask.sum().clamp(min=1)
+        step = hp.micro_batch_prompts or n_prompts
+        opt = self.optimizers()
+        totals = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
+        for start in range(0, n_prompts, step):
+            prompts = slice(start, min(start + step, n_prompts))
+            rows = slice(prompts.start * g, prompts.stop * g)
+            sync = nullcontext() if prompts.stop >= n_prompts else self.trainer.strategy.block_backward_sync()
+            with sync:
+                lp = self._logprobs(self.policy, rollout, rows, prompts if step < n_prompts else None)  # [n, T]
+                m = mask[rows]
+                old = old_lp[rows] if old_lp is not None else lp.detach()
+                per_token, clipped = clipped_surrogate(lp, old, advantages[rows], hp.epsilon, hp.epsilon_high)
+                kl = kl_estimate(lp, ref_lp[rows], hp.kl_estimator) if ref_lp is not None else torch.zeros_like(lp)
+                per_token = per_token + hp.beta * kl
+                loss = self._aggregate_part(per_token, m, n_rows, tokens)
+                self.manual_backward(loss)
+            mf = m.float()
+            totals["loss"] += float(loss.detach())
+            totals["kl"] += float((kl.detach() * mf).sum())
+            totals["clipped"] += float((clipped.float() * mf).sum())
+        if hp.max_grad_norm is not None:
+            self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        return {"loss": totals["loss"], "kl": totals["kl"] / float(tokens), "clip_ratio": totals["clipped"] / float(tokens)}
+
+    def _aggregate_part(self, per_token: Tensor, mask: Tensor, n_rows: int, tokens: Tensor) -> Tensor:
+        """This micro-batch's share of the batch loss, so that the micro-batch gradients add up to the full
+        batch's (`grpo_math.aggregate` on the whole batch)."""
+        m = mask.to(per_token.dtype)
+        mode = self.hparams.loss_aggregation
+        if mode == "grpo":
+            return ((per_token * m).sum(1) / m.sum(1).clamp(min=1)).sum() / n_rows
+        if mode == "dapo":
+            return (per_token * m).sum() / tokens
+        return (per_token * m).sum() / (n_rows * self.hparams.max_new_tokens)
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validation_step(self, batch: list[ChatSample], batch_idx: int) -> None:
+        if not batch:
+            return
+        rollout = self.policy.generate([s.prompt for s in batch], num_samples=1,
+                                       max_new_tokens=self.hparams.max_new_tokens, do_sample=False)
+        n = len(batch)
+        fmt = np.mean([split_tags(t) is not None for t in rollout.texts])
+        self.log("val/format_rate", float(fmt), batch_size=n, sync_dist=True)
+        self.log("val/mean_length", float(rollout.lengths.float().mean()), batch_size=n, sync_dist=True)
+        acc = _pairing_acc(rollout.texts, [s.meta for s in batch])
+        if acc is not None:
+            self.log("val/pairing_acc", acc, batch_size=n, sync_dist=True, prog_bar=True)
+
+    # ------------------------------------------------------------------ logging
+    def _log_step(self, batch, rollout, scores, rewards, scored, stats, metas, seconds) -> None:
+        n = len(batch)
+        log = lambda name, value, **kw: self.log(name, float(value), batch_size=n, **kw)  # noqa: E731
+        last = stats[-1]
+        log("train/loss", last["loss"], prog_bar=True)
+        log("train/kl", last["kl"])
+        log("train/clip_ratio", last["clip_ratio"])
+        acc = _pairing_acc(rollout.texts, metas)
+        if acc is not None:
+            log("train/pairing_acc", acc, prog_bar=True)
+        valid = rewards[scored]
+        log("rewards/total/mean", valid.mean() if len(valid) else 0.0, prog_bar=True)
+        log("rewards/total/std", valid.std() if len(valid) > 1 else 0.0)
+        log("rewards/unscored", (~scored).sum())
+        for name, values in scores.items():
+            vals = [v for v in values if v is not None]
+            log(f"rewards/{name}/mean", np.mean(vals) if vals else 0.0)
+        log("completions/mean_length", rollout.lengths.float().mean())
+        log("completions/clipped_ratio", rollout.truncated.float().mean())
+        for name, sec in zip(("rollout", "score", "update"), seconds):
+            log(f"time/{name}_s", sec)
+        every = self.hparams.log_completions_every_n_steps
+        if every and (self.global_step // self.hparams.mu) % every == 0:
+            self._log_examples(batch, rollout, scores)
+
+    def _log_examples(self, batch: list[ChatSample], rollout: Rollout, scores) -> None:
+        tb = next((lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if tb is None:
+            return
+        g = rollout.num_samples
+        rows = ["| key | answer | completion | " + " | ".join(scores) + " |",
+                "|---|---|---|" + "---|" * len(scores)]
+        for i in range(min(2, len(batch)) * g):
+            s = batch[i // g]
+            cells = [f"{scores[name][i]:.3f}" if scores[name][i] is not None else "-" for name in scores]
+            text = rollout.texts[i].replace("|", "\\|").replace("\n", " ")[:400]
+            rows.append(f"| {s.key} | {s.meta.get('answer_letter', '')} | {text} | " + " | ".join(cells) + " |")
+        tb.experiment.add_text("completions", "\n".join(rows), self.global_step)
+        images = batch[0].prompt.images
+        h = 128
+        strip = [np.asarray(im.convert("RGB").resize((max(1, round(im.width * h / im.height)), h))) for im in images]
+        tb.experiment.add_image("episode/ground_then_candidates", np.concatenate(strip, axis=1), self.global_step,
+                                dataformats="HWC")
+
+
+def _pairing_acc(texts: list[str], metas: list[dict[str, Any]]) -> float | None:
+    hits = [parse_letter(t, int(m["k"])) == m["answer_letter"] for t, m in zip(texts, metas)
+            if "answer_letter" in m and "k" in m]
+    return float(np.mean(hits)) if hits else None
