@@ -1,0 +1,69 @@
+"""Run by tests/test_grpo_ddp.py: one GRPO step with `strategy: ddp` on 2 CPU processes (gloo), and the same step
+on 1 process, each writing what it saw. Not a test module itself (pytest does not collect it)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+import geor1  # noqa: F401
+from geor1.data.toy import ToyPairing
+from geor1.model import TinyPolicy
+from geor1.model.chat import collate_samples
+from geor1.objectives.grpo import GRPOModule
+
+
+class Record(L.Callback):
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.keys = [s.key for s in batch]
+        self.before = [p.detach().clone() for p in module.policy.parameters()]
+
+    def on_train_end(self, trainer, module):
+        delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(module.policy.parameters(), self.before)])
+        with open(f"{self.out}.rank{trainer.global_rank}.json", "w") as f:
+            json.dump({"keys": self.keys, "world": trainer.world_size, "delta_norm": float(delta.norm()),
+                       "delta_head": delta[:2000].tolist()}, f)
+
+
+COMPLETIONS = ["<think>sea to the west</think><answer>A</answer>", "<think>green</think><answer>B</answer>",
+               "B B B"]
+
+
+def fixed_rollout(policy, prompts, num_samples, **_):
+    """The same G completions for every prompt, whatever the RNG: the 1- and 2-process runs see identical data."""
+    from geor1.model.policy import Rollout, completion_mask
+
+    inputs = policy.encode(prompts)
+    texts = [COMPLETIONS[j % len(COMPLETIONS)] for _ in prompts for j in range(num_samples)]
+    eos = policy.tokenizer.convert_ids_to_tokens(policy.eos_ids[0])
+    ids = [policy.tokenizer(t + eos, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(len(i) for i in ids)
+    padded = torch.tensor([i + [policy.pad_id] * (width - len(i)) for i in ids])
+    mask, truncated = completion_mask(padded, policy.eos_ids)
+    return Rollout(inputs, padded, mask, texts, num_samples, truncated)
+
+
+def main(out: str, devices: int) -> None:
+    L.seed_everything(0)
+    samples = [ToyPairing(4, 2, seed=3)[i] for i in range(4)]
+    # each rank takes its own prompts (DistributedSampler via Lightning); its G samples stay on that rank
+    loader = DataLoader(samples, batch_size=4 // devices, collate_fn=collate_samples, shuffle=False)
+    module = GRPOModule(TinyPolicy(seed=0), optimizer=lambda p: torch.optim.SGD(p, lr=0.5),
+                        rewards={"accuracy": 1.0, "format": 1.0}, num_generations=3,
+                        max_new_tokens=8, beta=0.0, max_grad_norm=None, log_completions_every_n_steps=0)
+    module.policy.generate = lambda prompts, num_samples=1, **kw: fixed_rollout(module.policy, prompts, num_samples)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[Record(out)], use_distributed_sampler=True)
+    trainer.fit(module, train_dataloaders=loader)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))
