@@ -12,9 +12,8 @@ meaningless on structureless Gaussian noise). Queries come from the same distrib
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
+from _report import write_report
 
 import numpy as np
 import torch
@@ -102,11 +101,7 @@ def main() -> None:
         lines.append(f"| {r['n']:,} | {r['method']} | {r['build_s']:.1f} | {r['qps']:.0f} | "
                      f"{r['speedup_vs_brute']:.1f} | {r['recall@10']:.3f} |")
     print("\n".join(lines))
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "perf_faiss.json").write_text(json.dumps(rows, indent=2))
-        (out / "perf_faiss.md").write_text("\n".join(lines) + "\n")
+    write_report(args.out, 'perf_faiss', rows, lines)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ rollout / scoring / update, and the image patches through the vision tower per s
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
+
+from _report import write_report
 
 import numpy as np
 import torch
@@ -163,11 +164,7 @@ def main() -> None:
              f"{trl['vision_calls_per_step']:.1f} |",
              f"geor1 / TRL time per step: {ratio:.2f}x"]
     print("\n".join(lines))
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "perf_grpo.json").write_text(json.dumps({"geor1": ours, "trl": trl, "ratio": ratio}, indent=2))
-        (out / "perf_grpo.md").write_text("\n".join(lines) + "\n")
+    write_report(args.out, 'perf_grpo', {"geor1": ours, "trl": trl, "ratio": ratio}, lines)
 
 
 if __name__ == "__main__":

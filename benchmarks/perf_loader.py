@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import tempfile
 import time
 from pathlib import Path
+
+from _report import write_report
 
 from PIL import Image
 
@@ -68,11 +69,7 @@ def main() -> None:
         r["ratio"] = r["samples_per_s"] / bound
         lines.append(f"| {r['pipeline']} | {r['workers']} | {r['samples_per_s']:.0f} | {r['ratio']:.2f} |")
     print("\n".join(lines))
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "perf_loader.json").write_text(json.dumps(rows, indent=2))
-        (out / "perf_loader.md").write_text("\n".join(lines) + "\n")
+    write_report(args.out, 'perf_loader', rows, lines)
     if tmp is not None:
         tmp.cleanup()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 
 MAX_ANSWER_CHARS = 512
 _LETTER = re.compile(r"\s*(?:(?:the\s+)?answer\s*(?:is)?\s*[:=]?)?\s*(?:candidate|option|tile|choice)?\s*"
@@ -123,6 +124,15 @@ def parse_coordinates(text: str) -> tuple[float, float] | None:
     if abs(lat) > 90 or abs(lon) > 180:
         return None
     return lat, lon
+
+
+def normalize_name(name: str | None) -> str:
+    """A place name folded for comparison: accents stripped, case folded, letters and digits only.
+
+    >>> normalize_name("São Paulo") == normalize_name("sao paulo")
+    True
+    """
+    return "".join(c for c in unicodedata.normalize("NFKD", name or "") if c.isalnum()).casefold()
 
 
 def parse_place(text: str) -> tuple[str | None, str | None]:

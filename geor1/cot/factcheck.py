@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import re
 import string
-import unicodedata
 from typing import Any
 
-from geor1.answers import parse_coordinates, parse_letter, parse_place, split_tags
+from geor1.answers import normalize_name, parse_coordinates, parse_letter, parse_place, split_tags
 from geor1.geo import haversine_km
 
 _CANDIDATE = re.compile(r"\bcandidate ([A-Za-z])\b|\b([A-Z]):", re.IGNORECASE)
@@ -23,10 +22,6 @@ _HEMI = re.compile(r"\b(northern|southern|eastern|western) hemisphere\b", re.IGN
 
 REASONS = ("format", "unparseable_answer", "wrong_letter", "letter_out_of_range", "coordinates_off",
            "wrong_coordinates_in_reasoning", "wrong_city", "wrong_country", "wrong_hemisphere")
-
-
-def _norm(name: str) -> str:
-    return "".join(c for c in unicodedata.normalize("NFKD", name) if c.isalnum()).casefold()
 
 
 def fact_check(text: str, meta: dict[str, Any], task: str, tolerance_km: float = 25.0) -> list[str]:
@@ -58,7 +53,7 @@ def fact_check(text: str, meta: dict[str, Any], task: str, tolerance_km: float =
             reasons.append("wrong_coordinates_in_reasoning")
             break
     city, country = parse_place(answer)
-    if city is not None and meta.get("city") and _norm(city) != _norm(str(meta["city"])):
+    if city is not None and meta.get("city") and normalize_name(city) != normalize_name(str(meta["city"])):
         reasons.append("wrong_city")
     if country is not None and meta.get("country") and country.upper() != str(meta["country"]).upper():
         reasons.append("wrong_country")

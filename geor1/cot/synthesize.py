@@ -4,9 +4,9 @@ visual cues -> cross-check the views -> geographic priors -> answer, as `<think>
 Pairing (episode shards): the land cover of the ground nearest the camera (bottom quarter of the view), the land
 cover around each candidate tile's centre (what lies under the camera), every wrong candidate ruled out by its
 largest stated difference, the letter. Pairing traces are kept compact ("View: green 94%. A: water 60%, green 30%,
-no: green 30% vs 94%. B: green 90%, matches. So B.") so that RL rollouts stay short. An episode whose cues do not single out the true tile (a negative
-matches the view at least as well) gets no exemplar: the reasoning would not lead to the answer (counted as
-`cues_do_not_single_out_answer`). Geolocation (pair shards): the view's cover and relief -> climate, latitude band,
+no: green 30% vs 94%. B: green 90%, matches. So B.") so that RL rollouts stay short. An episode whose cues do not
+single out the true tile (a negative matches the view at least as well) gets no exemplar: the reasoning would not
+lead to the answer (counted as `cues_do_not_single_out_answer`). Geolocation (pair shards): the view's cover and relief -> climate, latitude band,
 hemispheres, continent -> coordinates, city and country. Phrasing varies with a seed inside the template.
 Every exemplar then goes through `fact_check`.
 """

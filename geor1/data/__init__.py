@@ -1,6 +1,6 @@
 """Samples, shards, data sets and the LightningDataModules (imported lazily: `geor1 --help` stays fast)."""
 
-from importlib import import_module
+from geor1._lazy import lazy_exports
 
 _EXPORTS = {
     "Batch": "geor1.data.stream", "ShardStream": "geor1.data.stream",
@@ -11,8 +11,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'geor1.data' has no attribute {name!r}")
+__getattr__ = lazy_exports('geor1.data', _EXPORTS)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model: pairing accuracy, geolocation")
     esub = p.add_subparsers(dest="eval_command", metavar="TASK", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", required=True, help="local Hugging Face model folder")
+    common.add_argument("--model", default=None, help="local Hugging Face model folder")
     common.add_argument("--out", required=True, help="folder for predictions.csv, metrics.json, metrics.md")
     common.add_argument("--split", default="test")
     common.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
@@ -20,9 +21,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     pe = esub.add_parser("pairing", parents=[common], help="pairing accuracy (Wilson 95%% CI) on episode shards")
     pe.add_argument("--episodes", required=True)
     pe.set_defaults(handler=lambda ns: _run(ns, "pairing", ns.episodes))
-    ge = esub.add_parser("geolocate", parents=[common], help="geolocation on pair or ground-only shards")
-    ge.add_argument("--data", required=True)
-    ge.set_defaults(handler=lambda ns: _run(ns, "geolocate", ns.data))
+    ge = esub.add_parser("geolocate", parents=[common],
+                         help="geolocation: a model on shards, or a predictions CSV against a truth CSV (no model)")
+    ge.add_argument("--data", default=None, help="pair or ground-only shards (with --model)")
+    ge.add_argument("--predictions", default=None, help="CSV id,lat,lon or id,text (model-free scoring)")
+    ge.add_argument("--truth", default=None, help="CSV id,lat,lon[,city,country] (model-free scoring)")
+    ge.set_defaults(handler=_geolocate)
 
 
 def load_samples(root: str, split: str, task: str, limit: int | None) -> list:
@@ -48,9 +52,59 @@ def load_samples(root: str, split: str, task: str, limit: int | None) -> list:
     return samples
 
 
+def _geolocate(ns: argparse.Namespace) -> None:
+    from geor1 import Geor1Error
+
+    if ns.predictions or ns.truth:
+        if not (ns.predictions and ns.truth) or ns.model:
+            raise Geor1Error("model-free scoring takes --predictions and --truth (and no --model)")
+        from geor1.eval.runners import write_results
+        from geor1.eval.scoring import read_predictions, read_truth, score
+
+        for path in (ns.predictions, ns.truth):
+            if not Path(path).is_file():
+                raise Geor1Error(f"CSV not found: {path}")
+        truth = read_truth(ns.truth)
+        metrics, rows = score(read_predictions(ns.predictions), truth)
+        metrics = {"predictions": ns.predictions, "truth": ns.truth, **metrics}
+        out = write_results(ns.out, metrics, rows, "geolocation scoring")
+        _plots(out, rows, truth)
+        print(json.dumps(metrics, indent=2))
+        return
+    if not (ns.model and ns.data):
+        raise Geor1Error("geolocation evaluation takes --model and --data, or --predictions and --truth")
+    _run(ns, "geolocate", ns.data)
+
+
+def _plots(out: Path, rows: list[dict], truth: dict[str, dict]) -> None:
+    """Error CDF and world map as PNGs, also logged to TensorBoard under <out>/tb."""
+    import numpy as np
+
+    from geor1.eval.plots import error_cdf, world_map
+
+    d = np.array([r["km"] for r in rows if r["parsed"]], dtype=float)
+    pred = np.array([[r["lat"], r["lon"]] if r["parsed"] else [np.nan, np.nan] for r in rows], dtype=float)
+    true = np.array([[truth[r["id"]]["lat"], truth[r["id"]]["lon"]] for r in rows], dtype=float)
+    cdf = error_cdf({"predictions": d}, {"predictions": len(rows)}, out / "error_cdf.png")
+    wm = world_map(pred, true, out / "world_map.png", f"{int(np.sum(~np.isnan(pred[:, 0])))} of {len(rows)} parsed")
+    try:
+        from PIL import Image
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(out / "tb")) as writer:
+            for tag, png in (("eval/error_cdf", cdf), ("eval/world_map", wm)):
+                writer.add_image(tag, np.asarray(Image.open(png).convert("RGB")), 0, dataformats="HWC")
+    except ImportError:
+        pass
+
+
 def _run(ns: argparse.Namespace, task: str, root: str) -> None:
+    from geor1 import Geor1Error
     from geor1.eval.runners import run_policy, score_geolocate, score_pairing, write_results
     from geor1.model.policy import Policy
+
+    if not ns.model:
+        raise Geor1Error("--model is required")
 
     policy = Policy(ns.model, max_pixels=ns.max_pixels).eval()
     samples = load_samples(root, ns.split, task, ns.limit)
@@ -58,5 +112,7 @@ def _run(ns: argparse.Namespace, task: str, root: str) -> None:
     metrics, preds = (score_pairing if task == "pairing" else score_geolocate)(rows)
     metrics = {"model": ns.model, "data": root, "split": ns.split, **metrics}
     out = write_results(ns.out, metrics, preds, f"{task} evaluation")
+    if task == "geolocate":
+        _plots(out, preds, {s.key: s.meta for s in samples})
     print(json.dumps(metrics, indent=2))
     print(f"predictions and metrics written to {out}")

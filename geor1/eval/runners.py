@@ -12,8 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from geor1.answers import answer_text, parse_coordinates, parse_letter, split_tags
-from geor1.geo import haversine_km
+from geor1.answers import parse_letter, split_tags
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -57,22 +56,21 @@ def score_pairing(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict
 
 
 def score_geolocate(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    preds, dists, fmt = [], [], 0
-    for r in rows:
-        m = r["meta"]
-        ans = answer_text(r["text"])
-        coords = parse_coordinates(ans.split("(")[0]) if ans is not None else None
-        fmt += split_tags(r["text"]) is not None
-        d = float(haversine_km(m["lat"], m["lon"], *coords)) if coords else None
-        if d is not None:
-            dists.append(d)
-        preds.append({"id": r["key"], "text": r["text"], "lat": coords[0] if coords else "",
-                      "lon": coords[1] if coords else "", "parsed": int(coords is not None),
-                      "km": "" if d is None else round(d, 3), "tokens": r["tokens"]})
-    n = len(rows)
-    return {"n": n, "format_rate": fmt / max(n, 1), "parse_rate": len(dists) / max(n, 1),
-            "median_km_parsed": float(np.median(dists)) if dists else None,
-            "mean_completion_tokens": float(np.mean([r["tokens"] for r in rows])) if rows else 0.0}, preds
+    """Greedy completions of geolocation samples -> GeodesicError metrics (+ format rate, lengths) and rows."""
+    from geor1.answers import answer_text, parse_coordinates
+    from geor1.eval.scoring import score
+
+    truth = {r["key"]: {"lat": r["meta"]["lat"], "lon": r["meta"]["lon"], "city": r["meta"].get("city"),
+                        "country": r["meta"].get("country")} for r in rows}
+    def answered(text: str) -> tuple[float, float] | None:  # a model must answer inside <answer></answer>
+        ans = answer_text(text)
+        return None if ans is None else parse_coordinates(ans.split("(")[0])
+
+    metrics, scored = score({r["key"]: answered(r["text"]) for r in rows}, truth)
+    metrics["format_rate"] = float(np.mean([split_tags(r["text"]) is not None for r in rows])) if rows else 0.0
+    metrics["mean_completion_tokens"] = float(np.mean([r["tokens"] for r in rows])) if rows else 0.0
+    preds = [{**row, "text": r["text"], "tokens": r["tokens"]} for row, r in zip(scored, rows)]
+    return metrics, preds
 
 
 def write_results(out: str | Path, metrics: dict[str, Any], preds: list[dict[str, Any]], title: str) -> Path:

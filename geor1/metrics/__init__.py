@@ -1,5 +1,6 @@
-"""torchmetrics Metrics: retrieval recall@k (geodesic error and pairing accuracy come with evaluation)."""
+"""torchmetrics Metrics: geodesic error, pairing accuracy, cross-view recall@k."""
 
+from geor1.metrics.geodesic import THRESHOLDS_KM, GeodesicError, PairingAccuracy
 from geor1.metrics.retrieval import CrossViewRecall, recall_at_k
 
-__all__ = ["CrossViewRecall", "recall_at_k"]
+__all__ = ["THRESHOLDS_KM", "CrossViewRecall", "GeodesicError", "PairingAccuracy", "recall_at_k"]

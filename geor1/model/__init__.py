@@ -1,7 +1,7 @@
 """The policy: a vision-language model behind generate / token_logprobs / save_pretrained; tiny offline builders.
 (Imported lazily: `geor1 --help` stays fast.)"""
 
-from importlib import import_module
+from geor1._lazy import lazy_exports
 
 _EXPORTS = {
     "ChatSample": "geor1.model.chat", "Prompt": "geor1.model.chat", "collate_samples": "geor1.model.chat",
@@ -10,8 +10,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'geor1.model' has no attribute {name!r}")
+__getattr__ = lazy_exports('geor1.model', _EXPORTS)

@@ -1,6 +1,6 @@
 """One LightningModule per objective, and the pure maths they call (imported lazily)."""
 
-from importlib import import_module
+from geor1._lazy import lazy_exports
 
 _EXPORTS = {
     "PolicyModule": "geor1.objectives.base",
@@ -10,8 +10,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'geor1.objectives' has no attribute {name!r}")
+__getattr__ = lazy_exports('geor1.objectives', _EXPORTS)

@@ -207,7 +207,8 @@ class GRPOModule(PolicyModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        return {"loss": totals["loss"], "kl": totals["kl"] / float(tokens), "clip_ratio": totals["clipped"] / float(tokens)}
+        n_tokens = float(tokens)
+        return {"loss": totals["loss"], "kl": totals["kl"] / n_tokens, "clip_ratio": totals["clipped"] / n_tokens}
 
     def _aggregate_part(self, per_token: Tensor, mask: Tensor, n_rows: int, tokens: Tensor) -> Tensor:
         """This micro-batch's share of the batch loss, so that the micro-batch gradients add up to the full
