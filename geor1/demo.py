@@ -213,7 +213,10 @@ def _grpo_args(cfg: DemoConfig, episodes: Path, root: Path, init: Path | None, e
 
 def _evaluate(folder: Path, cfg: DemoConfig, models: dict[str, Path], episodes: Path, world: Path,
               seed: int) -> None:
+    import numpy as np
+
     from geor1.eval.commands import load_samples
+    from geor1.eval.plots import error_cdf, world_map
     from geor1.eval.runners import run_policy, score_geolocate, score_pairing, write_results
     from geor1.model.policy import Policy
     from geor1.model.tiny import save_tiny_checkpoint
@@ -223,6 +226,7 @@ def _evaluate(folder: Path, cfg: DemoConfig, models: dict[str, Path], episodes: 
     pairs = load_samples(str(episodes), "test", "pairing", cfg.eval_pairing)
     places = load_samples(str(world), "test", "geolocate", cfg.eval_geolocate)
     results: dict[str, Any] = {}
+    distances, totals, maps = {}, {}, {}
     for i, (name, path) in enumerate(models.items()):
         policy = Policy(str(path), max_pixels=12544).eval()
         pm, pp = score_pairing(run_policy(policy, pairs, 32, cfg.max_new_tokens))
@@ -230,7 +234,15 @@ def _evaluate(folder: Path, cfg: DemoConfig, models: dict[str, Path], episodes: 
         write_results(folder / f"model{i}" / "pairing", pm, pp, f"{name}: pairing")
         write_results(folder / f"model{i}" / "geolocate", gm, gp, f"{name}: geolocation")
         results[name] = {"path": str(path), "pairing": pm, "geolocate": gm}
+        distances[name] = np.array([r["km"] for r in gp if r["parsed"]], dtype=float)
+        totals[name] = len(gp)
+        maps[name] = gp
     (folder / "results.json").write_text(json.dumps(results, indent=2))
+    error_cdf(distances, totals, folder / "error_cdf.png")
+    last = list(models)[-2]  # SFT+GRPO
+    truth = np.array([[s.meta["lat"], s.meta["lon"]] for s in places], dtype=float)
+    pred = np.array([[r["lat"], r["lon"]] if r["parsed"] else [np.nan, np.nan] for r in maps[last]], dtype=float)
+    world_map(pred, truth, folder / "world_map.png", f"{last}: predictions (red) vs truth (green)")
 
 
 def _report(out: Path, cfg: DemoConfig, st: Stages, results: dict[str, Any]) -> str:
@@ -250,7 +262,9 @@ def _report(out: Path, cfg: DemoConfig, st: Stages, results: dict[str, Any]) -> 
              f"GeoWorld ({cfg.num_train} / {cfg.num_val} / {cfg.num_test} places, seed {cfg.seed}), tiny offline "
              f"Qwen2.5-VL, K={cfg.k} {cfg.strategy} episodes. Held-out evaluation (greedy): {n_pair} test pairing "
              f"episodes, {n_geo} test places (cities never seen in training). Chance pairing accuracy: "
-             f"{1 / cfg.k:.3f}. Distances: haversine, R = 6371.0088 km.", "", *rows, "",
+             f"{1 / cfg.k:.3f}. Distances: haversine, R = 6371.0088 km, d <= threshold; unparseable answers count as "
+             f"misses in every acc@ and are excluded from the median.", "", *rows, "",
+             "![error CDF](eval/error_cdf.png)", "", "![world map](eval/world_map.png)", "",
              "## Stages", "", "| stage | seconds | command |", "|---|---|---|"]
     for name in STAGES:
         for c in st.commands.get(name, []) or [""]:
