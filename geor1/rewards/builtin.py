@@ -80,16 +80,20 @@ def length(completions: list[str], samples: list[dict[str, Any]], lengths: list[
     return out
 
 
+MAX_REPETITION_CHARS = 100_000  # a completion is a few thousand tokens; longer (hostile) text is scored on its head
+
+
 @register("repetition")
 def repetition(completions: list[str], samples: list[dict[str, Any]], ngram: int = 6, **_: Any) -> list[float]:
-    """-(1 - unique n-grams / total n-grams) over whitespace words (0 for texts shorter than n words).
+    """-(1 - unique n-grams / total n-grams) over whitespace words (0 for texts shorter than n words); text past
+    MAX_REPETITION_CHARS characters is not read, which bounds the time on any input.
 
     >>> repetition(["a b c d e f g", "x y x y x y x y x y"], [{}, {}], ngram=2)
     [0.0, -0.7777777777777778]
     """
     out = []
     for text in completions:
-        words = text.split()
+        words = text[:MAX_REPETITION_CHARS].split()
         grams = [tuple(words[i:i + ngram]) for i in range(len(words) - ngram + 1)]
         out.append(len(set(grams)) / len(grams) - 1.0 if grams else 0.0)
     return out

@@ -1,0 +1,65 @@
+"""Hostile model output: the answer parser, the fact-check and every reward on arbitrary text never raise, always
+return a finite value or "unparseable", and stay fast on megabyte inputs (no catastrophic backtracking)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geor1.answers import answer_text, parse_coordinates, parse_letter, parse_place, split_tags
+from geor1.cot.factcheck import fact_check
+from geor1.rewards import REWARDS
+
+PAIR = {"k": 4, "answer_letter": "B", "answer": 1, "lat": 10.0, "lon": 20.0}
+GEO = {"lat": 48.85, "lon": 2.35, "city": "Paris", "country": "FR"}
+TAGS = st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", "B", "48.85, 2.35", "°N", "(Paris, FR)",
+                        " ", "\n", "A or B", "−", "''"])
+HOSTILE = st.one_of(st.text(max_size=400), st.lists(TAGS, max_size=60).map("".join))
+
+
+def _check_all(text: str) -> None:
+    split_tags(text)
+    answer_text(text)
+    assert parse_letter(text, 4) in (None, "A", "B", "C", "D")
+    coords = parse_coordinates(text)
+    assert coords is None or (abs(coords[0]) <= 90 and abs(coords[1]) <= 180)
+    parse_place(text)
+    fact_check(text, PAIR, "pairing")
+    fact_check(text, GEO, "geolocate")
+    for name, fn in REWARDS.items():
+        for sample in (PAIR, GEO):
+            (value,) = fn([text], [sample], lengths=[len(text)])
+            assert value is None or math.isfinite(value), (name, text[:80])
+
+
+@settings(max_examples=300, deadline=None)
+@given(HOSTILE)
+def test_arbitrary_text_never_breaks_the_parser_or_rewards(text):
+    _check_all(text)
+
+
+def test_megabyte_inputs_are_fast():
+    cases = {
+        "unicode": "ж✓\u202e\U0001f30d" * 250_000,
+        "nested tags": "<think>" * 100_000 + "</answer>" * 50_000,
+        "unclosed": "<answer>" + "9" * 1_000_000,
+        "many letters": "<answer>" + "A B " * 250_000 + "</answer>",
+        "many numbers": "1.5, " * 200_000,
+        "degrees": "48°51'24\"N " * 90_000,
+    }
+    for name, text in cases.items():
+        calls = [lambda t=text: parse_letter(t, 26), lambda t=text: parse_coordinates(t),
+                 lambda t=text: split_tags(t), lambda t=text: parse_place(t), lambda t=text: answer_text(t)]
+        for call in calls:
+            start = time.perf_counter()
+            call()
+            assert time.perf_counter() - start < 0.05, name
+        for fn in REWARDS.values():  # every reward, on the whole megabyte
+            for sample in (PAIR, GEO):
+                start = time.perf_counter()
+                fn([text], [sample], lengths=[len(text)])
+                assert time.perf_counter() - start < 0.05, (name, fn.__name__)
+        _check_all(text[:20_000])
