@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import lightning as L
 
 from geor1 import Geor1Error
 from geor1.data.schema import SampleError, decode_image, validate_meta
 from geor1.data.shards import split_shards
-from geor1.data.stream import Batch, ShardStream, StreamLoader
+from geor1.data.stream import Batch, ShardStream, StreamingDataModule
 from geor1.model.chat import ChatSample, Prompt
 from geor1.prompts import geolocate_prompt, pairing_prompt
 
@@ -56,7 +55,7 @@ class ChatDecoder:
         return ChatSample(key, Prompt(text, images), meta.get("response"), meta)
 
 
-class ChatShardDataModule(L.LightningDataModule):
+class ChatShardDataModule(StreamingDataModule):
     """Streams chat samples from one or more shard folders (episodes, CoT exemplars, pairs).
 
     Args:
@@ -91,25 +90,8 @@ class ChatShardDataModule(L.LightningDataModule):
                            samples_per_epoch=self.hparams.samples_per_epoch if train else None,
                            decode=self.decoder)
 
-    def _loader(self, split: str, train: bool) -> StreamLoader:
-        return StreamLoader(self.stream(split, train), batch_size=self.hparams.batch_size,
-                            num_workers=self.hparams.num_workers)
-
     def transfer_batch_to_device(self, batch: Any, device, dataloader_idx: int) -> Any:
         return batch  # PIL images and text: the Policy tokenises and moves them
-
-    def train_dataloader(self) -> StreamLoader:
-        return self._loader(self.hparams.train_split, True)
-
-    def val_dataloader(self) -> StreamLoader | list:
-        return self._loader(self.hparams.val_split, False) if self.hparams.val_split else []
-
-    def test_dataloader(self) -> StreamLoader:
-        return self._loader(self.hparams.test_split, False)
-
-    def predict_dataloader(self) -> StreamLoader:
-        return self._loader(self.hparams.test_split, False)
-
 
 
 __all__ = ["Batch", "ChatDecoder", "ChatShardDataModule"]

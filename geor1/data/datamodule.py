@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image
@@ -14,7 +13,7 @@ from PIL import Image
 from geor1 import Geor1Error
 from geor1.data.schema import PairSample
 from geor1.data.shards import split_shards
-from geor1.data.stream import Batch, ShardStream, StreamItem, StreamLoader, collate_stream
+from geor1.data.stream import Batch, ShardStream, StreamingDataModule, StreamItem, collate_stream
 
 log = logging.getLogger(__name__)
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -61,7 +60,7 @@ def collate_tensors(elements: list[StreamItem]) -> dict[str, Any]:
     return out
 
 
-class PairShardDataModule(L.LightningDataModule):
+class PairShardDataModule(StreamingDataModule):
     """Streams `<root>/<split>-*.tar` shards of ground/satellite pairs.
 
     Args:
@@ -90,6 +89,7 @@ class PairShardDataModule(L.LightningDataModule):
             raise Geor1Error(f"item must be 'pair' or 'tensors', got {item!r}")
         self.save_hyperparameters()
         self.to_item = PairToTensors(ground_size, sat_size) if item == "tensors" else None
+        self.collate_fn = collate_tensors if item == "tensors" else collate_stream
 
     def stream(self, split: str, train: bool) -> ShardStream:
         shards = split_shards(self.hparams.root, split)
@@ -100,25 +100,8 @@ class PairShardDataModule(L.LightningDataModule):
                            seed=self.hparams.seed, resampled=self.hparams.resampled and train,
                            samples_per_epoch=self.hparams.samples_per_epoch if train else None)
 
-    def _loader(self, split: str, train: bool) -> StreamLoader:
-        collate = collate_tensors if self.hparams.item == "tensors" else collate_stream
-        return StreamLoader(self.stream(split, train), batch_size=self.hparams.batch_size,
-                            num_workers=self.hparams.num_workers, collate_fn=collate)
-
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Move tensors, keep the Batch type (and its skipped keys, which Lightning's generic move would drop)."""
         if isinstance(batch, Batch):
             return Batch(super().transfer_batch_to_device(list(batch), device, dataloader_idx), batch.skipped)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
-    def train_dataloader(self) -> StreamLoader:
-        return self._loader(self.hparams.train_split, train=True)
-
-    def val_dataloader(self) -> StreamLoader | list:
-        return self._loader(self.hparams.val_split, train=False) if self.hparams.val_split else []
-
-    def test_dataloader(self) -> StreamLoader:
-        return self._loader(self.hparams.test_split, train=False)
-
-    def predict_dataloader(self) -> StreamLoader:
-        return self._loader(self.hparams.test_split, train=False)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -164,15 +165,76 @@ def iter_raw_samples_lazy(shards: Iterator[str]) -> Iterator[dict]:
 
 
 class StreamLoader(DataLoader):
-    """A DataLoader that tells its ShardStream which pass (epoch) it starts, before workers copy the stream."""
+    """A DataLoader that tells its ShardStream which pass (epoch) it starts, before workers copy the stream, and can
+    resume a pass after its first `skip` batches (exact mid-epoch resume: the order is a function of (seed, epoch),
+    so replaying and dropping the batches already trained on lands on the same next batch)."""
 
-    def __init__(self, dataset: ShardStream, **kwargs: Any) -> None:
+    def __init__(self, dataset: ShardStream, start_pass: int = 0, skip: int = 0, **kwargs: Any) -> None:
         kwargs.setdefault("collate_fn", collate_stream)
         kwargs["persistent_workers"] = False  # workers must receive the new epoch each pass
         super().__init__(dataset, **kwargs)
-        self.passes = 0
+        self.passes = start_pass
+        self.skip = skip
 
     def __iter__(self):
         self.dataset.set_epoch(self.passes)
         self.passes += 1
-        return super().__iter__()
+        it = super().__iter__()
+        skip, self.skip = self.skip, 0
+        if skip:
+            log.info("resuming pass %d after its first %d batches", self.passes - 1, skip)
+            return _skipping(it, skip)
+        return it
+
+
+def _skipping(it, n: int):
+    for i, batch in enumerate(it):
+        if i >= n:
+            yield batch
+
+
+class StreamingDataModule(L.LightningDataModule):
+    """What the shard DataModules share: loaders over `stream(split, train)`, and the training position (pass and
+    batches done in it) saved in checkpoints, so `fit --ckpt_path` resumes mid-epoch exactly."""
+
+    collate_fn: Any = staticmethod(collate_stream)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._resume: dict[str, int] | None = None
+
+    def stream(self, split: str, train: bool) -> ShardStream:
+        raise NotImplementedError
+
+    def _loader(self, split: str, train: bool) -> StreamLoader:
+        start, skip = 0, 0
+        if train and self._resume is not None:
+            start, skip = self._resume["epoch"], self._resume["batches_done"]
+            self._resume = None
+        elif train and self.trainer is not None:
+            start = self.trainer.current_epoch
+        return StreamLoader(self.stream(split, train), start_pass=start, skip=skip,
+                            batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers,
+                            collate_fn=self.collate_fn)
+
+    def state_dict(self) -> dict[str, int]:
+        if self.trainer is None:
+            return {}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": int(self.trainer.current_epoch), "batches_done": int(progress.processed)}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if state_dict:
+            self._resume = {"epoch": int(state_dict["epoch"]), "batches_done": int(state_dict["batches_done"])}
+
+    def train_dataloader(self) -> StreamLoader:
+        return self._loader(self.hparams.train_split, True)
+
+    def val_dataloader(self) -> StreamLoader | list:
+        return self._loader(self.hparams.val_split, False) if self.hparams.val_split else []
+
+    def test_dataloader(self) -> StreamLoader:
+        return self._loader(self.hparams.test_split, False)
+
+    def predict_dataloader(self) -> StreamLoader:
+        return self._loader(self.hparams.test_split, False)

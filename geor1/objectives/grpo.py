@@ -109,12 +109,16 @@ class GRPOModule(PolicyModule):
         self._reference: Policy | None = None  # full fine-tuning with beta > 0: a frozen copy (not a submodule)
 
     # ------------------------------------------------------------------ reference model
-    def on_fit_start(self) -> None:
-        if self.hparams.beta > 0 and self.policy.lora is None and self._reference is None:
+    def setup(self, stage: str) -> None:
+        # Lightning calls setup before it restores a checkpoint: the reference is the policy as constructed (the
+        # initial model), also when a run resumes from a checkpoint of a trained policy.
+        if stage == "fit" and self.hparams.beta > 0 and self.policy.lora is None and self._reference is None:
             ref = copy.deepcopy(self.policy).eval()
             for p in ref.parameters():
                 p.requires_grad_(False)
             object.__setattr__(self, "_reference", ref)  # kept out of state_dict and checkpoints
+
+    def on_fit_start(self) -> None:
         if self._reference is not None:
             self._reference.to(self.device)
 
@@ -126,6 +130,19 @@ class GRPOModule(PolicyModule):
                 yield self.policy
         else:
             yield self._reference
+
+    # ------------------------------------------------------------------ exact resume of sampling
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rollout_rng"] = torch.get_rng_state()  # the global RNG that sampling draws from
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._pending_rng = checkpoint.get("rollout_rng")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # restored here, after the resumed run has built its data iterator (which draws from the same RNG)
+        if getattr(self, "_pending_rng", None) is not None:
+            torch.set_rng_state(self._pending_rng)
+            self._pending_rng = None
 
     # ------------------------------------------------------------------ one step
     def training_step(self, batch: list[ChatSample], batch_idx: int) -> None:
