@@ -117,3 +117,21 @@ def test_grpo_resume_replays_the_same_samples(episodes, tmp_path):
     ckpt = next((tmp_path / "cut" / "ckpt").glob("*.ckpt"))
     rest = _fit_grpo(episodes, tmp_path / "cut", max_steps=6, ckpt_path=str(ckpt))
     assert first.texts + rest.texts == full.texts  # same completions sampled: the RNG state was restored
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes_exactly(exemplars, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "netguard"),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    res = subprocess.run([sys.executable, str(Path(__file__).with_name("sigterm_run.py")), str(exemplars),
+                          str(tmp_path / "pre")], capture_output=True, text=True, timeout=300, env=env)
+    ckpt = tmp_path / "pre" / "sigterm.ckpt"
+    assert ckpt.is_file(), res.stderr[-2000:]
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 3
+    full = _fit(exemplars, tmp_path / "full", max_steps=7)
+    rest = _fit(exemplars, tmp_path / "pre", max_steps=7, ckpt_path=str(ckpt))
+    assert rest.keys == full.keys[3:] and rest.losses == pytest.approx(full.losses[3:], abs=1e-6)
