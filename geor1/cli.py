@@ -106,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 run_lightning(argv, prog)
             except Exception as e:  # jsonargparse wraps errors raised while instantiating classes
                 cause = user_error_in_chain(e)
+                if cause is None and isinstance(e, RuntimeError) and "Error(s) in loading state_dict" in str(e):
+                    first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+                    cause = Geor1Error(f"the checkpoint does not fit this config (different model or sizes): {first}")
                 if cause is None:
                     raise
                 raise cause from None

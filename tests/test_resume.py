@@ -119,7 +119,9 @@ def test_grpo_resume_replays_the_same_samples(episodes, tmp_path):
     assert first.texts + rest.texts == full.texts  # same completions sampled: the RNG state was restored
 
 
-def test_sigterm_saves_a_checkpoint_that_resumes_exactly(exemplars, tmp_path):
+@pytest.mark.parametrize("sig, ckpt_name, step", [("term", "sigterm.ckpt", 3), ("kill", "last.ckpt", 2)])
+def test_preempted_runs_resume_exactly(exemplars, tmp_path, sig, ckpt_name, step):
+    """SIGTERM: saves a checkpoint after the batch in progress; SIGKILL: the last periodic checkpoint survives."""
     import os
     import subprocess
     import sys
@@ -128,10 +130,11 @@ def test_sigterm_saves_a_checkpoint_that_resumes_exactly(exemplars, tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "netguard"),
                                                        os.environ.get("PYTHONPATH", "")]))
     res = subprocess.run([sys.executable, str(Path(__file__).with_name("sigterm_run.py")), str(exemplars),
-                          str(tmp_path / "pre")], capture_output=True, text=True, timeout=300, env=env)
-    ckpt = tmp_path / "pre" / "sigterm.ckpt"
+                          str(tmp_path / "pre"), sig], capture_output=True, text=True, timeout=300, env=env)
+    assert sig == "term" or res.returncode != 0  # killed; after SIGTERM Lightning exits on its own
+    ckpt = tmp_path / "pre" / ckpt_name
     assert ckpt.is_file(), res.stderr[-2000:]
-    assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 3
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == step
     full = _fit(exemplars, tmp_path / "full", max_steps=7)
     rest = _fit(exemplars, tmp_path / "pre", max_steps=7, ckpt_path=str(ckpt))
-    assert rest.keys == full.keys[3:] and rest.losses == pytest.approx(full.losses[3:], abs=1e-6)
+    assert rest.keys == full.keys[step:] and rest.losses == pytest.approx(full.losses[step:], abs=1e-6)

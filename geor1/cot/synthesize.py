@@ -135,7 +135,7 @@ def synthesize(shards: str | Path, out: str | Path, task: str, seed: int = 0, to
     from tqdm import tqdm
 
     from geor1.data.reader import iter_raw_samples
-    from geor1.data.schema import SampleError, decode_image
+    from geor1.data.schema import SampleError, decode_image, validate_meta
     from geor1.data.shards import ShardWriter, split_shards, write_manifest
 
     if task not in ("pairing", "geolocate"):
@@ -155,7 +155,7 @@ def synthesize(shards: str | Path, out: str | Path, task: str, seed: int = 0, to
                     report.total += 1
                     key = raw["__key__"]
                     try:
-                        meta = json.loads(raw["json"])
+                        meta = validate_meta(key, json.loads(raw["json"]))
                         ground = decode_image(key, "ground.jpg", raw["ground.jpg"])
                         if task == "pairing":
                             k = int(meta["k"])
