@@ -33,20 +33,24 @@ def exemplars(tmp_path_factory):
     return root / "sft"
 
 
-def _fit(exemplars, root, max_steps: int, ckpt_path=None, every: int | None = None) -> Record:
-    L.seed_everything(0)
-    record = Record()
+def _run(module, dm, record: Record, root, max_steps: int, ckpt_path, every: int | None) -> Record:
+    """Fit `module` on `dm` for `max_steps`, checkpointing every `every` steps, resuming from `ckpt_path`."""
     callbacks = [record]
     if every:
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=every,
                                                              save_top_k=-1))
-    module = SFTModule(TinyPolicy(seed=0), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3), max_length=512,
-                       num_val_generations=0)
-    dm = ChatShardDataModule(str(exemplars), batch_size=3, shuffle_buffer=4, val_split="", seed=1)
     trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=callbacks, default_root_dir=root)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     return record
+
+
+def _fit(exemplars, root, max_steps: int, ckpt_path=None, every: int | None = None) -> Record:
+    L.seed_everything(0)
+    module = SFTModule(TinyPolicy(seed=0), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3), max_length=512,
+                       num_val_generations=0)
+    dm = ChatShardDataModule(str(exemplars), batch_size=3, shuffle_buffer=4, val_split="", seed=1)
+    return _run(module, dm, Record(), root, max_steps, ckpt_path, every)
 
 
 def test_mid_epoch_resume_is_exact(exemplars, tmp_path):
@@ -88,10 +92,6 @@ def _fit_grpo(episodes, root, max_steps: int, ckpt_path=None, every: int | None 
 
     L.seed_everything(0)
     record = Record()
-    callbacks = [record]
-    if every:
-        callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=every,
-                                                             save_top_k=-1))
     module = GRPOModule(TinyPolicy(seed=0), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3), num_generations=2,
                         max_new_tokens=6, beta=0.04, log_completions_every_n_steps=0,
                         rewards={"accuracy": 1.0, "format": 1.0, "repetition": 1.0})
@@ -105,10 +105,7 @@ def _fit_grpo(episodes, root, max_steps: int, ckpt_path=None, every: int | None 
 
     module.policy.generate = generate
     dm = ChatShardDataModule(str(episodes), task="pairing", batch_size=3, shuffle_buffer=4, val_split="", seed=1)
-    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=callbacks, default_root_dir=root)
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-    return record
+    return _run(module, dm, record, root, max_steps, ckpt_path, every)
 
 
 def test_grpo_resume_replays_the_same_samples(episodes, tmp_path):
