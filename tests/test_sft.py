@@ -60,3 +60,26 @@ def test_tiny_sft_fit_lowers_loss_and_checkpoint_reloads(tmp_path):
         assert torch.equal(fresh.policy.model(**inputs).logits, module.policy.model(**inputs).logits)
         exported = Policy(str(tmp_path / "export"))  # written by export_dir when fit ended
         torch.testing.assert_close(exported.model(**inputs).logits, module.policy.model(**inputs).logits)
+
+
+def test_root_weights_set_the_mixing_ratio_of_sft_sets(tmp_path):
+    import pytest
+
+    from geor1 import Geor1Error
+    from geor1.cot.synthesize import synthesize
+    from geor1.data.chat import ChatShardDataModule
+    from geor1.data.geoworld import build_geoworld
+
+    world = build_geoworld(tmp_path / "gw", num_train=8, num_val=2, num_test=2, seed=3)
+    synthesize(world, tmp_path / "sft", "geolocate")  # exemplars (with a response) vs plain pairs (without)
+    roots = [str(tmp_path / "sft"), str(world)]
+    counts = {}
+    for weights in ([3, 1], None):
+        dm = ChatShardDataModule(roots, root_weights=weights, batch_size=8, shuffle_buffer=0, resampled=True,
+                                 samples_per_epoch=1600, val_split="")
+        dm.setup("fit")
+        seen = [s.response is not None for batch in dm.train_dataloader() for s in batch]
+        counts[str(weights)] = sum(seen) / len(seen)
+    assert 0.68 < counts["[3, 1]"] < 0.82 and 0.4 < counts["None"] < 0.6, counts
+    with pytest.raises(Geor1Error, match="root_weights"):
+        ChatShardDataModule(roots, root_weights=[1])

@@ -70,19 +70,26 @@ class ChatShardDataModule(StreamingDataModule):
         val_split: validation split ("" for none).
         test_split: test split.
         seed: data order seed.
+        root_weights: per root, how many times its training shards enter the draw (with `resampled`: the mixing
+            ratio of the roots, e.g. [3, 1] for three pairing shards per geolocation shard); None: once each.
     """
 
     def __init__(self, roots: str | list[str] = "data/sft", task: str | None = None, batch_size: int = 8,
                  num_workers: int = 0, shuffle_buffer: int = 500, samples_per_epoch: int | None = None,
                  resampled: bool = False, train_split: str = "train", val_split: str = "val",
-                 test_split: str = "test", seed: int = 0) -> None:
+                 test_split: str = "test", seed: int = 0, root_weights: list[int] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.roots = [roots] if isinstance(roots, str) else list(roots)
+        if root_weights is not None and (len(root_weights) != len(self.roots) or min(root_weights) < 1):
+            raise Geor1Error(f"root_weights needs one whole number >= 1 per root ({len(self.roots)} roots), got "
+                             f"{root_weights}")
+        self.root_weights = list(root_weights or [1] * len(self.roots))
         self.decoder = ChatDecoder(task)
 
     def stream(self, split: str, train: bool) -> ShardStream:
-        shards = [s for root in self.roots for s in split_shards(root, split)]
+        weights = self.root_weights if train else [1] * len(self.roots)
+        shards = [s for root, w in zip(self.roots, weights) for s in split_shards(root, split) * w]
         if not shards:
             raise Geor1Error(f"no shards for split '{split}' in {', '.join(self.roots)}")
         return ShardStream(shards, shuffle_buffer=self.hparams.shuffle_buffer if train else 0,
