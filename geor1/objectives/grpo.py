@@ -29,6 +29,7 @@ from geor1 import Geor1Error
 from geor1.answers import parse_letter, split_tags
 from geor1.model.chat import ChatSample
 from geor1.model.policy import Policy, Rollout, slice_prompts
+from geor1.model.vllm_rollout import VLLMRollout, require_vllm
 from geor1.objectives.base import PolicyModule
 from geor1.objectives.grpo_math import AGGREGATIONS, KL_ESTIMATORS, clipped_surrogate, group_advantages, \
     kl_estimate
@@ -60,6 +61,9 @@ class GRPOModule(PolicyModule):
         scale_rewards: divide by the group std (False: Dr. GRPO's r - mean).
         advantage_eps: the epsilon of (r - mean) / (std + eps).
         share_prefix: encode each prompt once for its G samples (rollout and log-prob passes).
+        rollout_backend: "hf" (the policy's own `generate`) or "vllm" (a colocated vLLM engine, weights synced
+            every step; needs the vllm package and a GPU; see `geor1.model.vllm_rollout`).
+        vllm_engine: extra `vllm.LLM` arguments for the vllm backend, e.g. {"gpu_memory_utilization": 0.3}.
         micro_batch_prompts: prompts per backward pass (memory); None: the whole batch at once.
         max_grad_norm: gradient clipping (None: off).
         log_completions_every_n_steps: TensorBoard text table of completions and an episode's images.
@@ -86,6 +90,8 @@ class GRPOModule(PolicyModule):
         scale_rewards: bool = True,
         advantage_eps: float = 1e-4,
         share_prefix: bool = True,
+        rollout_backend: str = "hf",
+        vllm_engine: dict[str, Any] | None = None,
         micro_batch_prompts: int | None = None,
         max_grad_norm: float | None = 1.0,
         log_completions_every_n_steps: int = 50,
@@ -102,11 +108,17 @@ class GRPOModule(PolicyModule):
             raise Geor1Error(f"kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}")
         if mu < 1:
             raise Geor1Error(f"mu must be >= 1, got {mu}")
+        if rollout_backend not in ("hf", "vllm"):
+            raise Geor1Error(f"rollout_backend must be 'hf' or 'vllm', got {rollout_backend!r}")
+        if rollout_backend == "vllm":
+            require_vllm()  # fail at construction, before any data or model work
         self.reward_weights = dict(rewards or {"accuracy": 1.0, "format": 1.0, "length": 1.0, "repetition": 1.0})
         self.reward_fns = {name: get_reward(name) for name in self.reward_weights}
         self.reward_kwargs = {name: dict((reward_kwargs or {}).get(name, {})) for name in self.reward_weights}
         self.automatic_optimization = False
         self._reference: Policy | None = None  # full fine-tuning with beta > 0: a frozen copy (not a submodule)
+        self._engine: VLLMRollout | None = None  # rollout_backend "vllm"
+        self._engine_step = -1  # the global step whose weights the engine holds
 
     # ------------------------------------------------------------------ reference model
     def setup(self, stage: str) -> None:
@@ -121,6 +133,9 @@ class GRPOModule(PolicyModule):
     def on_fit_start(self) -> None:
         if self._reference is not None:
             self._reference.to(self.device)
+        if self.hparams.rollout_backend == "vllm" and self._engine is None:
+            self._engine = VLLMRollout(self.policy, engine_kwargs=self.hparams.vllm_engine,
+                                       seed=torch.initial_seed() % 2**31 + self.global_rank)
 
     @contextmanager
     def _reference_policy(self):
@@ -151,8 +166,7 @@ class GRPOModule(PolicyModule):
         hp = self.hparams
         g = hp.num_generations
         t0 = time.perf_counter()
-        rollout = self.policy.generate([s.prompt for s in batch], num_samples=g, max_new_tokens=hp.max_new_tokens,
-                                       temperature=hp.temperature, top_p=hp.top_p, share_prefix=hp.share_prefix)
+        rollout = self._rollout([s.prompt for s in batch])
         t1 = time.perf_counter()
         metas = [s.meta for s in batch for _ in range(g)]  # [N], grouped like the completions
         scores, total = self.score(rollout, metas)
@@ -164,6 +178,18 @@ class GRPOModule(PolicyModule):
         stats = [self._update(rollout, advantages, old_lp, ref_lp) for _ in range(hp.mu)]
         t3 = time.perf_counter()
         self._log_step(batch, rollout, scores, rewards, scored, stats, metas, (t1 - t0, t2 - t1, t3 - t2))
+
+    def _rollout(self, prompts: list) -> Rollout:
+        """G samples for each of the B prompts, from the policy itself or from the vLLM engine."""
+        hp = self.hparams
+        if self._engine is None:
+            return self.policy.generate(prompts, num_samples=hp.num_generations, max_new_tokens=hp.max_new_tokens,
+                                        temperature=hp.temperature, top_p=hp.top_p, share_prefix=hp.share_prefix)
+        if self._engine_step != self.global_step:  # the weights changed since the engine last got them
+            self._engine.sync_weights(self.policy)
+            self._engine_step = self.global_step
+        return self._engine.generate(self.policy, prompts, hp.num_generations, hp.max_new_tokens, hp.temperature,
+                                     hp.top_p)
 
     def score(self, rollout: Rollout, metas: list[dict[str, Any]]
               ) -> tuple[dict[str, list[float | None]], list[float | None]]:
