@@ -162,3 +162,14 @@ def test_encoder_index_mining_end_to_end(tmp_path):
         assert ep["cand0.jpg"].size == (128, 128) and ep["ground.jpg"].size == (192, 128)
     report = json.loads((tmp_path / "eps" / "mining_report.json").read_text())
     assert report["episodes"] == {"train": 30, "val": 12, "test": 12}
+    # geor1 eval retrieval: the test ground views against the whole index, checked against brute force
+    main(["eval", "retrieval", "--index", str(tmp_path / "idx"), "--shards", str(world), "--out",
+          str(tmp_path / "ret")])
+    got = json.loads((tmp_path / "ret" / "metrics.json").read_text())
+    index = SatIndex.load(tmp_path / "idx")
+    rows = [i for i, m in enumerate(index.meta) if m["split"] == "test"]
+    sims = torch.from_numpy(index.ground[rows]) @ torch.from_numpy(index.sat).T  # [12, 54]
+    rank = (sims > sims[torch.arange(len(rows)), rows][:, None]).sum(1)  # tiles scoring above the true one
+    assert got["queries"] == 12 and got["gallery"] == 54 and got["queries_without_tile"] == 0
+    for k in (1, 5, 10):
+        assert got[f"recall@{k}"] == pytest.approx(float((rank < k).float().mean()))

@@ -1,4 +1,4 @@
-"""`geor1 eval pairing|geolocate`: run a local model on held-out shards, write predictions and metrics."""
+"""`geor1 eval pairing|geolocate|retrieval`: run a local model (or an index) on held-out shards, write metrics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a model: pairing accuracy, geolocation")
+    p = sub.add_parser("eval", help="evaluate: pairing accuracy, geolocation, cross-view retrieval")
     esub = p.add_subparsers(dest="eval_command", metavar="TASK", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", default=None, help="local Hugging Face model folder")
@@ -27,6 +27,33 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ge.add_argument("--predictions", default=None, help="CSV id,lat,lon or id,text (model-free scoring)")
     ge.add_argument("--truth", default=None, help="CSV id,lat,lon[,city,country] (model-free scoring)")
     ge.set_defaults(handler=_geolocate)
+    re_ = esub.add_parser("retrieval", help="cross-view Recall@1/5/10 of a split's ground views against an index")
+    re_.add_argument("--index", required=True, help="index folder from `geor1 index build`")
+    re_.add_argument("--shards", required=True, help="pair shards whose ground views are the queries")
+    re_.add_argument("--split", default="test")
+    re_.add_argument("--ckpt", default=None, help="encoder checkpoint (default: the one the index was built with)")
+    re_.add_argument("--out", default=None, help="folder for metrics.json and metrics.md")
+    re_.add_argument("--batch-size", type=int, default=128)
+    re_.set_defaults(handler=_retrieval)
+
+
+def _retrieval(ns: argparse.Namespace) -> None:
+    import torch
+
+    from geor1.retrieval.evaluate import evaluate_retrieval
+
+    m = evaluate_retrieval(ns.index, ns.shards, ns.split, ns.ckpt, batch_size=ns.batch_size,
+                           device="cuda" if torch.cuda.is_available() else "cpu")
+    table = "\n".join([f"Cross-view retrieval: {m['queries']} '{m['split']}' ground views against {m['gallery']} "
+                       f"tiles ({m['queries_without_tile']} queries without a tile in the index)", "",
+                       "| metric | value | chance |", "|---|---|---|",
+                       *(f"| recall@{k} | {m[f'recall@{k}']:.3f} | {m[f'chance@{k}']:.3f} |" for k in (1, 5, 10))])
+    print(table)
+    if ns.out:
+        out = Path(ns.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
+        (out / "metrics.md").write_text(table + "\n")
 
 
 def load_samples(root: str, split: str, task: str, limit: int | None) -> list:
