@@ -128,3 +128,32 @@ def test_model_free_scoring_matches_independent_haversine(tmp_path):
     assert metrics["country_acc"] == pytest.approx(2 / 4)  # reverse geocoding: Paris area FR, (40N, 75W) US
     assert (tmp_path / "out" / "error_cdf.png").is_file() and (tmp_path / "out" / "world_map.png").is_file()
     assert list((tmp_path / "out" / "tb").glob("events.out.tfevents.*"))
+
+
+def test_eval_geolocate_runs_a_model_on_a_csv_of_images(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from geor1.cli import main
+    from geor1.model.tiny import save_tiny_checkpoint
+
+    model = save_tiny_checkpoint(tmp_path / "model")
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    rows = [("a", 48.8566, 2.3522), ("b", -33.8688, 151.2093), ("c", 40.7128, -74.0060), ("gone", 1.0, 1.0)]
+    for name, _, _ in rows[:3]:
+        Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(images / f"{name}.jpg")
+    with open(tmp_path / "bench.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "lat", "lon"])
+        w.writerows(rows)
+    out = tmp_path / "out"
+    main(["eval", "geolocate", "--model", str(model), "--data", str(tmp_path / "bench.csv"), "--images",
+          str(images), "--out", str(out), "--max-new-tokens", "4", "--max-pixels", "12544"])
+    preds = list(csv.DictReader(open(out / "predictions.csv")))
+    assert sorted(p["id"] for p in preds) == ["a", "b", "c"]  # the row without an image is skipped ...
+    skipped = json.loads((out / "shards" / "skipped-csv.json").read_text())
+    assert [s["key"] for s in skipped] == ["gone"]  # ... and listed, not lost
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 3 and 0.0 <= metrics["unparseable_share"] <= 1.0

@@ -23,7 +23,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     pe.set_defaults(handler=lambda ns: _run(ns, "pairing", ns.episodes))
     ge = esub.add_parser("geolocate", parents=[common],
                          help="geolocation: a model on shards, or a predictions CSV against a truth CSV (no model)")
-    ge.add_argument("--data", default=None, help="pair or ground-only shards (with --model)")
+    ge.add_argument("--data", default=None, help="pair or ground-only shards, or a CSV of images (with --model)")
+    ge.add_argument("--images", default=None, help="image folder of a --data CSV")
+    ge.add_argument("--id-col", default=None, help="CSV image id/file column (default: IMG_ID or id)")
+    ge.add_argument("--lat-col", default=None, help="CSV latitude column (default: LAT, lat or latitude)")
+    ge.add_argument("--lon-col", default=None, help="CSV longitude column (default: LON, lon, lng or longitude)")
     ge.add_argument("--predictions", default=None, help="CSV id,lat,lon or id,text (model-free scoring)")
     ge.add_argument("--truth", default=None, help="CSV id,lat,lon[,city,country] (model-free scoring)")
     ge.set_defaults(handler=_geolocate)
@@ -100,7 +104,45 @@ def _geolocate(ns: argparse.Namespace) -> None:
         return
     if not (ns.model and ns.data):
         raise Geor1Error("geolocation evaluation takes --model and --data, or --predictions and --truth")
-    _run(ns, "geolocate", ns.data)
+    data = ns.data
+    if Path(data).suffix.lower() == ".csv":
+        data = str(_csv_to_shards(ns))
+    elif ns.images:
+        raise Geor1Error("--images goes with a --data CSV; shards carry their own images")
+    _run(ns, "geolocate", data)
+
+
+def _csv_to_shards(ns: argparse.Namespace) -> Path:
+    """A benchmark CSV + image folder -> shards under <out>/shards (rows with a missing or broken image, or bad
+    coordinates, are skipped and listed in skipped-csv.json there)."""
+    import csv
+
+    from geor1 import Geor1Error
+    from geor1.data.convert import csv_rows, write_rows
+
+    if not Path(ns.data).is_file():
+        raise Geor1Error(f"CSV not found: {ns.data}")
+    if not ns.images or not Path(ns.images).is_dir():
+        raise Geor1Error(f"a --data CSV needs --images, the folder its image names are relative to (got {ns.images})")
+    with open(ns.data, newline="", encoding="utf-8-sig") as f:
+        header = next(csv.reader(f), [])
+
+    def pick(given: str | None, names: tuple[str, ...], what: str) -> str:
+        if given:
+            return given
+        found = next((c for c in names if c in header), None)
+        if found is None:
+            raise Geor1Error(f"{ns.data}: no {what} column among {', '.join(header)} (name it with --{what}-col)")
+        return found
+
+    rows = csv_rows(ns.data, ns.images, id_col=pick(ns.id_col, ("IMG_ID", "id", "image"), "id"),
+                    lat_col=pick(ns.lat_col, ("LAT", "lat", "latitude"), "lat"),
+                    lon_col=pick(ns.lon_col, ("LON", "lon", "lng", "longitude"), "lon"), split=ns.split)
+    out = Path(ns.out) / "shards"
+    report = write_rows(rows, out, "csv", "the benchmark's own licence")
+    if report.skipped:
+        print(f"warning: {len(report.skipped)} CSV rows skipped (listed in {out}/skipped-csv.json)")
+    return out
 
 
 def _plots(out: Path, rows: list[dict], truth: dict[str, dict]) -> None:
