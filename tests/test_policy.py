@@ -10,7 +10,7 @@ from transformers import AutoModelForImageTextToText
 
 from geor1 import Geor1Error
 from geor1.model import Policy, Prompt, TinyPolicy
-from geor1.model.policy import IGNORE_INDEX, completion_mask, repeat_prompts
+from geor1.model.policy import IGNORE_INDEX, completion_mask
 
 
 def _prompts() -> list[Prompt]:
@@ -78,7 +78,7 @@ def test_completion_mask_stops_after_first_eos():
 
 def test_repeat_prompts_regathers_images_per_row(tiny_policy):
     enc = tiny_policy.encode(_prompts())
-    rep = repeat_prompts(enc, 2, tiny_policy.vision_start_id)
+    rep = tiny_policy.repeat_prompts(enc, 2)
     assert rep["input_ids"].shape[0] == 4
     single = tiny_policy.encode(_prompts()[1:])
     # rows 2 and 3 are prompt 1: its one image's patches, twice
@@ -195,3 +195,242 @@ def test_shared_prefix_rollout_equals_naive_and_encodes_each_prompt_once(tiny_po
         grads.append(torch.cat([p.grad.flatten() for p in tiny_policy.parameters() if p.grad is not None]))
     tiny_policy.zero_grad()
     torch.testing.assert_close(grads[0], grads[1], atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------- every Qwen family
+QWEN_FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+
+
+def _family_prompts() -> list[Prompt]:
+    """Prompts with different numbers and sizes of images, and one without any."""
+    rng = np.random.default_rng(3)
+    return [
+        Prompt("Ground view: <image>\nCandidates: A <image> B <image>\nWhich?",
+               [random_image(rng, 64, 64), random_image(rng, 100, 60), random_image(rng, 90, 120)]),
+        Prompt("Where is this? <image>", [random_image(rng, 120, 90)]),
+        Prompt("Give the latitude and longitude in decimal degrees.", []),
+    ]
+
+
+def _random_completions(policy: Policy, rows: int, t: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """[rows, t] ordinary tokens with an EOS early in some rows (so masks differ), padded after it."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(10, len(policy.tokenizer), (rows, t), generator=gen)
+    ids[1, 2] = policy.eos_ids[0]
+    ids[rows - 2, 0] = policy.eos_ids[0]
+    mask, _ = completion_mask(ids, policy.eos_ids)
+    return ids.masked_fill(~mask, policy.pad_id), mask
+
+
+def _plain_logprobs(policy: Policy, prompt: Prompt, completion: torch.Tensor) -> torch.Tensor:
+    """The reference: this prompt alone (processor called on it alone, no padding) + its completion, one forward,
+    full logits, log_softmax, gather."""
+    enc = policy.encode([prompt])
+    p = enc["input_ids"].shape[1]
+    batch = dict(enc)
+    batch["input_ids"] = torch.cat([enc["input_ids"], completion[None]], 1)
+    batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    batch["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(completion)[None]], 1)
+    logits = policy.model(**batch).logits
+    return logits[0, p - 1:-1].log_softmax(-1).gather(-1, completion[:, None]).squeeze(-1)
+
+
+@pytest.fixture(scope="module", params=QWEN_FAMILIES)
+def family_policy(request):
+    return TinyPolicy(seed=0, family=request.param, hidden_size=64)
+
+
+def test_group_logprobs_equal_plain_forward_for_every_qwen_family(family_policy):
+    """B=3 prompts (3 images, 1 image, none; different sizes), G=3: every path equals the plain forward (1e-5)."""
+    policy, prompts, g = family_policy, _family_prompts(), 3
+    assert policy.adapter.shared_prefix
+    enc = policy.encode(prompts)
+    ids, mask = _random_completions(policy, len(prompts) * g)
+    with torch.no_grad():
+        refs = [_plain_logprobs(policy, prompts[r // g], ids[r, :int(mask[r].sum())]) for r in range(len(ids))]
+        for share in (True, False):
+            for tile in (32, 4, None):
+                policy.logprob_tile = tile
+                lp = policy.token_logprobs(enc, ids, mask, g, share_prefix=share)
+                assert lp.dtype == torch.float32 and lp.shape == ids.shape
+                for r, ref in enumerate(refs):
+                    torch.testing.assert_close(lp[r, :len(ref)], ref, atol=1e-5, rtol=0,
+                                               msg=lambda m: f"share={share} tile={tile} row={r}: {m}")
+                    assert torch.all(lp[r, len(ref):] == 0)
+    policy.logprob_tile = 32
+
+
+def test_text_only_prompts_with_shared_prefix(family_policy):
+    """A batch of text-only prompts (no rope offsets from images) scores exactly, shared prefix or not."""
+    policy, g = family_policy, 2
+    prompts = [Prompt("Where on Earth was this picture taken?", []), Prompt("Region: Europe", [])]
+    enc = policy.encode(prompts)
+    assert "pixel_values" not in enc
+    ids, mask = _random_completions(policy, len(prompts) * g, seed=1)
+    with torch.no_grad():
+        shared = policy.token_logprobs(enc, ids, mask, g, share_prefix=True)
+        for r in range(len(ids)):
+            ref = _plain_logprobs(policy, prompts[r // g], ids[r, :int(mask[r].sum())])
+            torch.testing.assert_close(shared[r, :len(ref)], ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_gradient_checkpointing_equals_no_checkpointing(family):
+    """Shared-prefix scoring under gradient checkpointing (the 7B recipe's setting): same values and gradients as
+    without, and the decoder layers really are recomputed in backward."""
+    prompts, g = _family_prompts()[:2], 3
+    results = []
+    for checkpointing in (False, True):
+        policy = TinyPolicy(seed=0, family=family, hidden_size=64, gradient_checkpointing=checkpointing)
+        enc = policy.encode(prompts)
+        ids, mask = _random_completions(policy, len(prompts) * g)
+        calls: list[int] = []
+        attn = policy.adapter.decoder_layers(policy.base_model())[0].self_attn
+        hook = attn.register_forward_hook(lambda *a: calls.append(1))
+        try:
+            lp = policy.token_logprobs(enc, ids, mask, g, share_prefix=True)
+            forward_calls = len(calls)
+            weights = torch.linspace(0.5, 1.5, lp.numel()).view_as(lp)
+            (lp * weights).sum().backward()
+        finally:
+            hook.remove()
+        assert forward_calls == 2  # prefill + continuation
+        assert len(calls) == (4 if checkpointing else 2)  # recomputed in backward only when checkpointing
+        grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+        results.append((lp.detach(), grads))
+    (lp0, g0), (lp1, g1) = results
+    torch.testing.assert_close(lp1, lp0, atol=1e-6, rtol=0)
+    assert g0.keys() == g1.keys() and any("visual" in n for n in g0)  # gradient reaches the vision tower
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_tiled_logprobs_and_grads_equal_full_logits_path(tiny_policy):
+    prompts, g = _prompts(), 2
+    enc = tiny_policy.encode(prompts)
+    ids, mask = _random_completions(tiny_policy, len(prompts) * g, t=9)
+    out = []
+    for tile in (None, 5):
+        tiny_policy.logprob_tile = tile
+        tiny_policy.zero_grad()
+        lp = tiny_policy.token_logprobs(enc, ids, mask, g, temperature=0.7)
+        lp.sum().backward()
+        out.append((lp.detach(), torch.cat([p.grad.flatten() for p in tiny_policy.parameters() if p.grad is not None])))
+    tiny_policy.logprob_tile = 32
+    tiny_policy.zero_grad()
+    torch.testing.assert_close(out[1][0], out[0][0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[1][1], out[0][1], atol=1e-5, rtol=1e-5)
+
+
+def test_final_hidden_through_lm_head_gives_the_model_logits(tiny_policy):
+    """`final_hidden` is the normed state the LM head reads: head(final_hidden) == the model's own logits."""
+    inputs, _ = tiny_policy.encode_sft(_prompts(), ["<answer>A</answer>", "<answer>B</answer>"])
+    with torch.no_grad():
+        hidden = tiny_policy.final_hidden(inputs)
+        logits = tiny_policy.model(**inputs).logits
+        torch.testing.assert_close(tiny_policy.lm_head(hidden), logits, atol=1e-6, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------- on-policy sampling
+@pytest.fixture(scope="module")
+def hub_config_policy(tmp_path_factory):
+    """The real-shaped Qwen2.5-VL-7B-Instruct folder: real tokenizer, template and the hub's generation_config.json
+    (do_sample, repetition_penalty 1.05, temperature 0.1, top_p 0.001, top_k 1)."""
+    from geor1.model.real_shaped import save_real_shaped_qwen2_5_vl
+
+    folder = save_real_shaped_qwen2_5_vl(tmp_path_factory.mktemp("real") / "qwen2_5_vl_7b")
+    return Policy(str(folder), max_pixels=28 * 28 * 16)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_sampling_uses_only_the_configured_warpers(hub_config_policy, monkeypatch, share):
+    """The checkpoint says repetition_penalty 1.05, temperature 0.1, top_p 0.001, top_k 1; geor1 samples with what it
+    is told and nothing else: the sampled tokens' log-probs under the distribution sampled from equal
+    `token_logprobs` at the same temperature, and the logits processors are exactly the configured warpers."""
+    from transformers.generation import utils as gen_utils
+
+    policy = hub_config_policy
+    hub = policy.base_model().generation_config
+    assert (hub.repetition_penalty, hub.temperature, hub.top_p, hub.top_k) == (1.05, 0.1, 0.001, 1)
+    seen: list[list] = []
+    original = gen_utils.GenerationMixin._get_logits_processor
+
+    def spy(self, *args, **kwargs):
+        procs = original(self, *args, **kwargs)
+        seen.append(list(procs))
+        return procs
+
+    monkeypatch.setattr(gen_utils.GenerationMixin, "_get_logits_processor", spy)
+    torch.manual_seed(0)
+    rollout = policy.generate(_prompts(), num_samples=3, max_new_tokens=8, temperature=1.3, share_prefix=share,
+                              output_logprobs=True)
+    assert [type(p).__name__ for p in seen[-1]] == ["TemperatureLogitsWarper"]
+    assert seen[-1][0].temperature == 1.3
+    with torch.no_grad():
+        lp = policy.token_logprobs(rollout.inputs, rollout.completion_ids, rollout.completion_mask, 3,
+                                   temperature=1.3, share_prefix=share)
+    torch.testing.assert_close(rollout.sample_logprobs, lp, atol=1e-5, rtol=0)
+    assert policy.base_model().generation_config.repetition_penalty == 1.05  # the checkpoint's config is untouched
+
+    policy.generate(_prompts()[:1], num_samples=2, max_new_tokens=2, temperature=0.7, top_p=0.9, top_k=20,
+                    share_prefix=share)
+    procs = {type(p).__name__: p for p in seen[-1]}
+    assert sorted(procs) == ["TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper"]
+    assert (procs["TemperatureLogitsWarper"].temperature, procs["TopPLogitsWarper"].top_p,
+            procs["TopKLogitsWarper"].top_k) == (0.7, 0.9, 20)
+
+
+def test_generate_passes_synced_gpus(tiny_policy, monkeypatch):
+    """`synced_gpus` reaches transformers' generate (sharded ranks keep stepping until all are done)."""
+    from transformers.generation import utils as gen_utils
+
+    seen = []
+    original = gen_utils.GenerationMixin.generate
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("synced_gpus"))
+        kwargs["synced_gpus"] = False  # one process here: nothing to synchronise with
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(gen_utils.GenerationMixin, "generate", spy)
+    for share in (True, False):
+        tiny_policy.generate(_prompts()[:1], max_new_tokens=2, do_sample=False, synced_gpus=True, share_prefix=share)
+    tiny_policy.generate(_prompts()[:1], max_new_tokens=2, do_sample=False)
+    assert seen == [True, True, False]
+
+
+# --------------------------------------------------------------------------------------------------- clear errors
+def test_unsupported_family_is_a_clear_error(tmp_path):
+    from transformers import LlamaConfig
+
+    from geor1.model.adapters import adapter_for, supported_families
+
+    assert {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"} <= set(supported_families())
+    LlamaConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=32).save_pretrained(tmp_path / "llama")
+    with pytest.raises(Geor1Error, match=r"'llama'.*not supported.*Qwen2\.5-VL \(qwen2_5_vl\)"):
+        Policy(str(tmp_path / "llama"))
+    with pytest.raises(Geor1Error, match="supported: .*Qwen3-VL"):
+        adapter_for(LlamaConfig())
+
+
+def test_unknown_processor_output_is_a_clear_error(tiny_policy):
+    enc = tiny_policy.encode(_prompts())
+    enc["pixel_values_extra"] = enc["pixel_values"]
+    ids, mask = _random_completions(tiny_policy, 4)
+    with pytest.raises(Geor1Error, match="'pixel_values_extra'.*Qwen2.5-VL"):
+        tiny_policy.token_logprobs(enc, ids, mask, 2, share_prefix=False)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_tiny_family_folder_loads_back_with_its_own_processor(tmp_path, family):
+    """Qwen2-VL / Qwen3-VL folders: their own processor classes come back from disk, same inputs, same logits."""
+    tiny = TinyPolicy(seed=0, family=family, hidden_size=64)
+    loaded = Policy(str(tiny.save_pretrained(tmp_path / family)))
+    assert type(loaded.processor) is type(tiny.processor)
+    assert type(loaded.processor).__name__ == {"qwen2_vl": "Qwen2VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}[family]
+    prompts = _family_prompts()
+    a, b = tiny.encode(prompts), loaded.encode(prompts)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with torch.no_grad():
+        assert torch.equal(tiny.model(**a).logits, loaded.model(**b).logits)

@@ -1,4 +1,5 @@
-"""The policy: a vision-language model behind generate / token_logprobs / save_pretrained; tiny offline builders.
+"""The policy: a vision-language model behind generate / token_logprobs / save_pretrained (loading, batching and
+one adapter per model family underneath); tiny offline builders.
 (Imported lazily: `geor1 --help` stays fast.)"""
 
 from geor1._lazy import lazy_exports
@@ -6,7 +7,8 @@ from geor1._lazy import lazy_exports
 _EXPORTS = {
     "ChatSample": "geor1.model.chat", "Prompt": "geor1.model.chat", "collate_samples": "geor1.model.chat",
     "LoraSpec": "geor1.model.policy", "Policy": "geor1.model.policy", "Rollout": "geor1.model.policy",
-    "load_pretrained": "geor1.model.policy", "TinyPolicy": "geor1.model.tiny_policy",
+    "load_pretrained": "geor1.model.loading", "TinyPolicy": "geor1.model.tiny_policy",
+    "adapter_for": "geor1.model.adapters", "supported_families": "geor1.model.adapters",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,13 +1,15 @@
 """`Policy`: a vision-language model + its processor, behind the few calls the objectives make.
 
     encode(prompts)                       -> left-padded chat inputs of B prompts (images expanded to their tokens)
-    encode_sft(prompts, responses)        -> right-padded prompt+response ids with labels on response tokens only
+    encode_sft(prompts, responses)        -> right-padded prompt+response inputs with labels on response tokens only
     generate(prompts, num_samples=G)      -> Rollout: B*G completions, their ids, mask and text
     token_logprobs(inputs, ids, mask, G)  -> [B*G, T] log-probabilities of given completions
+    final_hidden(batch), lm_head          -> [N, L, H] normed hidden states and the head (tiled SFT loss)
     save_pretrained(dir)                  -> a folder plain `transformers` loads back
 
-Models load only from local folders (geor1 runs Hugging Face in offline mode). Qwen2.5-VL is the reference
-architecture; any `AutoModelForImageTextToText` whose processor takes `text=` and `images=` should work.
+Loading lives in `geor1.model.loading`, prompt batching in `geor1.model.batching`, and everything that depends on
+the model family in its adapter (`geor1.model.adapters`); a family without one is refused with the list of those
+supported.
 """
 
 from __future__ import annotations
@@ -16,30 +18,25 @@ import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeature
+from transformers import BatchFeature, DynamicCache, GenerationConfig
 
 from geor1 import Geor1Error
+from geor1.model.adapters import ArchAdapter, adapter_for
+from geor1.model.batching import append_completions, repeat_rows, select_rows, slice_rows
 from geor1.model.chat import Prompt
+from geor1.model.loading import DTYPES, LoraSpec, check_model_dir, load_pretrained, prepare_model
+from geor1.model.prefix_cache import cache_through_checkpointing, capture_cache, frozen_prefix
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 IGNORE_INDEX = -100
 
-
-@dataclass
-class LoraSpec:
-    """LoRA adapter settings (PEFT). The default targets the language model's attention and MLP projections only."""
-
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: str | list[str] = (
-        r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-    )
+__all__ = ["DTYPES", "IGNORE_INDEX", "LoraSpec", "Policy", "Prompt", "Rollout", "check_model_dir", "completion_mask",
+           "load_pretrained", "selective_log_softmax"]
 
 
 @dataclass
@@ -52,43 +49,15 @@ class Rollout:
     texts: list[str]  # B*G decoded completions (special tokens removed)
     num_samples: int  # G
     truncated: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))  # [B*G] no EOS within T
+    sample_logprobs: Tensor | None = None  # [B*G, T] log-probs under the sampling distribution (output_logprobs)
 
     @property
     def lengths(self) -> Tensor:
         return self.completion_mask.sum(-1)
 
 
-def check_model_dir(path: str | Path) -> Path:
-    """The folder a model loads from, or a Geor1Error that names it and says how to supply one."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise Geor1Error(
-            f"model path '{p}' does not exist. geor1 never downloads models: pass the folder of a local Hugging Face "
-            f"checkpoint (e.g. Qwen2.5-VL-7B-Instruct fetched with `huggingface-cli download` on a machine with "
-            f"network access), or write a tiny test model with `geor1 model tiny --out {p}`."
-        )
-    if not (p / "config.json").is_file():
-        raise Geor1Error(
-            f"model path '{p}' has no config.json, so it is not a Hugging Face model folder "
-            f"(expected config.json, *.safetensors and the processor/tokenizer files)."
-        )
-    return p
-
-
-def load_pretrained(path: str | Path, dtype: str = "float32", attn_implementation: str | None = "sdpa"):
-    """(model, processor) from a local folder, never the network."""
-    p = check_model_dir(path)
-    if dtype not in DTYPES:
-        raise Geor1Error(f"dtype '{dtype}' is not one of {sorted(DTYPES)}")
-    model = AutoModelForImageTextToText.from_pretrained(
-        p, local_files_only=True, dtype=DTYPES[dtype], attn_implementation=attn_implementation
-    )
-    processor = AutoProcessor.from_pretrained(p, local_files_only=True)
-    return model, processor
-
-
 def selective_log_softmax(logits: Tensor, ids: Tensor, chunk: int = 8) -> Tensor:
-    """log softmax(logits)[ids] without materialising [N, T, V] log-probs at once.
+    """log softmax(logits)[ids], `chunk` rows at a time (the full-logits reference path).
 
     logits: [N, T, V] float; ids: [N, T] long -> [N, T] float32.
     """
@@ -100,45 +69,7 @@ def selective_log_softmax(logits: Tensor, ids: Tensor, chunk: int = 8) -> Tensor
     return torch.cat(out)
 
 
-def select_prompts(inputs: BatchFeature, rows: list[int], vision_start_id: int | None) -> BatchFeature:
-    """The prompts `rows` (any order, repeats allowed) of a batch, with their images.
-
-    `pixel_values` is flat over all images' patches ([sum_i patches_i, D]) and `image_grid_thw` is [n_images, 3];
-    each image opens with one `vision_start_id` token, which tells how many images each row holds.
-    """
-    index = torch.as_tensor(rows, dtype=torch.long, device=inputs["input_ids"].device)
-    out = {k: v[index] for k, v in inputs.items() if k in _ROW_KEYS}
-    if "image_grid_thw" in inputs:
-        if vision_start_id is None:
-            raise ValueError("selecting prompts with images needs vision_start_id")
-        grid = inputs["image_grid_thw"]  # [n_images, 3]
-        patches = grid.prod(-1)  # [n_images]
-        images_per_row = (inputs["input_ids"] == vision_start_id).sum(-1)  # [B]
-        first_image = torch.cumsum(images_per_row, 0) - images_per_row
-        image_idx = [i for r in index.tolist() for i in range(int(first_image[r]), int(first_image[r] +
-                                                                                      images_per_row[r]))]
-        patch_start = torch.cumsum(patches, 0) - patches
-        patch_idx = [torch.arange(int(patch_start[i]), int(patch_start[i] + patches[i])) for i in image_idx]
-        out["image_grid_thw"] = grid[image_idx]
-        out["pixel_values"] = inputs["pixel_values"][torch.cat(patch_idx).to(grid.device)] if patch_idx else \
-            inputs["pixel_values"][:0]
-    return BatchFeature(out)
-
-
-def repeat_prompts(inputs: BatchFeature, repeats: int, vision_start_id: int | None = None) -> BatchFeature:
-    """Each of B prompts `repeats` times (rows b*G..b*G+G-1 = prompt b), images included."""
-    if repeats == 1:
-        return inputs
-    b = inputs["input_ids"].shape[0]
-    return select_prompts(inputs, [r for r in range(b) for _ in range(repeats)], vision_start_id)
-
-
-def slice_prompts(inputs: BatchFeature, prompts: slice, vision_start_id: int | None) -> BatchFeature:
-    """Prompts `prompts.start .. prompts.stop - 1` of a batch, images included."""
-    return select_prompts(inputs, list(range(inputs["input_ids"].shape[0]))[prompts], vision_start_id)
-
-
-_ROW_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+_NO_LOGITS = torch.zeros(0, dtype=torch.long)  # logits_to_keep: keep no position (hidden states only)
 
 
 class Policy(nn.Module):
@@ -153,6 +84,8 @@ class Policy(nn.Module):
         max_pixels: largest image area after resizing; with the group size G it decides memory (None: processor's).
         attn_implementation: "sdpa", "eager" or "flash_attention_2".
         gradient_checkpointing: recompute activations in backward to save memory.
+        logprob_tile: positions per LM-head tile in `token_logprobs` (no [N, T, V] logits); None: the full-logits
+            reference path.
     """
 
     def __init__(
@@ -165,42 +98,34 @@ class Policy(nn.Module):
         max_pixels: int | None = None,
         attn_implementation: str | None = "sdpa",
         gradient_checkpointing: bool = False,
+        logprob_tile: int | None = 32,
     ) -> None:
         super().__init__()
         model, processor = load_pretrained(path, dtype, attn_implementation)
-        self._setup(model, processor, lora, freeze_vision, min_pixels, max_pixels, gradient_checkpointing)
+        self._setup(model, processor, lora, freeze_vision, min_pixels, max_pixels, gradient_checkpointing,
+                    logprob_tile)
         self.source = str(path)
 
     # ------------------------------------------------------------------ set-up
-    def _setup(self, model, processor, lora, freeze_vision, min_pixels, max_pixels, gradient_checkpointing) -> None:
+    def _setup(self, model, processor, lora: LoraSpec | None, freeze_vision: bool, min_pixels: int | None,
+               max_pixels: int | None, gradient_checkpointing: bool, logprob_tile: int | None = 32) -> None:
+        self.adapter: ArchAdapter = adapter_for(model)
         self.processor = processor
         self.tokenizer = processor.tokenizer
         if min_pixels is not None or max_pixels is not None:
-            ip = processor.image_processor
-            lo = min_pixels if min_pixels is not None else ip.size["shortest_edge"]
-            hi = max_pixels if max_pixels is not None else ip.size["longest_edge"]
-            if lo > hi:
-                raise Geor1Error(f"min_pixels ({lo}) is larger than max_pixels ({hi})")
-            ip.size = {"shortest_edge": lo, "longest_edge": hi}
+            self.adapter.set_pixel_bounds(processor, min_pixels, max_pixels)
+        if logprob_tile is not None and logprob_tile < 1:
+            raise Geor1Error(f"logprob_tile must be a positive number of positions or null, got {logprob_tile}")
+        self.logprob_tile = logprob_tile
         self.lora = lora
-        if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if freeze_vision:
-            for p in self.vision_tower(model).parameters():
-                p.requires_grad_(False)
-        if lora is not None:
-            from peft import LoraConfig, get_peft_model
-
-            cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                             target_modules=lora.target_modules)
-            model = get_peft_model(model, cfg)
-        self.model = model.train()  # from_pretrained returns eval mode; Lightning's loops switch modes
+        self.model = prepare_model(model, self.adapter, lora, freeze_vision, gradient_checkpointing)
         gc = model.generation_config
         eos = gc.eos_token_id if gc.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos_ids: list[int] = list(eos) if isinstance(eos, (list, tuple)) else [int(eos)]
         self.pad_id: int = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.bos_id: int | None = gc.bos_token_id if gc.bos_token_id is not None else self.tokenizer.bos_token_id
         cfg = self.base_model().config
-        self.image_token_id: int | None = getattr(cfg, "image_token_id", None)
+        self.image_token_id: int | None = getattr(cfg, "image_token_id", getattr(cfg, "image_token_index", None))
         self.vision_start_id: int | None = getattr(cfg, "vision_start_token_id", None)
 
     def base_model(self) -> nn.Module:
@@ -209,35 +134,62 @@ class Policy(nn.Module):
 
     @staticmethod
     def vision_tower(model: nn.Module) -> nn.Module:
-        for owner in (getattr(model, "model", None), model):
-            if owner is not None and hasattr(owner, "visual"):
-                return owner.visual
-        raise Geor1Error(f"cannot find the vision tower of {type(model).__name__} (no `.visual`)")
+        """The vision tower of a transformers model (PEFT-wrapped or not), found by its family's adapter."""
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        return adapter_for(base).vision_tower(base)
+
+    @property
+    def lm_head(self) -> nn.Module:
+        """The module mapping `final_hidden` states [..., H] to the logits [..., V] (call it, never read .weight)."""
+        return self.adapter.lm_head(self.base_model())
+
+    @property
+    def supports_shared_prefix(self) -> bool:
+        return self.adapter.shared_prefix
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ batching
+    def select_prompts(self, inputs: BatchFeature, rows: list[int]) -> BatchFeature:
+        """Prompts `rows` (any order, repeats allowed) of an `encode` batch, with every processor output."""
+        return select_rows(inputs, rows, self.adapter, self.base_model())
+
+    def repeat_prompts(self, inputs: BatchFeature, repeats: int) -> BatchFeature:
+        return repeat_rows(inputs, repeats, self.adapter, self.base_model())
+
+    def slice_prompts(self, inputs: BatchFeature, prompts: slice) -> BatchFeature:
+        return slice_rows(inputs, prompts, self.adapter, self.base_model())
 
     # ------------------------------------------------------------------ inputs
     def encode(self, prompts: list[Prompt]) -> BatchFeature:
         """Left-padded chat inputs for B prompts, ending with the assistant header (ready to generate)."""
         texts = [self.processor.apply_chat_template(p.messages(), tokenize=False, add_generation_prompt=True)
                  for p in prompts]
-        images = [im.convert("RGB") for p in prompts for im in p.images]
-        enc = self.processor(text=texts, images=images or None, return_tensors="pt", padding=True,
-                             padding_side="left")
+        images = [[im.convert("RGB") for im in p.images] for p in prompts]
+        kwargs = self.adapter.prepare_prompts(self.processor, texts, images)
+        enc = self.processor(**kwargs, return_tensors="pt", padding=True, padding_side="left")
+        enc = self.adapter.finish_inputs(enc, self.base_model())  # e.g. per-row keys the processor left short
+        for key, value in enc.items():
+            if value is not None:
+                self.adapter.layout(key)  # an output this family's adapter does not know is an error, now
         return enc.to(self.device)
 
     def encode_sft(self, prompts: list[Prompt], responses: list[str], max_length: int | None = None
                    ) -> tuple[BatchFeature, Tensor]:
-        """Right-padded prompt+response ids and labels: -100 on system, user, image and padding tokens; the
-        response tokens and the closing EOS keep their ids. Responses longer than `max_length` are cut at the end."""
+        """Right-padded prompt+response inputs and labels: -100 on system, user, image and padding tokens; the
+        response tokens and the closing EOS keep their ids. Responses longer than `max_length` are cut at the end.
+        Every "seq" processor output is re-laid out with the tokens (filled with its adapter value over the
+        response); per-row, per-image and per-patch outputs are kept as the processor gave them."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         enc = self.encode(prompts)
         eos = self.tokenizer.convert_ids_to_tokens(self.eos_ids[0])
         resp = self.tokenizer([r + eos for r in responses], add_special_tokens=False)["input_ids"]
-        rows, labels = [], []
+        seq_keys = [k for k, v in enc.items() if v is not None and self.adapter.layout(k) == "seq"]
+        rows: list[dict[str, Tensor]] = []
+        labels = []
         for b in range(len(prompts)):
             keep = enc["attention_mask"][b].bool()
             p_ids = enc["input_ids"][b][keep]
@@ -247,25 +199,41 @@ class Policy(nn.Module):
                     raise Geor1Error(f"prompt of sample {b} is {len(p_ids)} tokens, not below max_length="
                                      f"{max_length}; lower max_pixels or raise max_length")
                 r_ids = r_ids[: max_length - len(p_ids)]
-            rows.append(torch.cat([p_ids, r_ids]))
+            row = {"input_ids": torch.cat([p_ids, r_ids])}
+            for k in seq_keys:
+                if k != "input_ids":
+                    v = enc[k][b][keep]
+                    row[k] = torch.cat([v, torch.full_like(r_ids, self.adapter.fill(k), dtype=v.dtype)])
+            rows.append(row)
             labels.append(torch.cat([torch.full_like(p_ids, IGNORE_INDEX), r_ids]))
-        length = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long, device=self.device)
-        attention = torch.zeros_like(input_ids)
-        label_ids = torch.full_like(input_ids, IGNORE_INDEX)
-        for b, (r, lab) in enumerate(zip(rows, labels)):
-            input_ids[b, : len(r)] = r
-            attention[b, : len(r)] = 1
-            label_ids[b, : len(r)] = lab
-        out = BatchFeature({"input_ids": input_ids, "attention_mask": attention})
-        for k in ("pixel_values", "image_grid_thw"):
-            if k in enc:
-                out[k] = enc[k]
-        if "mm_token_type_ids" in enc:
-            out["mm_token_type_ids"] = (input_ids == self.image_token_id).long()
-        return out, label_ids
+        length = max(len(r["input_ids"]) for r in rows)
+        out: dict[str, Any] = {k: v for k, v in enc.items() if v is not None and k not in seq_keys}
+        for k in seq_keys:
+            fill = self.pad_id if k == "input_ids" else 0
+            out[k] = torch.full((len(rows), length), fill, dtype=enc[k].dtype, device=self.device)
+            for b, row in enumerate(rows):
+                out[k][b, : len(row[k])] = row[k]
+        label_ids = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long, device=self.device)
+        for b, lab in enumerate(labels):
+            label_ids[b, : len(lab)] = lab
+        return BatchFeature(out), label_ids
 
-    # ------------------------------------------------------------------ sampling and scoring
+    # ------------------------------------------------------------------ sampling
+    def sampling_config(self, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float,
+                          top_k: int | None, output_scores: bool = False) -> GenerationConfig:
+        """A clean GenerationConfig: exactly the given sampling settings; of the checkpoint's generation config only
+        the eos / pad / bos ids (a hub config's repetition_penalty, top_k, temperature... never leak in)."""
+        params = GenerationConfig._get_default_generation_params()
+        params.update(
+            max_new_tokens=max_new_tokens, do_sample=do_sample, num_beams=1,
+            temperature=temperature if do_sample else 1.0, top_p=top_p if do_sample else 1.0,
+            top_k=(top_k or 0) if do_sample else 0, repetition_penalty=1.0,
+            eos_token_id=self.eos_ids, pad_token_id=self.pad_id, bos_token_id=self.bos_id,
+            output_scores=output_scores, return_dict_in_generate=output_scores,
+        )
+        params.pop("max_length", None)
+        return GenerationConfig(**params)
+
     @torch.no_grad()
     def generate(
         self,
@@ -276,57 +244,77 @@ class Policy(nn.Module):
         top_p: float = 1.0,
         do_sample: bool = True,
         share_prefix: bool = True,
+        top_k: int | None = None,
+        synced_gpus: bool = False,
+        output_logprobs: bool = False,
     ) -> Rollout:
-        """Sample `num_samples` completions per prompt (greedy when do_sample is False), in eval mode.
+        """Sample `num_samples` completions per prompt (greedy when do_sample is False), in eval mode, with exactly
+        temperature / top_p / top_k (None or 0: off) and nothing else from the checkpoint's generation config.
 
-        With `share_prefix` (and a model that supports it, like Qwen2.5-VL) the B prompts, images included, are
-        prefilled once and their KV cache is expanded to B*G rows; the G samples then decode from it. Without it,
-        every one of the B*G rows prefills its own copy of the prompt.
+        With `share_prefix` (and a family that supports it) the B prompts, images included, are prefilled once and
+        their KV cache is expanded to B*G rows; the G samples then decode from it. `synced_gpus` keeps this rank
+        stepping until every rank is done (sharded models). `output_logprobs` also returns the sampled tokens'
+        log-probs under the distribution actually sampled from (after the warpers).
         """
         if not do_sample and num_samples > 1:
             raise ValueError("greedy decoding gives one completion per prompt; use do_sample=True for G > 1")
         inputs = self.encode(prompts)
+        base = self.base_model()
+        gen_config = self.sampling_config(max_new_tokens, do_sample, temperature, top_p, top_k, output_logprobs)
         was_training = self.model.training
+        saved_config = base.generation_config
         self.model.eval()
+        base.generation_config = gen_config  # transformers fills unset values from the model's own config
         try:
-            kwargs = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, pad_token_id=self.pad_id,
-                          eos_token_id=self.eos_ids)
-            if do_sample:
-                kwargs.update(temperature=temperature, top_p=top_p, top_k=None)
-            else:
-                kwargs.update(temperature=None, top_p=None, top_k=None)
-            if share_prefix and self.supports_shared_prefix:
-                cache = self._prefill(inputs, num_samples)
+            if share_prefix and self.adapter.shared_prefix:
+                cache = self._prefill_for_generation(inputs, num_samples)
                 out = self.model.generate(input_ids=inputs["input_ids"].repeat_interleave(num_samples, 0),
                                           attention_mask=inputs["attention_mask"].repeat_interleave(num_samples, 0),
-                                          past_key_values=cache, **kwargs)
+                                          past_key_values=cache, generation_config=gen_config,
+                                          synced_gpus=synced_gpus)
             else:
-                out = self.model.generate(**inputs, num_return_sequences=num_samples, **kwargs)
+                out = self.model.generate(**self.repeat_prompts(inputs, num_samples), generation_config=gen_config,
+                                          synced_gpus=synced_gpus)
         finally:
+            base.generation_config = saved_config
             self.model.train(was_training)
-        completion = out[:, inputs["input_ids"].shape[1]:]
+        sequences = out.sequences if output_logprobs else out
+        completion = sequences[:, inputs["input_ids"].shape[1]:]
         mask, truncated = completion_mask(completion, self.eos_ids)
+        sample_lp = None
+        if output_logprobs:
+            scores = torch.stack(out.scores, 1).float()  # [N, T, V] processed (warped) scores
+            sample_lp = scores.log_softmax(-1).gather(-1, completion.unsqueeze(-1)).squeeze(-1) * mask
         completion = completion.masked_fill(~mask, self.pad_id)
         texts = self.tokenizer.batch_decode(completion, skip_special_tokens=True)
-        return Rollout(inputs, completion, mask, texts, num_samples, truncated)
+        return Rollout(inputs, completion, mask, texts, num_samples, truncated, sample_lp)
 
-    @property
-    def supports_shared_prefix(self) -> bool:
-        """Models whose multimodal RoPE offsets live in `model.rope_deltas` (Qwen2-VL, Qwen2.5-VL)."""
-        inner = getattr(self.base_model(), "model", None)
-        return inner is not None and hasattr(inner, "rope_deltas")
-
-    def _prefill(self, inputs: BatchFeature, repeats: int):
-        """Run the B prompts but their last token once (vision tower included) -> a KV cache expanded to B*G rows
-        (and the multimodal RoPE offsets with it). The last prompt token is left to the caller, so that its logits
-        predict the first completion token."""
-        inner = self.base_model().model
-        inner.rope_deltas = None
-        head = {k: (v[:, :-1] if k in _ROW_KEYS else v) for k, v in inputs.items()}
-        cache = self.model(**head, use_cache=True, logits_to_keep=1).past_key_values
+    def _prefill_for_generation(self, inputs: BatchFeature, repeats: int) -> DynamicCache:
+        """(eval, no grad) The B prompts but their last token, once -> a DynamicCache expanded to B*G rows, and the
+        family's continuation state (RoPE offsets) installed for `generate`."""
+        base = self.base_model()
+        self.adapter.begin_prefill(base)
+        head = self._without_last_token(inputs)
+        cache = DynamicCache()
+        self.model(**head, **self._positions(head), past_key_values=cache, use_cache=True, logits_to_keep=1)
         cache.batch_repeat_interleave(repeats)
-        inner.rope_deltas = inner.rope_deltas.repeat_interleave(repeats, 0)
+        self.adapter.prefix_state(base, inputs, repeats)
         return cache
+
+    def _without_last_token(self, inputs: BatchFeature) -> dict[str, Tensor]:
+        return {k: (v[:, :-1] if self.adapter.layout(k) == "seq" else v) for k, v in inputs.items() if v is not None}
+
+    def _positions(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        pos = self.adapter.position_ids(self.base_model(), batch)
+        return {} if pos is None else {"position_ids": pos}
+
+    # ------------------------------------------------------------------ scoring
+    def final_hidden(self, batch: dict[str, Tensor]) -> Tensor:
+        """[N, L, H] hidden states the LM head reads (after the final norm) for a full batch (any processor outputs,
+        e.g. from `encode_sft`), through the root model's forward with no logits computed."""
+        out = self.model(**batch, **self._positions(batch), use_cache=False, output_hidden_states=[-1],
+                         logits_to_keep=_NO_LOGITS.to(batch["input_ids"].device))
+        return self.adapter.final_hidden(out)
 
     def token_logprobs(self, inputs: BatchFeature, completion_ids: Tensor, completion_mask: Tensor,
                        num_samples: int = 1, temperature: float = 1.0, share_prefix: bool = True) -> Tensor:
@@ -335,33 +323,60 @@ class Policy(nn.Module):
         inputs: B left-padded prompts (from `encode`); completion_ids, completion_mask: [B*G, T] with rows
         grouped by prompt -> [B*G, T] float32 (zero where the mask is False). With `share_prefix`, each prompt
         (vision tower included) runs once and its KV cache serves its G completions; gradients flow through it.
+        The LM head runs on `logprob_tile` positions at a time (no [N, T, V] logits), or, with None, on all.
         """
         t = completion_ids.shape[1]
-        if share_prefix and self.supports_shared_prefix and num_samples > 1:
-            cache = self._prefill(inputs, num_samples)
-            prompt_mask = inputs["attention_mask"].repeat_interleave(num_samples, 0)
-            attention = torch.cat([prompt_mask, completion_mask.long()], 1)  # [N, P+T]
-            tail = torch.cat([inputs["input_ids"][:, -1:].repeat_interleave(num_samples, 0), completion_ids], 1)
-            positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, -(t + 1):]  # [N, 1+T] text positions
-            positions = positions + self.base_model().model.rope_deltas  # multimodal RoPE offset per row
-            logits = self.model(input_ids=tail, attention_mask=attention, past_key_values=cache,
-                                position_ids=positions.unsqueeze(0).expand(3, -1, -1), use_cache=True).logits
-            logits = logits[:, :-1]  # [N, T, V]
+        shared = share_prefix and self.adapter.shared_prefix and num_samples > 1
+        tiled = self.logprob_tile is not None
+        if shared:
+            out = self._shared_prefix_forward(inputs, completion_ids, completion_mask, num_samples, hidden=tiled)
         else:
-            full = repeat_prompts(inputs, num_samples, self.vision_start_id)
-            batch = dict(full)
-            batch["input_ids"] = torch.cat([full["input_ids"], completion_ids], 1)
-            batch["attention_mask"] = torch.cat([full["attention_mask"], completion_mask.long()], 1)
-            if "mm_token_type_ids" in full:
-                batch["mm_token_type_ids"] = torch.cat([full["mm_token_type_ids"],
-                                                        torch.zeros_like(completion_ids)], 1)
-            logits = self.model(**batch, use_cache=False, logits_to_keep=t + 1).logits[:, :-1]  # [N, T, V]
-        if temperature != 1.0:
-            logits = logits / temperature
-        return selective_log_softmax(logits, completion_ids) * completion_mask
+            batch = append_completions(self.repeat_prompts(inputs, num_samples), completion_ids, completion_mask,
+                                       self.adapter)
+            if tiled:
+                out = self.final_hidden(batch)
+            else:
+                out = self.model(**batch, **self._positions(batch), use_cache=False, logits_to_keep=t + 1).logits
+        out = out[:, -(t + 1):-1]  # [N, T, H or V]: positions that predict the completion tokens
+        if tiled:
+            from geor1.model.logprobs import tiled_token_logprobs
+
+            lp = tiled_token_logprobs(out, self.lm_head, completion_ids, temperature, self.logprob_tile)
+        else:
+            logits = out / temperature if temperature != 1.0 else out
+            lp = selective_log_softmax(logits, completion_ids)
+        return lp * completion_mask
+
+    def _shared_prefix_forward(self, inputs: BatchFeature, completion_ids: Tensor, completion_mask: Tensor,
+                               repeats: int, hidden: bool) -> Tensor:
+        """Prefill the B prompts but their last token once, then run [last prompt token, completion] of the B*G rows
+        on the expanded prefix -> [N, 1+T, H] final hidden states (`hidden`) or [N, 1+T, V] logits.
+
+        Works with gradient checkpointing: the caches are idempotent under recomputation (`prefix_cache`)."""
+        base = self.base_model()
+        t = completion_ids.shape[1]
+        with cache_through_checkpointing(self.adapter.decoder_layers(base)):
+            self.adapter.begin_prefill(base)
+            head = self._without_last_token(inputs)
+            capture = capture_cache()
+            self.model(**head, **self._positions(head), past_key_values=capture, use_cache=True,
+                       logits_to_keep=_NO_LOGITS.to(completion_ids.device))
+            state = self.adapter.prefix_state(base, inputs, repeats)
+            prefix = frozen_prefix(capture, repeats)
+            prompt_mask = inputs["attention_mask"].repeat_interleave(repeats, 0)
+            attention = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], 1)  # [N, P+T]
+            tail = torch.cat([inputs["input_ids"][:, -1:].repeat_interleave(repeats, 0), completion_ids], 1)
+            positions = self.adapter.tail_position_ids(base, state, attention, t + 1)
+            kwargs: dict[str, Any] = dict(input_ids=tail, attention_mask=attention, past_key_values=prefix,
+                                          position_ids=positions, use_cache=True)
+            if hidden:
+                out = self.model(**kwargs, output_hidden_states=[-1],
+                                 logits_to_keep=_NO_LOGITS.to(completion_ids.device))
+                return self.adapter.final_hidden(out)
+            return self.model(**kwargs).logits
 
     def forward(self, **batch: Tensor):
-        return self.model(**batch)
+        return self.model(**batch, **self._positions(batch))
 
     # ------------------------------------------------------------------ export
     def save_pretrained(self, out_dir: str | Path, merge_lora: bool = True) -> Path:
