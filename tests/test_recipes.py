@@ -1,0 +1,168 @@
+"""Every recipe in `configs/` runs to its first optimizer steps through the real LightningCLI entry point
+(`geor1.cli.run_lightning`, in-process), on CPU, with every setting as shipped except those listed per recipe in
+`OVERRIDES` below: the strategy (one CPU device), devices, precision, lengths (max_steps, limit batches,
+max_new_tokens), the model path (the real-shaped Qwen2.5-VL fixture), data roots (tiny shards written here) and
+output folders (into tmp_path). The overridden config is written next to the run and is the exact config used.
+
+A new recipe without an entry here fails `test_every_recipe_has_an_override_list`: recipes are never untested.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+
+from geor1.cli import run_lightning
+from geor1.demo import stage_config
+
+STEPS = 2  # optimizer steps per recipe
+
+# The exact overrides of each recipe (dotted paths into the YAML; list items by index). Placeholders:
+# {out} the run's folder, {real} the real-shaped Qwen2.5-VL fixture, {world} tiny GeoWorld shards, {episodes}
+# K=2 pairing episodes of it, {sft_pairing} / {sft_geolocate} fact-checked CoT exemplars of both.
+SINGLE_CPU = {"trainer.accelerator": "cpu", "trainer.devices": 1, "trainer.num_nodes": 1, "trainer.strategy": "auto"}
+OVERRIDES: dict[str, dict] = {
+    "debug/tiny_sft.yaml": {
+        "trainer.max_steps": STEPS, "trainer.limit_val_batches": 1,
+        "trainer.default_root_dir": "{out}", "trainer.logger.init_args.save_dir": "{out}",
+    },
+    "sft/geoworld_tiny.yaml": {
+        "trainer.max_steps": STEPS, "trainer.limit_val_batches": 1,
+        "model.init_args.max_new_tokens": 8,
+        "data.init_args.roots": ["{sft_pairing}"],
+        "trainer.default_root_dir": "{out}", "trainer.logger.init_args.save_dir": "{out}",
+        "trainer.callbacks.1.init_args.dirpath": "{out}/checkpoints", "model.init_args.export_dir": "{out}/model",
+    },
+    "grpo/geoworld_tiny.yaml": {
+        "trainer.max_steps": STEPS, "trainer.limit_val_batches": 1,
+        "model.init_args.max_new_tokens": 4,
+        "model.init_args.policy.init_args.path": "{real}",
+        "data.init_args.roots": "{episodes}",
+        "trainer.default_root_dir": "{out}", "trainer.logger.init_args.save_dir": "{out}",
+        "trainer.callbacks.1.init_args.dirpath": "{out}/checkpoints", "model.init_args.export_dir": "{out}/model",
+    },
+    "retrieval/geoworld_tiny.yaml": {
+        "trainer.accelerator": "cpu",  # shipped `auto` would take a GPU where one is present
+        "trainer.max_steps": STEPS, "trainer.limit_val_batches": 1,
+        "data.init_args.root": "{world}",
+        "trainer.default_root_dir": "{out}", "trainer.logger.init_args.save_dir": "{out}",
+        "trainer.callbacks.1.init_args.dirpath": "{out}/checkpoints",
+    },
+    "sft/qwen2_5_vl_7b.yaml": {
+        **SINGLE_CPU, "trainer.precision": "32-true",
+        "trainer.max_steps": STEPS, "trainer.limit_val_batches": 1,
+        "model.init_args.max_new_tokens": 8,
+        "model.init_args.policy.init_args.path": "{real}",
+        "data.init_args.roots": ["{sft_pairing}", "{sft_geolocate}"],
+        "trainer.default_root_dir": "{out}", "trainer.logger.init_args.save_dir": "{out}",
+        "model.init_args.export_dir": "{out}/model",
+    },
+    "grpo/qwen2_5_vl_7b.yaml": {
+        **SINGLE_CPU, "trainer.precision": "32-true",
+        "trainer.max_steps": STEPS, "trainer.limit_val_batches": 1,
+        "model.init_args.max_new_tokens": 4,
+        "model.init_args.policy.init_args.path": "{real}",
+        "data.init_args.roots": "{episodes}",
+        "trainer.default_root_dir": "{out}", "trainer.logger.init_args.save_dir": "{out}",
+        "model.init_args.export_dir": "{out}/model",
+    },
+}
+RECIPES = sorted(str(p.relative_to(REPO / "configs")) for p in (REPO / "configs").rglob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, str]:
+    """Tiny GeoWorld (several shards per split), K=2 pairing episodes, CoT exemplars, the real-shaped model."""
+    from geor1.cot.synthesize import synthesize
+    from geor1.data.geoworld import build_geoworld
+    from geor1.data.reader import iter_raw_samples
+    from geor1.data.shards import split_shards
+    from geor1.model.real_shaped import save_real_shaped_qwen2_5_vl
+    from geor1.retrieval.index import IndexSpec, SatIndex
+    from geor1.retrieval.mining import Miner, MiningSpec, write_episodes
+
+    root = tmp_path_factory.mktemp("recipes")
+    world = build_geoworld(root / "geoworld", num_train=16, num_val=4, num_test=2, seed=3, max_count=4)
+    meta = [dict(json.loads(r["json"]), key=r["__key__"]) for split in ("train", "val", "test")
+            for r in iter_raw_samples(split_shards(world, split))]
+    vecs = np.random.default_rng(0).normal(size=(len(meta), 8)).astype(np.float32)
+    index = SatIndex.build(vecs, vecs, [{k: m[k] for k in ("key", "lat", "lon", "split")} for m in meta],
+                           IndexSpec())
+    miner = Miner(index, MiningSpec(k=2, strategy="random", min_km=0.0, splits=("train", "val")))
+    episodes, _ = miner.mine()
+    write_episodes(miner, episodes, world, root / "episodes")
+    synthesize(root / "episodes", root / "sft_pairing", "pairing")
+    synthesize(world, root / "sft_geolocate", "geolocate")
+    real = save_real_shaped_qwen2_5_vl(root / "qwen2_5_vl_real_shaped")
+    return {"world": str(world), "episodes": str(root / "episodes"), "sft_pairing": str(root / "sft_pairing"),
+            "sft_geolocate": str(root / "sft_geolocate"), "real": str(real)}
+
+
+def _fill(value, places: dict[str, str]):
+    if isinstance(value, str):
+        return value.format(**places)
+    if isinstance(value, list):
+        return [_fill(v, places) for v in value]
+    return value
+
+
+def test_every_recipe_has_an_override_list():
+    assert RECIPES and set(RECIPES) == set(OVERRIDES), set(RECIPES) ^ set(OVERRIDES)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_runs_to_its_first_optimizer_steps(recipe, data, tmp_path, monkeypatch):
+    _run_recipe(recipe, OVERRIDES[recipe], data, tmp_path, monkeypatch)
+
+
+# The 7B GRPO recipe as someone with one GPU would run it: its memory knobs that apply without FSDP2 turned on
+# (activation checkpointing of the policy, prompts in micro-batches of `micro_batch_prompts: 1`), which the
+# single-device run above does not reach (the shipped recipe checkpoints through FSDP2 and has 1 prompt per rank).
+ONE_DEVICE_7B_GRPO = {
+    **OVERRIDES["grpo/qwen2_5_vl_7b.yaml"],
+    "model.init_args.policy.init_args.gradient_checkpointing": True,  # with the shipped share_prefix: true
+    "data.init_args.batch_size": 2,  # 2 prompts per step, shipped micro_batch_prompts: 1
+}
+
+
+def test_7b_grpo_recipe_on_one_device_with_checkpointing_and_micro_batches(data, tmp_path, monkeypatch):
+    _run_recipe("grpo/qwen2_5_vl_7b.yaml", ONE_DEVICE_7B_GRPO, data, tmp_path, monkeypatch)
+
+
+def _run_recipe(recipe: str, overrides: dict, data: dict[str, str], tmp_path: Path, monkeypatch) -> None:
+    """`geor1 fit --config <recipe + overrides>` in-process; checks STEPS optimizer steps, a finite loss, moved
+    weights (SFT, retrieval), a TensorBoard log and the export."""
+    out = tmp_path / "run"
+    places = {**data, "out": str(out)}
+    overrides = {k: _fill(v, places) for k, v in overrides.items()}
+    args = stage_config(recipe, tmp_path / "config.yaml", overrides)
+
+    seen: dict[str, object] = {}
+    fit = L.Trainer.fit
+
+    def recording_fit(trainer, model, *a, **kw):  # the trainer and module LightningCLI built, and the weights before
+        seen["trainer"], seen["module"] = trainer, model
+        seen["before"] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        return fit(trainer, model, *a, **kw)
+
+    monkeypatch.setattr(L.Trainer, "fit", recording_fit)
+    run_lightning(["fit", *args], prog="geor1")
+
+    trainer, module = seen["trainer"], seen["module"]
+    assert trainer.global_step == STEPS, f"{recipe}: {trainer.global_step} optimizer steps, expected {STEPS}"
+    loss = trainer.callback_metrics.get("train/loss")
+    assert loss is not None and math.isfinite(float(loss)), f"{recipe}: train/loss {loss}"
+    if "grpo" not in recipe:  # GRPO's first update is zero when every group's rewards tie (zero advantages)
+        moved = [n for n, p in module.named_parameters() if n in seen["before"]
+                 and not torch.equal(p.detach(), seen["before"][n])]
+        assert moved, f"{recipe}: no parameter changed in {STEPS} optimizer steps"
+    assert list(Path(out).rglob("events.out.tfevents.*")), f"{recipe}: no TensorBoard log"
+    if "model.init_args.export_dir" in overrides:
+        assert (Path(overrides["model.init_args.export_dir"]) / "config.json").is_file(), f"{recipe}: no export"
