@@ -1,17 +1,22 @@
 """GRPOModule: a real fit of a few steps on the tiny policy (parameters move, every promised scalar is logged),
-the reference model under LoRA and full fine-tuning, and micro-batches that add up to the full batch."""
+the reference model under LoRA and full fine-tuning, micro-batches of the real update that add up to the full
+batch, and dropout off by default."""
 
 from __future__ import annotations
 
 import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from geor1 import Geor1Error
 from geor1.data.toy import ToyPairing, ToyPairingDataModule
 from geor1.model import LoraSpec, TinyPolicy
+from geor1.model.chat import collate_samples
+from geor1.model.policy import Rollout, completion_mask
 from geor1.objectives.grpo import GRPOModule
+from geor1.objectives.grpo_math import aggregate
 
 SCALARS = ["train/loss", "train/kl", "train/clip_ratio", "train/pairing_acc", "rewards/total/mean",
            "rewards/total/std", "rewards/accuracy/mean", "rewards/format/mean", "rewards/length/mean",
@@ -64,35 +69,88 @@ def test_reference_is_the_adapter_disabled_base_under_lora():
     assert not torch.allclose(lp, ref_lp)
 
 
+COMPLETIONS = ["<think>sea to the west</think><answer>A</answer>", "<answer>B</answer>", "B B B",
+               "<think>green ground</think><answer>A</answer>"]
+
+
+def _fixed_rollout(policy, prompts, num_samples, **_):
+    """Completions of different lengths, fixed per prompt and sample (whatever the RNG)."""
+    inputs = policy.encode(prompts)
+    texts = [COMPLETIONS[(b + j) % len(COMPLETIONS)] for b in range(len(prompts)) for j in range(num_samples)]
+    eos = policy.tokenizer.convert_ids_to_tokens(policy.eos_ids[0])
+    ids = [policy.tokenizer(t + eos, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(len(i) for i in ids)
+    padded = torch.tensor([i + [policy.pad_id] * (width - len(i)) for i in ids])
+    mask, truncated = completion_mask(padded, policy.eos_ids)
+    return Rollout(inputs, padded, mask, texts, num_samples, truncated)
+
+
+def _one_step(micro: int | None, aggregation: str) -> list[torch.Tensor]:
+    """Weights after one real `fit` step (the real `_update`, SGD lr 1, no clipping) on 4 fixed prompts."""
+    L.seed_everything(0)
+    module = _module(policy=TinyPolicy(seed=0, hidden_size=64, vision_hidden_size=32), micro_batch_prompts=micro,
+                     loss_aggregation=aggregation, beta=0.1, max_grad_norm=None, log_completions_every_n_steps=0,
+                     rewards={"accuracy": 1.0, "format": 1.0}, optimizer=lambda p: torch.optim.SGD(p, lr=1.0))
+    module.policy.generate = lambda prompts, num_samples=1, **kw: _fixed_rollout(module.policy, prompts, num_samples)
+    samples = [ToyPairing(4, 2, seed=3, image_size=28)[i] for i in range(4)]
+    loader = DataLoader(samples, batch_size=4, collate_fn=collate_samples)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=loader)
+    return [p.detach().clone() for p in module.policy.parameters()]
+
+
 @pytest.mark.parametrize("aggregation", ["grpo", "dapo", "dr_grpo"])
-def test_micro_batches_add_up_to_the_full_batch(aggregation):
+def test_update_in_micro_batches_equals_the_whole_batch(aggregation):
+    """The real `_update` on one device with micro_batch_prompts < batch (it used to crash with
+    'SingleDeviceStrategy' object has no attribute 'block_backward_sync') moves the weights exactly as one pass."""
+    whole = _one_step(None, aggregation)
+    init = [p.detach() for p in TinyPolicy(seed=0, hidden_size=64, vision_hidden_size=32).parameters()]
+    assert max(float((w - i).abs().max()) for w, i in zip(whole, init)) > 1e-3  # the step did move them
+    for micro in (1, 3):  # 4 prompts in 4 micro-batches, and in a 3 + 1 split
+        parts = _one_step(micro, aggregation)
+        for a, b in zip(parts, whole):
+            torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["grpo", "dapo", "dr_grpo"])
+def test_aggregate_shares_of_micro_batches_add_up(mode):
     torch.manual_seed(0)
-    samples = [ToyPairing(4, 2)[i] for i in range(4)]
-    grads = []
-    for micro in (None, 1):
-        module = _module(micro_batch_prompts=micro, beta=0.0, loss_aggregation=aggregation)
-        trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False)
-        module.trainer = trainer
-        trainer.strategy.connect(module)
-        torch.manual_seed(1)
-        rollout = module.policy.generate([s.prompt for s in samples], num_samples=3, max_new_tokens=8)
-        adv = torch.linspace(-1, 1, 12)
-        module.policy.zero_grad()
-        lp = module._logprobs(module.policy, rollout) if micro is None else None
-        total = 0.0
-        step = micro or 4
-        for start in range(0, 4, step):
-            prompts = slice(start, start + step)
-            rows = slice(start * 3, (start + step) * 3)
-            part = module._logprobs(module.policy, rollout, rows, prompts if micro else None)
-            per_token = -(torch.exp(part - part.detach()) * adv[rows, None])
-            loss = module._aggregate_part(per_token, rollout.completion_mask[rows], 12,
-                                          rollout.completion_mask.sum())
-            loss.backward()
-            total += float(loss)
-        grads.append(torch.cat([p.grad.flatten() for p in module.policy.parameters() if p.grad is not None]))
-        del lp
-    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+    per_token, mask = torch.randn(6, 5), torch.rand(6, 5) > 0.3
+    whole = aggregate(per_token, mask, mode, max_len=8)
+    tokens = mask.sum()
+    parts = sum(aggregate(per_token[r], mask[r], mode, max_len=8, num_rows=6, num_tokens=tokens)
+                for r in (slice(0, 2), slice(2, 3), slice(3, 6)))
+    torch.testing.assert_close(parts, whole)
+    if mode == "dr_grpo":  # a constant normaliser: N * max_len, whatever the padded width
+        torch.testing.assert_close(whole, (per_token * mask).sum() / (6 * 8))
+
+
+def test_dropout_is_off_in_the_policy_by_default():
+    """With LoRA dropout 0.5, two training-mode log-prob passes of the same weights agree (old == new when mu > 1)
+    only with disable_dropout (the default)."""
+    sample = ToyPairing(2, 2)[0]
+    lps = {}
+    for disable in (True, False):
+        module = _module(policy=TinyPolicy(seed=0, lora=LoraSpec(r=4, alpha=8, dropout=0.5)),
+                         disable_dropout=disable)
+        with torch.no_grad():  # LoRA B starts at zero: give the adapter (and its dropout) an effect
+            for n, p in module.policy.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.5)
+        module.policy.train()
+        rollout = module.policy.generate([sample.prompt], num_samples=3, max_new_tokens=6)
+        with torch.no_grad():
+            lps[disable] = [module._logprobs(module.policy, rollout) for _ in range(2)]
+            module.policy.eval()
+            lps[disable].append(module._logprobs(module.policy, rollout))  # no dropout at all
+        if disable:
+            assert all(m.p == 0.0 for m in module.policy.modules() if isinstance(m, torch.nn.Dropout))
+    first, second, evaluated = lps[True]
+    torch.testing.assert_close(first, second, atol=0, rtol=0)
+    torch.testing.assert_close(first, evaluated, atol=1e-6, rtol=1e-5)
+    first, second, _ = lps[False]
+    assert not torch.allclose(first, second)  # dropout on: the same weights give other log-probs
 
 
 def test_group_of_one_is_rejected():

@@ -22,6 +22,9 @@ from torch import Tensor, nn
 from geor1 import Geor1Error
 from geor1.data.datamodule import normalise
 from geor1.metrics.retrieval import CrossViewRecall
+from geor1.objectives.base import skip_everywhere
+from geor1.objectives.memory import log_peak_memory
+from geor1.objectives.sharding import ShardingSpec, data_parallel_mesh, is_sharded, shard_modules, timm_blocks
 
 log = logging.getLogger(__name__)
 
@@ -86,31 +89,48 @@ class ContrastiveModule(L.LightningModule):
         temperature: initial softmax temperature (learned).
         optimizer: optimizer factory.
         scheduler: optional LR scheduler factory.
+        sharding: FSDP2 settings under `ModelParallelStrategy` (stages / blocks of each backbone, then each tower,
+            then the whole module); ignored by single-device and DDP runs.
     """
 
     def __init__(self, backbone: str = "regnetx_002", embed_dim: int = 128, shared: bool = False,
                  backbone_checkpoint: str | None = None, temperature: float = 0.07,
-                 optimizer: OptimizerCallable = torch.optim.AdamW, scheduler: LRSchedulerCallable | None = None
-                 ) -> None:
+                 optimizer: OptimizerCallable = torch.optim.AdamW, scheduler: LRSchedulerCallable | None = None,
+                 sharding: ShardingSpec | None = None) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "sharding"])
+        self.sharding = sharding or ShardingSpec()
         self.encoder = CrossViewEncoder(backbone, embed_dim, shared, backbone_checkpoint)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.val_recall = CrossViewRecall()
+        self._register_load_state_dict_pre_hook(self._scale_shape)
+
+    def _scale_shape(self, state_dict: dict, prefix: str, *args) -> None:
+        """A logit scale saved as [] (one process) or [1] (FSDP2) loads into either."""
+        key = prefix + "logit_scale"
+        value = state_dict.get(key)
+        if isinstance(value, Tensor) and type(value) is Tensor and value.numel() == 1:
+            state_dict[key] = value.reshape(self.logit_scale.shape)
 
     def embed(self, batch: dict) -> tuple[Tensor, Tensor]:
         """A `collate_tensors` batch (uint8 images) -> (ground [B, D], sat [B, D]) embeddings."""
         return (self.encoder.embed_ground(normalise(batch["ground"])),
                 self.encoder.embed_sat(normalise(batch["sat"])))
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
-        if len(batch["key"]) < 2:
-            return None  # a batch of skipped samples only, or a single pair: no negatives
+    def forward(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
+        """(ground [B, D], sat [B, D], logit scale) of a batch: everything the loss needs, in one forward, so that
+        FSDP2 gathers the module's own parameters (projections, logit scale) around it."""
         ground, sat = self.embed(batch)
-        scale = self.logit_scale.exp().clamp(max=100.0)
-        loss = info_nce(ground, sat, scale)
+        return ground, sat, self.logit_scale.exp().clamp(max=100.0).reshape(())
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         bs = len(batch["key"])
+        if skip_everywhere(self._trainer, bs < 2, bs):
+            return None  # a batch of skipped samples only, or a single pair: no negatives
+        ground, sat, scale = self(batch)
+        loss = info_nce(ground, sat, scale)
+        log_peak_memory(self, batch_size=bs)
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/temperature", 1.0 / scale, batch_size=bs)
         return loss
@@ -118,15 +138,30 @@ class ContrastiveModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         if not batch["key"]:
             return
-        ground, sat = self.embed(batch)
+        ground, sat, scale = self(batch)
         self.val_recall.update(ground, sat)
-        self.log("val/loss", info_nce(ground, sat, self.logit_scale.exp().clamp(max=100.0)),
+        self.log("val/loss", info_nce(ground, sat, scale),
                  batch_size=len(batch["key"]), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         for name, value in self.val_recall.compute().items():
             self.log(f"val/{name}", value, prog_bar=name == "recall@1")
         self.val_recall.reset()
+
+    def configure_model(self) -> None:
+        """FSDP2 under `ModelParallelStrategy`: each backbone stage / block, each backbone, then the module itself
+        (projections and the logit scale); a no-op under every other strategy."""
+        mesh = data_parallel_mesh(self.device_mesh)
+        if mesh is None or is_sharded(self):
+            return
+        backbones = list({id(b): b for b in (self.encoder.ground, self.encoder.sat)}.values())  # shared: one
+        if self.sharding.activation_checkpointing:
+            for b in backbones:
+                b.set_grad_checkpointing(True)
+        blocks = [blk for b in backbones for blk in timm_blocks(b)]
+        # fully_shard takes no 0-d parameters: the scale becomes [1] (checkpoints load either way, see below)
+        self.logit_scale = nn.Parameter(self.logit_scale.detach().reshape(1))
+        shard_modules(backbones + [self], blocks, mesh, self.sharding)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())

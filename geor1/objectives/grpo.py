@@ -23,16 +23,20 @@ import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch import Tensor
+from lightning.pytorch.strategies import ParallelStrategy
+from torch import Tensor, nn
 
 from geor1 import Geor1Error
 from geor1.answers import parse_letter, split_tags
 from geor1.model.chat import ChatSample
-from geor1.model.policy import Policy, Rollout, slice_prompts
+from geor1.model.policy import Policy, Rollout
 from geor1.model.vllm_rollout import VLLMRollout, require_vllm
-from geor1.objectives.base import PolicyModule
-from geor1.objectives.grpo_math import AGGREGATIONS, KL_ESTIMATORS, clipped_surrogate, group_advantages, \
-    kl_estimate
+from geor1.objectives.base import PolicyModule, skip_everywhere
+from geor1.objectives.grpo_math import AGGREGATIONS, KL_ESTIMATORS, aggregate, clipped_surrogate, \
+    group_advantages, kl_estimate, truncated_is_weights
+from geor1.objectives.memory import log_peak_memory
+from geor1.objectives.rollout_rng import RolloutRNG
+from geor1.objectives.sharding import ShardingSpec, is_sharded, reshard, shard_policy
 from geor1.rewards import combine, get_reward
 from geor1.rewards.registry import call_reward
 
@@ -64,8 +68,15 @@ class GRPOModule(PolicyModule):
         rollout_backend: "hf" (the policy's own `generate`) or "vllm" (a colocated vLLM engine, weights synced
             every step; needs the vllm package and a GPU; see `geor1.model.vllm_rollout`).
         vllm_engine: extra `vllm.LLM` arguments for the vllm backend, e.g. {"gpu_memory_utilization": 0.3}.
+        vllm_is_cap: vllm backend only: truncated importance sampling (TIS) against the gap between vLLM's sampler
+            and the policy: each token's surrogate is weighted by min(pi_old / pi_vllm, cap), pi_vllm being vLLM's
+            log-prob of the sampled token (e.g. 2.0); None: off.
         micro_batch_prompts: prompts per backward pass (memory); None: the whole batch at once.
-        max_grad_norm: gradient clipping (None: off).
+        max_grad_norm: gradient clipping (None: off); over all ranks' shards under FSDP2.
+        disable_dropout: set every dropout of the policy (LoRA dropout included) to p=0, so that the old and the
+            new log-probs of the same weights agree (TRL's `disable_dropout`).
+        sharding: FSDP2 settings under `ModelParallelStrategy` (the reference model is sharded like the policy,
+            optionally offloaded to CPU); ignored by single-device and DDP runs.
         log_completions_every_n_steps: TensorBoard text table of completions and an episode's images.
         export_dir: write the trained policy as a Hugging Face folder there when fit ends.
     """
@@ -92,13 +103,16 @@ class GRPOModule(PolicyModule):
         share_prefix: bool = True,
         rollout_backend: str = "hf",
         vllm_engine: dict[str, Any] | None = None,
+        vllm_is_cap: float | None = None,
         micro_batch_prompts: int | None = None,
         max_grad_norm: float | None = 1.0,
         log_completions_every_n_steps: int = 50,
         export_dir: str | None = None,
+        disable_dropout: bool = True,
+        sharding: ShardingSpec | None = None,
     ) -> None:
-        super().__init__(policy, optimizer, scheduler, export_dir)
-        self.save_hyperparameters(ignore=["policy", "optimizer", "scheduler"])
+        super().__init__(policy, optimizer, scheduler, export_dir, sharding)
+        self.save_hyperparameters(ignore=["policy", "optimizer", "scheduler", "sharding"])
         if num_generations < 2:
             raise Geor1Error(f"GRPO needs num_generations >= 2 (a group of one has no advantage), got "
                              f"{num_generations}")
@@ -112,6 +126,11 @@ class GRPOModule(PolicyModule):
             raise Geor1Error(f"rollout_backend must be 'hf' or 'vllm', got {rollout_backend!r}")
         if rollout_backend == "vllm":
             require_vllm()  # fail at construction, before any data or model work
+        if vllm_is_cap is not None and (rollout_backend != "vllm" or not vllm_is_cap > 0):
+            raise Geor1Error(f"vllm_is_cap ({vllm_is_cap}) needs rollout_backend 'vllm' and a cap > 0")
+        if disable_dropout:
+            n = disable_dropout_in(self.policy)
+            log.debug("dropout off in %d policy modules", n)
         self.reward_weights = dict(rewards or {"accuracy": 1.0, "format": 1.0, "length": 1.0, "repetition": 1.0})
         self.reward_fns = {name: get_reward(name) for name in self.reward_weights}
         self.reward_kwargs = {name: dict((reward_kwargs or {}).get(name, {})) for name in self.reward_weights}
@@ -119,6 +138,7 @@ class GRPOModule(PolicyModule):
         self._reference: Policy | None = None  # full fine-tuning with beta > 0: a frozen copy (not a submodule)
         self._engine: VLLMRollout | None = None  # rollout_backend "vllm"
         self._engine_step = -1  # the global step whose weights the engine holds
+        self._rollout_rng = RolloutRNG()  # this rank's sampling generator, saved per rank in checkpoints
 
     # ------------------------------------------------------------------ reference model
     def setup(self, stage: str) -> None:
@@ -130,12 +150,20 @@ class GRPOModule(PolicyModule):
                 p.requires_grad_(False)
             object.__setattr__(self, "_reference", ref)  # kept out of state_dict and checkpoints
 
+    def shard(self, mesh) -> None:
+        """FSDP2: the policy, and the frozen reference sharded the same way (optionally its shards on CPU): never a
+        full copy per rank."""
+        super().shard(mesh)
+        if self._reference is not None and not is_sharded(self._reference.model):
+            shard_policy(self._reference, mesh, self.sharding, offload=self.sharding.offload_reference)
+
     def on_fit_start(self) -> None:
-        if self._reference is not None:
+        if self._reference is not None and not is_sharded(self._reference.model):
             self._reference.to(self.device)
         if self.hparams.rollout_backend == "vllm" and self._engine is None:
             self._engine = VLLMRollout(self.policy, engine_kwargs=self.hparams.vllm_engine,
-                                       seed=torch.initial_seed() % 2**31 + self.global_rank)
+                                       seed=torch.initial_seed() % 2**31 + self.global_rank,
+                                       sampling_logprobs=self.hparams.vllm_is_cap is not None)
 
     @contextmanager
     def _reference_policy(self):
@@ -148,25 +176,25 @@ class GRPOModule(PolicyModule):
 
     # ------------------------------------------------------------------ exact resume of sampling
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["rollout_rng"] = torch.get_rng_state()  # the global RNG that sampling draws from
+        # every rank's sampling generator and global RNGs, gathered (a collective: all ranks save together)
+        checkpoint["rollout_rng"] = self._rollout_rng.state_dict(self.device)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._pending_rng = checkpoint.get("rollout_rng")
+        self._rollout_rng.load_state_dict(checkpoint.get("rollout_rng"))  # this rank's entry
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # restored here, after the resumed run has built its data iterator (which draws from the same RNG)
-        if getattr(self, "_pending_rng", None) is not None:
-            torch.set_rng_state(self._pending_rng)
-            self._pending_rng = None
+        # restored here, after the resumed run has built its data iterator (which draws from the global RNG)
+        self._rollout_rng.apply(self.device)
 
     # ------------------------------------------------------------------ one step
     def training_step(self, batch: list[ChatSample], batch_idx: int) -> None:
-        if not batch:
-            return None  # every sample of this batch was corrupt (counted by DataHealth)
+        if skip_everywhere(self._trainer, not batch, len(batch)):
+            return None  # every sample of a batch was corrupt (counted by DataHealth)
         hp = self.hparams
         g = hp.num_generations
         t0 = time.perf_counter()
-        rollout = self._rollout([s.prompt for s in batch])
+        with self._rollout_rng.sampling(self.device):  # this rank's own generator (saved per rank)
+            rollout = self._rollout([s.prompt for s in batch])
         t1 = time.perf_counter()
         metas = [s.meta for s in batch for _ in range(g)]  # [N], grouped like the completions
         scores, total = self.score(rollout, metas)
@@ -184,7 +212,8 @@ class GRPOModule(PolicyModule):
         hp = self.hparams
         if self._engine is None:
             return self.policy.generate(prompts, num_samples=hp.num_generations, max_new_tokens=hp.max_new_tokens,
-                                        temperature=hp.temperature, top_p=hp.top_p, share_prefix=hp.share_prefix)
+                                        temperature=hp.temperature, top_p=hp.top_p, share_prefix=hp.share_prefix,
+                                        synced_gpus=self.synced_decoding)
         if self._engine_step != self.global_step:  # the weights changed since the engine last got them
             self._engine.sync_weights(self.policy)
             self._engine_step = self.global_step
@@ -207,37 +236,48 @@ class GRPOModule(PolicyModule):
         if hp.beta > 0:
             with self._reference_policy() as reference:
                 ref = self._logprobs(reference, rollout)
+            if self._reference is not None:
+                reshard(self._reference.model)  # its root stays gathered after a no-grad forward
         return old, ref
 
     def _logprobs(self, policy: Policy, rollout: Rollout, rows: slice | None = None,
                   prompts: slice | None = None) -> Tensor:
-        inputs = rollout.inputs if prompts is None else slice_prompts(rollout.inputs, prompts, policy.vision_start_id)
+        inputs = rollout.inputs if prompts is None else policy.slice_prompts(rollout.inputs, prompts)
         rows = rows or slice(None)
+        # FSDP2 cannot differentiate through a shared prefix: the prefix's last decoder layer gets its gradient only
+        # through the KV cache, which FSDP2's backward hooks never see, so that layer would be resharded (freed)
+        # when its backward runs. The differentiable pass of a sharded policy scores each completion with its own
+        # copy of the prompt (the same values); no-grad passes (old, reference) and rollouts keep the shared prefix.
+        share = self.hparams.share_prefix and not (torch.is_grad_enabled() and is_sharded(policy.model))
         return policy.token_logprobs(inputs, rollout.completion_ids[rows], rollout.completion_mask[rows],
-                                     rollout.num_samples, self.hparams.temperature, self.hparams.share_prefix)
+                                     rollout.num_samples, self.hparams.temperature, share)
 
     def _update(self, rollout: Rollout, advantages: Tensor, old_lp: Tensor | None, ref_lp: Tensor | None
                 ) -> dict[str, float]:
-        """One optimizer step over the whole batch, in micro-batches of whole groups."""
+        """One optimizer step over the whole batch, in micro-batches of whole groups whose gradients add up to the
+        whole batch's (each micro-batch's loss is `aggregate` with the batch's denominators)."""
         hp = self.hparams
         g, mask = rollout.num_samples, rollout.completion_mask
         n_prompts, n_rows = mask.shape[0] // g, mask.shape[0]
-        tokens = mask.sum().clamp(min=1)
+        local_tokens = mask.sum().clamp(min=1)
+        tokens = self._token_share(mask)  # dapo: this rank's share of all ranks' tokens
         step = hp.micro_batch_prompts or n_prompts
         opt = self.optimizers()
         totals = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
         for start in range(0, n_prompts, step):
             prompts = slice(start, min(start + step, n_prompts))
             rows = slice(prompts.start * g, prompts.stop * g)
-            sync = nullcontext() if prompts.stop >= n_prompts else self.trainer.strategy.block_backward_sync()
-            with sync:
+            with nullcontext() if prompts.stop >= n_prompts else self._no_backward_sync():
                 lp = self._logprobs(self.policy, rollout, rows, prompts if step < n_prompts else None)  # [n, T]
                 m = mask[rows]
                 old = old_lp[rows] if old_lp is not None else lp.detach()
                 per_token, clipped = clipped_surrogate(lp, old, advantages[rows], hp.epsilon, hp.epsilon_high)
+                if hp.vllm_is_cap is not None:  # TIS: vLLM's sampler drew these tokens, not the policy
+                    per_token = per_token * truncated_is_weights(old, rollout.sample_logprobs[rows], hp.vllm_is_cap)
                 kl = kl_estimate(lp, ref_lp[rows], hp.kl_estimator) if ref_lp is not None else torch.zeros_like(lp)
                 per_token = per_token + hp.beta * kl
-                loss = self._aggregate_part(per_token, m, n_rows, tokens)
+                loss = aggregate(per_token, m, hp.loss_aggregation, max_len=hp.max_new_tokens, num_rows=n_rows,
+                                 num_tokens=tokens)
                 self.manual_backward(loss)
             mf = m.float()
             totals["loss"] += float(loss.detach())
@@ -250,19 +290,23 @@ class GRPOModule(PolicyModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        n_tokens = float(tokens)
+        n_tokens = float(local_tokens)
         return {"loss": totals["loss"], "kl": totals["kl"] / n_tokens, "clip_ratio": totals["clipped"] / n_tokens}
 
-    def _aggregate_part(self, per_token: Tensor, mask: Tensor, n_rows: int, tokens: Tensor) -> Tensor:
-        """This micro-batch's share of the batch loss, so that the micro-batch gradients add up to the full
-        batch's (`grpo_math.aggregate` on the whole batch)."""
-        m = mask.to(per_token.dtype)
-        mode = self.hparams.loss_aggregation
-        if mode == "grpo":
-            return ((per_token * m).sum(1) / m.sum(1).clamp(min=1)).sum() / n_rows
-        if mode == "dapo":
-            return (per_token * m).sum() / tokens
-        return (per_token * m).sum() / (n_rows * self.hparams.max_new_tokens)
+    def _token_share(self, mask: Tensor) -> Tensor:
+        """Completion tokens of all ranks / world size, as a float scalar: with it as dapo's denominator each rank's
+        loss is its part of the token mean of the whole batch once DDP / FSDP2 average the ranks' gradients."""
+        tokens = mask.sum().float()
+        strategy = self.trainer.strategy
+        if strategy.world_size > 1:
+            tokens = strategy.reduce(tokens.clone(), reduce_op="mean")
+        return tokens.clamp(min=1)
+
+    def _no_backward_sync(self):
+        """DDP: skip the gradient all-reduce of a micro-batch that is not the last. Elsewhere (one device, FSDP2,
+        which reduce-scatters every backward to keep gradients sharded) a plain context."""
+        strategy = self.trainer.strategy
+        return strategy.block_backward_sync() if isinstance(strategy, ParallelStrategy) else nullcontext()
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -270,7 +314,8 @@ class GRPOModule(PolicyModule):
         if not batch:
             return
         rollout = self.policy.generate([s.prompt for s in batch], num_samples=1,
-                                       max_new_tokens=self.hparams.max_new_tokens, do_sample=False)
+                                       max_new_tokens=self.hparams.max_new_tokens, do_sample=False,
+                                       synced_gpus=self.synced_decoding)
         n = len(batch)
         fmt = np.mean([split_tags(t) is not None for t in rollout.texts])
         self.log("val/format_rate", float(fmt), batch_size=n, sync_dist=True)
@@ -283,6 +328,7 @@ class GRPOModule(PolicyModule):
     def _log_step(self, batch, rollout, scores, rewards, scored, stats, metas, seconds) -> None:
         n = len(batch)
         log = lambda name, value, **kw: self.log(name, float(value), batch_size=n, **kw)  # noqa: E731
+        log_peak_memory(self, batch_size=n)
         last = stats[-1]
         log("train/loss", last["loss"], prog_bar=True)
         log("train/kl", last["kl"])
@@ -329,3 +375,18 @@ def _pairing_acc(texts: list[str], metas: list[dict[str, Any]]) -> float | None:
     hits = [parse_letter(t, int(m["k"])) == m["answer_letter"] for t, m in zip(texts, metas)
             if "answer_letter" in m and "k" in m]
     return float(np.mean(hits)) if hits else None
+
+
+def disable_dropout_in(module: nn.Module) -> int:
+    """Every `nn.Dropout` of `module` to p=0 and every float `attention_dropout` / `dropout` attribute of its
+    attention modules to 0.0 (LoRA dropout is an `nn.Dropout` too) -> how many were changed."""
+    n = 0
+    for m in module.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.p = 0.0
+            n += 1
+        for name in ("attention_dropout", "dropout"):
+            if isinstance(getattr(m, name, None), float):
+                setattr(m, name, 0.0)
+                n += 1
+    return n

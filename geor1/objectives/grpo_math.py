@@ -68,18 +68,40 @@ def clipped_surrogate(logp: Tensor, old_logp: Tensor, advantages: Tensor, epsilo
     return -torch.minimum(unclipped, clipped), clipped < unclipped
 
 
-def aggregate(per_token: Tensor, mask: Tensor, mode: str = "grpo", max_len: int | None = None) -> Tensor:
+def aggregate(per_token: Tensor, mask: Tensor, mode: str = "grpo", max_len: int | None = None,
+              num_rows: int | None = None, num_tokens: Tensor | float | None = None) -> Tensor:
     """Reduce a per-token loss [N, T] over real tokens (mask [N, T]) to a scalar.
 
     grpo:    mean over each sequence's tokens, then mean over sequences (the paper's);
     dapo:    sum over all tokens / number of tokens (token-level);
     dr_grpo: sum over all tokens / (N * max_len) (a constant normaliser; max_len defaults to T).
+
+    A micro-batch's share of a larger batch's loss (so that the micro-batches' gradients add up to the batch's):
+    `num_rows` replaces N (the batch's rows) and `num_tokens` the token count (the batch's tokens; under data
+    parallelism all ranks' tokens / world size, since the ranks' gradients are averaged).
     """
     m = mask.to(per_token.dtype)
+    rows = per_token.shape[0] if num_rows is None else num_rows
     if mode == "grpo":
-        return ((per_token * m).sum(1) / m.sum(1).clamp(min=1)).mean()
+        return ((per_token * m).sum(1) / m.sum(1).clamp(min=1)).sum() / rows
     if mode == "dapo":
-        return (per_token * m).sum() / m.sum().clamp(min=1)
+        tokens = m.sum().clamp(min=1) if num_tokens is None else num_tokens
+        return (per_token * m).sum() / tokens
     if mode == "dr_grpo":
-        return (per_token * m).sum() / (per_token.shape[0] * (max_len or per_token.shape[1]))
+        return (per_token * m).sum() / (rows * (max_len or per_token.shape[1]))
     raise ValueError(f"loss aggregation must be one of {AGGREGATIONS}, got {mode!r}")
+
+
+def truncated_is_weights(old_logp: Tensor, sampler_logp: Tensor, cap: float) -> Tensor:
+    """Truncated importance-sampling weights (TIS) for tokens drawn by another sampler (e.g. vLLM's kernels).
+
+    old_logp: [N, T] the policy's log-probs of the sampled tokens at rollout time; sampler_logp: [N, T] the
+    sampler's own log-probs of the same tokens, NaN where the sampler reported none -> [N, T] per-token weights
+    min(exp(old_logp - sampler_logp), cap), 1 where sampler_logp is NaN; no gradient. They multiply the per-token
+    surrogate, so that its expectation is taken under the policy rather than the sampler (capped for variance).
+    """
+    if not cap > 0:
+        raise ValueError(f"the importance-sampling cap must be > 0, got {cap}")
+    with torch.no_grad():
+        w = torch.exp(old_logp.float() - sampler_logp.float()).clamp(max=cap)
+        return torch.where(torch.isnan(sampler_logp), torch.ones_like(w), w)

@@ -12,17 +12,21 @@ from torch import Tensor
 
 from geor1.answers import split_tags
 from geor1.model.chat import ChatSample
+from geor1.model.logprobs import tiled_lm_loss
 from geor1.model.policy import IGNORE_INDEX, Policy
-from geor1.objectives.base import PolicyModule
+from geor1.objectives.base import PolicyModule, skip_everywhere
+from geor1.objectives.sharding import ShardingSpec
+from geor1.objectives.memory import log_peak_memory
 
 log = logging.getLogger(__name__)
 
 
 def masked_lm_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Mean next-token cross-entropy over labelled positions, and token accuracy.
+    """Mean next-token cross-entropy over labelled positions, and token accuracy, from full logits.
 
-    logits: [B, L, V]; labels: [B, L] with IGNORE_INDEX on masked positions (position t predicts labels[t+1])
-    -> (loss, correct tokens, labelled tokens) as scalars.
+    The reference for `SFTModule`'s tiled loss (`geor1.model.logprobs.tiled_lm_loss`), which gives the same values
+    without the [B, L, V] float32 logits. logits: [B, L, V]; labels: [B, L] with IGNORE_INDEX on masked positions
+    (position t predicts labels[t+1]) -> (loss, correct tokens, labelled tokens) as scalars.
     """
     shift_logits = logits[:, :-1].float()  # [B, L-1, V]
     shift_labels = labels[:, 1:]  # [B, L-1]
@@ -46,6 +50,9 @@ class SFTModule(PolicyModule):
         num_val_generations: validation samples whose greedy completions are logged as TensorBoard text.
         max_new_tokens: tokens generated for those samples.
         export_dir: write the trained policy as a Hugging Face folder there when fit ends.
+        loss_tile: response positions per LM-head tile in the loss (the [B, L, V] logits are never formed: only
+            [loss_tile, V] at a time, recomputed in backward).
+        sharding: FSDP2 settings under `ModelParallelStrategy` (`geor1.objectives.sharding.ShardingSpec`).
     """
 
     def __init__(
@@ -57,12 +64,17 @@ class SFTModule(PolicyModule):
         num_val_generations: int = 2,
         max_new_tokens: int = 64,
         export_dir: str | None = None,
+        loss_tile: int = 256,
+        sharding: ShardingSpec | None = None,
     ) -> None:
-        super().__init__(policy, optimizer, scheduler, export_dir)
-        self.save_hyperparameters(ignore=["policy", "optimizer", "scheduler"])
+        super().__init__(policy, optimizer, scheduler, export_dir, sharding)
+        self.save_hyperparameters(ignore=["policy", "optimizer", "scheduler", "sharding"])
         self.max_length = max_length
         self.num_val_generations = num_val_generations
         self.max_new_tokens = max_new_tokens
+        if loss_tile < 1:
+            raise ValueError(f"loss_tile must be >= 1, got {loss_tile}")
+        self.loss_tile = loss_tile
 
     def _step(self, batch: list[ChatSample], stage: str) -> Tensor:
         missing = [s.key for s in batch if s.response is None]
@@ -70,17 +82,38 @@ class SFTModule(PolicyModule):
             raise ValueError(f"SFT needs a response for every sample; none for keys {missing[:5]}")
         inputs, labels = self.policy.encode_sft([s.prompt for s in batch], [s.response for s in batch],
                                                 self.max_length)
-        logits = self.policy(**inputs, use_cache=False).logits  # [B, L, V]
-        loss, correct, n = masked_lm_loss(logits, labels)
+        hidden = self.policy.final_hidden(inputs)  # [B, L, H], normed: what the LM head reads
+        loss, correct, n = tiled_lm_loss(hidden, self.policy.lm_head, labels, tile=self.loss_tile)
         bs = len(batch)
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=bs, sync_dist=stage != "train")
-        self.log(f"{stage}/token_acc", correct / n.clamp(min=1), batch_size=bs, sync_dist=stage != "train")
+        train = stage == "train"
+        if train:
+            loss, logged = self._global_token_mean(loss, n)
+        else:
+            logged = loss
+        self.log(f"{stage}/loss", logged, prog_bar=True, batch_size=bs, sync_dist=not train)
+        self.log(f"{stage}/token_acc", correct / n.clamp(min=1), batch_size=bs, sync_dist=not train)
         return loss
 
+    def _global_token_mean(self, loss: Tensor, n: Tensor) -> tuple[Tensor, Tensor]:
+        """(this rank's share of the token mean over every rank's labelled tokens, that mean, detached).
+
+        DDP and FSDP2 average the ranks' gradients, so backpropagating loss * n * world / n_all gives the update a
+        single process computes on the whole batch (each rank's own token mean would weigh a rank's tokens by
+        1 / its own count). One process: the loss unchanged."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1:
+            return loss, loss.detach()
+        strategy = self.trainer.strategy
+        n_all = strategy.reduce(n.detach().float(), reduce_op="sum").clamp(min=1)
+        mean_all = strategy.reduce(loss.detach() * n, reduce_op="sum") / n_all
+        return loss * n * world / n_all, mean_all
+
     def training_step(self, batch: list[ChatSample], batch_idx: int) -> Tensor | None:
-        if not batch:
-            return None  # every sample of this batch was corrupt (counted by DataHealth)
-        return self._step(batch, "train")
+        if skip_everywhere(self._trainer, not batch, len(batch)):
+            return None  # every sample of a batch was corrupt (counted by DataHealth)
+        loss = self._step(batch, "train")
+        log_peak_memory(self, batch_size=len(batch))
+        return loss
 
     def validation_step(self, batch: list[ChatSample], batch_idx: int) -> Tensor | None:
         if not batch:
@@ -94,7 +127,8 @@ class SFTModule(PolicyModule):
         """Greedy completions of a few validation prompts: `val/format_rate` (exact <think>/<answer> format) and a
         TensorBoard text table next to the targets."""
         rollout = self.policy.generate([s.prompt for s in samples], num_samples=1,
-                                       max_new_tokens=self.max_new_tokens, do_sample=False)
+                                       max_new_tokens=self.max_new_tokens, do_sample=False,
+                                       synced_gpus=self.synced_decoding)
         well_formed = [split_tags(t) is not None for t in rollout.texts]
         self.log("val/format_rate", sum(well_formed) / len(samples), batch_size=len(samples))
         rows = ["| key | target | generated |", "|---|---|---|"]
