@@ -1,0 +1,171 @@
+"""Turning a trained policy or a checkpoint into a plain Hugging Face folder.
+
+    export_policy(policy, out, is_writer)      at the end of `fit`: under FSDP2 every rank joins the gather of the
+                                               full state dict, the writer (rank 0) saves it; else a plain save
+    export_checkpoint(ckpt, config, out)       `geor1 model export`: one process, offline, from a distributed
+                                               checkpoint folder or a single-file `.ckpt`, into the policy the
+                                               run's config builds
+
+The folder loads with `transformers.AutoModelForImageTextToText.from_pretrained` (LoRA merged into the weights), or
+holds the adapter alone (`merge_lora=False`: `<out>/adapter`, for `peft.PeftModel.from_pretrained`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from geor1 import Geor1Error
+
+log = logging.getLogger(__name__)
+
+PREFIX = "policy."  # where the Policy sits in the LightningModule's state dict (`PolicyModule.policy`)
+_DCP_METADATA = ".metadata"  # torch.distributed.checkpoint's index of a distributed checkpoint folder
+_LIGHTNING_METADATA = "meta.pt"  # Lightning's non-tensor part of a distributed checkpoint (rank 0 writes it)
+
+
+# ---------------------------------------------------------------------------------------------- fit-end export
+def is_distributed_module(module: nn.Module) -> bool:
+    """True if any parameter of `module` is a DTensor (FSDP2 / tensor parallel): its full weights live on no rank."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+def gather_full_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The full (unsharded) state dict of a sharded `model`, on CPU, on rank 0 (empty on the other ranks).
+
+    A collective: every rank must call it, or the ranks that did wait forever."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def export_policy(policy: nn.Module, out: str | Path, is_writer: bool = True, merge_lora: bool = True
+                  ) -> Path | None:
+    """Write `policy` (a `geor1.model.Policy`) as a Hugging Face folder -> the folder on the writer, else None.
+
+    Sharded (FSDP2): call on every rank; each joins the gather, the writer alone builds an unsharded copy on the
+    CPU (weights assigned from the gathered state dict, no second copy) and saves it. Not sharded: the writer saves
+    the policy itself, the other ranks do nothing.
+    """
+    out = Path(out)
+    if not is_distributed_module(policy.model):
+        return policy.save_pretrained(out, merge_lora=merge_lora) if is_writer else None
+    state = gather_full_state_dict(policy.model)  # [every rank] -> full tensors on rank 0 only
+    if not is_writer:
+        return None
+    twin = unsharded_twin(policy)
+    twin.load_state_dict(state, strict=True, assign=True)
+    return save_hf_folder(twin, policy.processor, policy.lora is not None, out, merge_lora)
+
+
+def unsharded_twin(policy: nn.Module) -> nn.Module:
+    """A model of the same architecture as `policy.model` (the PEFT wrapper included) with its weights on the meta
+    device: `load_state_dict(..., assign=True)` then gives it real tensors without allocating them twice."""
+    base = policy.base_model()
+    with torch.device("meta"):
+        twin = type(base)._from_config(base.config, dtype=base.dtype)
+    if policy.lora is not None:
+        from peft import get_peft_model
+
+        twin = get_peft_model(twin, policy.model.peft_config["default"])
+    return twin.eval()
+
+
+def save_hf_folder(model: nn.Module, processor: Any, is_lora: bool, out: Path, merge_lora: bool) -> Path:
+    """`Policy.save_pretrained`'s layout for any model: the merged weights and the processor in `out`, and with
+    LoRA the adapter in `out/adapter` (only it, with the processor, when not `merge_lora`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if is_lora:
+        model.save_pretrained(out / "adapter")
+        if not merge_lora:
+            processor.save_pretrained(out / "adapter")
+            return out
+        model = model.merge_and_unload()
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- offline export
+def policy_from_config(config: str | Path) -> nn.Module:
+    """The Policy that a LightningCLI config's `model.init_args.policy` describes, built by jsonargparse (the same
+    parsing and class resolution as `geor1 fit`)."""
+    import yaml
+    from jsonargparse import ArgumentParser
+
+    from geor1.model.policy import Policy
+
+    path = Path(config)
+    if not path.is_file():
+        raise Geor1Error(f"config '{path}' does not exist (pass the YAML of the run, e.g. its logged config.yaml)")
+    data = yaml.safe_load(path.read_text())
+    node = data
+    for key in ("model", "init_args", "policy"):
+        node = node.get(key) if isinstance(node, dict) else None
+    if node is None:
+        raise Geor1Error(f"config '{path}' has no model.init_args.policy (expected a geor1 fit config)")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(Policy, "policy", required=True)
+    try:
+        cfg = parser.parse_object({"policy": node})
+    except Exception as e:  # jsonargparse's ArgumentError: the message names the field
+        raise Geor1Error(f"config '{path}': model.init_args.policy does not parse: {e}") from None
+    return parser.instantiate_classes(cfg).policy
+
+
+def _check_shapes(ckpt: Path, wanted: dict[str, Tensor], found: dict[str, Any]) -> None:
+    missing = [k for k in wanted if k not in found]
+    if missing:
+        raise Geor1Error(f"checkpoint '{ckpt}' does not fit this config: key '{missing[0]}' is missing "
+                         f"({len(missing)} of {len(wanted)} policy tensors missing; a checkpoint of another model?)")
+    for k, t in wanted.items():
+        shape = tuple(found[k])
+        if shape != tuple(t.shape):
+            raise Geor1Error(f"checkpoint '{ckpt}' does not fit this config: key '{k}' has shape {shape}, the "
+                             f"config's model has {tuple(t.shape)}")
+
+
+def load_policy_weights(policy: nn.Module, ckpt: str | Path) -> None:
+    """Copy the policy's weights from a Lightning checkpoint into `policy`, in place: a distributed checkpoint folder
+    (one `.distcp` file per rank, read without a process group) or a single `.ckpt` file."""
+    path = Path(ckpt)
+    own = {PREFIX + k: v for k, v in policy.state_dict().items()}  # the LightningModule's keys
+    if path.is_dir():
+        import torch.distributed.checkpoint as dcp
+
+        if not (path / _DCP_METADATA).is_file():
+            raise Geor1Error(f"checkpoint folder '{path}' has no {_DCP_METADATA}: not a distributed checkpoint")
+        meta = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+        found = {k[len("state_dict."):]: v.size for k, v in meta.items()
+                 if k.startswith("state_dict.") and hasattr(v, "size")}
+        _check_shapes(path, own, found)
+        dcp.load({"state_dict": own}, checkpoint_id=str(path), no_dist=True)  # in place, into the policy's tensors
+        return
+    if not path.is_file():
+        raise Geor1Error(f"checkpoint '{path}' does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise Geor1Error(f"checkpoint '{path}' cannot be read as a Lightning checkpoint: {e}") from None
+    if not isinstance(data, dict) or "state_dict" not in data:
+        raise Geor1Error(f"checkpoint '{path}' has no 'state_dict' key (not a Lightning checkpoint)")
+    state = data["state_dict"]
+    _check_shapes(path, own, {k: v.shape for k, v in state.items()})
+    with torch.no_grad():
+        for k, t in own.items():
+            t.copy_(state[k])
+
+
+def export_checkpoint(ckpt: str | Path, config: str | Path, out: str | Path, merge_lora: bool = True) -> Path:
+    """`geor1 model export`: the policy of `config` with the weights of `ckpt`, written to `out` (one process)."""
+    policy = policy_from_config(config)
+    load_policy_weights(policy, ckpt)
+    out = policy.save_pretrained(Path(out), merge_lora=merge_lora)
+    log.info("checkpoint %s exported to %s", ckpt, out)
+    return out
