@@ -65,3 +65,17 @@ def test_aggregations_by_hand():
     assert float(aggregate(per_token, mask, "grpo")) == pytest.approx((2.0 + 4.0) / 2)
     assert float(aggregate(per_token, mask, "dapo")) == pytest.approx(10.0 / 4)
     assert float(aggregate(per_token, mask, "dr_grpo", max_len=5)) == pytest.approx(10.0 / (2 * 5))
+
+
+def test_truncated_is_weights_by_hand():
+    from geor1.objectives.grpo_math import truncated_is_weights
+
+    old = torch.log(torch.tensor([[0.5, 0.2, 0.9, 0.3]]))
+    sampler = torch.log(torch.tensor([[0.25, 0.4, 0.3, 1.0]]))
+    sampler[0, 3] = float("nan")  # a token the sampler gave no log-prob for keeps weight 1
+    # ratios 0.5/0.25 = 2, 0.2/0.4 = 0.5, 0.9/0.3 = 3 -> capped at 2.5
+    w = truncated_is_weights(old.requires_grad_(), sampler, cap=2.5)
+    torch.testing.assert_close(w, torch.tensor([[2.0, 0.5, 2.5, 1.0]]))
+    assert not w.requires_grad
+    with pytest.raises(ValueError, match="cap"):
+        truncated_is_weights(old, sampler, cap=0.0)
