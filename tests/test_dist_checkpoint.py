@@ -213,7 +213,6 @@ def _recipe_fit(root: Path, stage: str, max_steps: int, *extra: str) -> subproce
     from conftest import REPO
 
     overrides = ["--trainer.accelerator", "cpu", "--trainer.devices", "2",
-                 "--trainer.strategy.init_args.process_group_backend", "gloo",
                  "--trainer.max_steps", str(max_steps),
                  "--model.init_args.policy.init_args.path", str(root / "model"),
                  "--model.init_args.max_new_tokens", "8"]
