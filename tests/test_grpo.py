@@ -158,3 +158,29 @@ def test_group_of_one_is_rejected():
         _module(num_generations=1)
     with pytest.raises(Geor1Error, match="unknown reward"):
         _module(rewards={"nope": 1.0})
+
+
+def test_top_k_reaches_the_sampler_and_truncation_is_announced(caplog):
+    """`top_k` is passed to every rollout; truncated sampling (top_p < 1 or top_k) is said to be slightly off-policy;
+    top_k < 1 is an error."""
+    with pytest.raises(Geor1Error, match="top_k must be >= 1"):
+        _module(top_k=0)
+    with caplog.at_level("WARNING"):
+        module = _module(top_k=3)
+    assert "off-policy" in caplog.text
+    seen = {}
+    module.policy.generate = lambda prompts, **kw: seen.update(kw)
+    module._rollout([ToyPairing(1, 2)[0].prompt])
+    assert seen["top_k"] == 3 and seen["top_p"] == 1.0
+
+
+def test_sharding_settings_without_fsdp2_are_announced(caplog):
+    """FSDP2 settings in a single-device or DDP run would be silently off: a warning names them."""
+    from geor1.objectives.sharding import ShardingSpec, warn_unused_sharding
+
+    with caplog.at_level("WARNING"):
+        warn_unused_sharding(ShardingSpec())
+    assert caplog.text == ""
+    with caplog.at_level("WARNING"):
+        warn_unused_sharding(ShardingSpec(mixed_precision=True))
+    assert "mixed_precision=True" in caplog.text and "FSDP2Strategy" in caplog.text

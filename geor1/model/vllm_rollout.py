@@ -327,7 +327,8 @@ class VLLMRollout:
 
     # ------------------------------------------------------------------ sampling
     def generate(self, policy: Policy, prompts: list[Prompt], num_samples: int, max_new_tokens: int,
-                 temperature: float = 1.0, top_p: float = 1.0, do_sample: bool = True) -> Rollout:
+                 temperature: float = 1.0, top_p: float = 1.0, do_sample: bool = True,
+                 top_k: int | None = None) -> Rollout:
         """B prompts -> a `Rollout` of B*G completions grouped by prompt, like `Policy.generate`; with
         `sampling_logprobs`, its `sample_logprobs` are vLLM's ([B*G, T], NaN where vLLM gave none, 0 on padding)."""
         requests = []
@@ -337,11 +338,12 @@ class VLLMRollout:
             if p.images:
                 request["multi_modal_data"] = {"image": [im.convert("RGB") for im in p.images]}
             requests.append(request)
+        extra = {"top_k": top_k} if top_k is not None and do_sample else {}  # unset: vLLM's default (all tokens)
         params = self._vllm.SamplingParams(n=num_samples, max_tokens=max_new_tokens,
                                            temperature=temperature if do_sample else 0.0,
                                            top_p=top_p if do_sample else 1.0,
                                            stop_token_ids=list(policy.eos_ids),
-                                           logprobs=0 if self.sampling_logprobs else None)
+                                           logprobs=0 if self.sampling_logprobs else None, **extra)
         outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
         if len(outputs) != len(prompts):
             raise Geor1Error(f"vLLM returned {len(outputs)} results for {len(prompts)} prompts")

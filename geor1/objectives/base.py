@@ -12,7 +12,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from geor1.model.export import export_policy
 from geor1.model.policy import Policy
-from geor1.objectives.sharding import ShardingSpec, data_parallel_mesh, is_sharded, shard_policy
+from geor1.objectives.sharding import ShardingSpec, data_parallel_mesh, is_sharded, shard_policy, \
+    warn_unused_sharding
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,10 @@ class PolicyModule(L.LightningModule):
         """FSDP2: shard the policy per block then at the root, over the data-parallel mesh Lightning gives under
         `ModelParallelStrategy`; a no-op under every other strategy (no device mesh)."""
         mesh = data_parallel_mesh(self.device_mesh)
-        if mesh is None or is_sharded(self.policy.model):
+        if mesh is None:
+            warn_unused_sharding(self.sharding)
+            return
+        if is_sharded(self.policy.model):
             return
         self.shard(mesh)
 

@@ -24,7 +24,8 @@ from geor1.data.datamodule import normalise
 from geor1.metrics.retrieval import CrossViewRecall
 from geor1.objectives.base import skip_everywhere
 from geor1.objectives.memory import log_peak_memory
-from geor1.objectives.sharding import ShardingSpec, data_parallel_mesh, is_sharded, shard_modules, timm_blocks
+from geor1.objectives.sharding import ShardingSpec, data_parallel_mesh, is_sharded, shard_modules, timm_blocks, \
+    warn_unused_sharding
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,10 @@ class ContrastiveModule(L.LightningModule):
         """FSDP2 under `ModelParallelStrategy`: each backbone stage / block, each backbone, then the module itself
         (projections and the logit scale); a no-op under every other strategy."""
         mesh = data_parallel_mesh(self.device_mesh)
-        if mesh is None or is_sharded(self):
+        if mesh is None:
+            warn_unused_sharding(self.sharding)
+            return
+        if is_sharded(self):
             return
         backbones = list({id(b): b for b in (self.encoder.ground, self.encoder.sat)}.values())  # shared: one
         if self.sharding.activation_checkpointing:

@@ -56,6 +56,8 @@ class GRPOModule(PolicyModule):
         max_new_tokens: completion length limit (the paper: 2048).
         temperature: sampling temperature (also applied to the log-probs).
         top_p: nucleus sampling.
+        top_k: sample among the k most likely tokens (None: all). With top_p < 1 or top_k the ratio and the KL still
+            use the untruncated temperature-scaled policy (as TRL and verl do): a warning says so.
         beta: KL penalty weight; 0 needs no reference model.
         kl_estimator: "k3" (the paper's) or "k1".
         epsilon: clip range below (and above, unless epsilon_high).
@@ -92,6 +94,7 @@ class GRPOModule(PolicyModule):
         max_new_tokens: int = 2048,
         temperature: float = 1.0,
         top_p: float = 1.0,
+        top_k: int | None = None,
         beta: float = 0.04,
         kl_estimator: str = "k3",
         epsilon: float = 0.2,
@@ -128,6 +131,11 @@ class GRPOModule(PolicyModule):
             require_vllm()  # fail at construction, before any data or model work
         if vllm_is_cap is not None and (rollout_backend != "vllm" or not vllm_is_cap > 0):
             raise Geor1Error(f"vllm_is_cap ({vllm_is_cap}) needs rollout_backend 'vllm' and a cap > 0")
+        if top_p < 1.0 or top_k is not None:
+            log.warning("top_p=%s, top_k=%s: rollouts sample from a truncated distribution while the ratio and the KL "
+                        "use the full temperature-scaled policy (slightly off-policy, as in TRL and verl)", top_p, top_k)
+        if top_k is not None and top_k < 1:
+            raise Geor1Error(f"top_k must be >= 1 or null, got {top_k}")
         if disable_dropout:
             n = disable_dropout_in(self.policy)
             log.debug("dropout off in %d policy modules", n)
@@ -212,13 +220,14 @@ class GRPOModule(PolicyModule):
         hp = self.hparams
         if self._engine is None:
             return self.policy.generate(prompts, num_samples=hp.num_generations, max_new_tokens=hp.max_new_tokens,
-                                        temperature=hp.temperature, top_p=hp.top_p, share_prefix=hp.share_prefix,
+                                        temperature=hp.temperature, top_p=hp.top_p, top_k=hp.top_k,
+                                        share_prefix=hp.share_prefix,
                                         synced_gpus=self.synced_decoding)
         if self._engine_step != self.global_step:  # the weights changed since the engine last got them
             self._engine.sync_weights(self.policy)
             self._engine_step = self.global_step
         return self._engine.generate(self.policy, prompts, hp.num_generations, hp.max_new_tokens, hp.temperature,
-                                     hp.top_p)
+                                     hp.top_p, top_k=hp.top_k)
 
     def score(self, rollout: Rollout, metas: list[dict[str, Any]]
               ) -> tuple[dict[str, list[float | None]], list[float | None]]:
@@ -244,13 +253,8 @@ class GRPOModule(PolicyModule):
                   prompts: slice | None = None) -> Tensor:
         inputs = rollout.inputs if prompts is None else policy.slice_prompts(rollout.inputs, prompts)
         rows = rows or slice(None)
-        # FSDP2 cannot differentiate through a shared prefix: the prefix's last decoder layer gets its gradient only
-        # through the KV cache, which FSDP2's backward hooks never see, so that layer would be resharded (freed)
-        # when its backward runs. The differentiable pass of a sharded policy scores each completion with its own
-        # copy of the prompt (the same values); no-grad passes (old, reference) and rollouts keep the shared prefix.
-        share = self.hparams.share_prefix and not (torch.is_grad_enabled() and is_sharded(policy.model))
         return policy.token_logprobs(inputs, rollout.completion_ids[rows], rollout.completion_mask[rows],
-                                     rollout.num_samples, self.hparams.temperature, share)
+                                     rollout.num_samples, self.hparams.temperature, self.hparams.share_prefix)
 
     def _update(self, rollout: Rollout, advantages: Tensor, old_lp: Tensor | None, ref_lp: Tensor | None
                 ) -> dict[str, float]:
@@ -258,16 +262,18 @@ class GRPOModule(PolicyModule):
         whole batch's (each micro-batch's loss is `aggregate` with the batch's denominators)."""
         hp = self.hparams
         g, mask = rollout.num_samples, rollout.completion_mask
-        n_prompts, n_rows = mask.shape[0] // g, mask.shape[0]
+        n_prompts = mask.shape[0] // g
         local_tokens = mask.sum().clamp(min=1)
-        tokens = self._token_share(mask)  # dapo: this rank's share of all ranks' tokens
+        # the batch's denominators, as this rank's share of all ranks' (their gradients are averaged)
+        tokens = self._mean_over_ranks(mask.sum().float())  # dapo
+        n_rows = self._mean_over_ranks(torch.tensor(float(mask.shape[0]), device=mask.device))  # grpo, dr_grpo
         step = hp.micro_batch_prompts or n_prompts
+        passes = micro_batches(n_prompts, step, self._max_over_ranks(-(-n_prompts // step)))
         opt = self.optimizers()
         totals = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
-        for start in range(0, n_prompts, step):
-            prompts = slice(start, min(start + step, n_prompts))
+        for i, (prompts, weight) in enumerate(passes):
             rows = slice(prompts.start * g, prompts.stop * g)
-            with nullcontext() if prompts.stop >= n_prompts else self._no_backward_sync():
+            with nullcontext() if i == len(passes) - 1 else self._no_backward_sync():
                 lp = self._logprobs(self.policy, rollout, rows, prompts if step < n_prompts else None)  # [n, T]
                 m = mask[rows]
                 old = old_lp[rows] if old_lp is not None else lp.detach()
@@ -278,7 +284,9 @@ class GRPOModule(PolicyModule):
                 per_token = per_token + hp.beta * kl
                 loss = aggregate(per_token, m, hp.loss_aggregation, max_len=hp.max_new_tokens, num_rows=n_rows,
                                  num_tokens=tokens)
-                self.manual_backward(loss)
+                self.manual_backward(loss * weight)
+            if weight == 0.0:
+                continue  # a pass that only keeps this rank's collectives in step with a rank of more micro-batches
             mf = m.float()
             totals["loss"] += float(loss.detach())
             totals["kl"] += float((kl.detach() * mf).sum())
@@ -293,14 +301,21 @@ class GRPOModule(PolicyModule):
         n_tokens = float(local_tokens)
         return {"loss": totals["loss"], "kl": totals["kl"] / n_tokens, "clip_ratio": totals["clipped"] / n_tokens}
 
-    def _token_share(self, mask: Tensor) -> Tensor:
-        """Completion tokens of all ranks / world size, as a float scalar: with it as dapo's denominator each rank's
-        loss is its part of the token mean of the whole batch once DDP / FSDP2 average the ranks' gradients."""
-        tokens = mask.sum().float()
+    def _mean_over_ranks(self, count: Tensor) -> Tensor:
+        """A count (float scalar) summed over all ranks / world size: as a loss denominator, each rank's loss is its
+        part of the whole batch's once DDP / FSDP2 average the ranks' gradients, also when ranks hold different
+        numbers of rows or tokens."""
         strategy = self.trainer.strategy
         if strategy.world_size > 1:
-            tokens = strategy.reduce(tokens.clone(), reduce_op="mean")
-        return tokens.clamp(min=1)
+            count = strategy.reduce(count.clone(), reduce_op="mean")
+        return count.clamp(min=1)
+
+    def _max_over_ranks(self, n: int) -> int:
+        """The largest `n` of all ranks (micro-batch passes: under DDP and FSDP2 each backward is a collective)."""
+        strategy = self.trainer.strategy
+        if strategy.world_size == 1:
+            return n
+        return int(strategy.reduce(torch.tensor(float(n), device=self.device), reduce_op="max"))
 
     def _no_backward_sync(self):
         """DDP: skip the gradient all-reduce of a micro-batch that is not the last. Elsewhere (one device, FSDP2,
@@ -369,6 +384,22 @@ class GRPOModule(PolicyModule):
         strip = [np.asarray(im.convert("RGB").resize((max(1, round(im.width * h / im.height)), h))) for im in images]
         tb.experiment.add_image("episode/ground_then_candidates", np.concatenate(strip, axis=1), self.global_step,
                                 dataformats="HWC")
+
+
+def micro_batches(n_prompts: int, step: int, n_passes: int) -> list[tuple[slice, float]]:
+    """The backward passes of one update: (prompts, loss weight) of each micro-batch of `step` whole groups, preceded
+    by zero-weight repeats of the first one until there are `n_passes` (the most any rank needs), so that every rank
+    runs the same number of forward/backward collectives; the last pass is a real one (DDP syncs its gradients).
+
+    >>> micro_batches(3, 2, 2)
+    [(slice(0, 2, None), 1.0), (slice(2, 3, None), 1.0)]
+    >>> micro_batches(1, 1, 3)
+    [(slice(0, 1, None), 0.0), (slice(0, 1, None), 0.0), (slice(0, 1, None), 1.0)]
+    """
+    real = [(slice(start, min(start + step, n_prompts)), 1.0) for start in range(0, n_prompts, step)]
+    if n_passes < len(real):
+        raise ValueError(f"{len(real)} micro-batches but only {n_passes} passes")
+    return [(real[0][0], 0.0)] * (n_passes - len(real)) + real
 
 
 def _pairing_acc(texts: list[str], metas: list[dict[str, Any]]) -> float | None:

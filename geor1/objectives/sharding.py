@@ -96,6 +96,15 @@ def data_parallel_mesh(mesh):
     return mesh["data_parallel"] if "data_parallel" in names else mesh
 
 
+def warn_unused_sharding(spec: ShardingSpec) -> None:
+    """Say so when FSDP2 settings were given but the strategy does not shard (one device, DDP): mixed precision and
+    activation checkpointing would otherwise be silently off."""
+    if spec != ShardingSpec():
+        log.warning("sharding settings %s are ignored: the strategy is not FSDP2 (use "
+                    "geor1.objectives.sharding.FSDP2Strategy); on one device or under DDP use trainer.precision and "
+                    "the policy's gradient_checkpointing instead", spec)
+
+
 def is_sharded(module: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 

@@ -35,6 +35,7 @@ class SamplingParams:
     max_tokens: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = -1  # -1 / 0: all tokens
     stop_token_ids: list[int] = field(default_factory=list)
     logprobs: int | None = None
 
@@ -163,7 +164,7 @@ class LLM:
                       eos_token_id=sp.stop_token_ids, pad_token_id=pad, return_dict_in_generate=True,
                       output_scores=True, output_logits=True)
             kw.update(dict(temperature=None, top_p=None, top_k=None) if greedy else
-                      dict(temperature=sp.temperature, top_p=sp.top_p, top_k=None))
+                      dict(temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k if sp.top_k > 0 else None))
             gen = self.model.generate(**enc, **kw)
             seqs = gen.sequences[:, enc["input_ids"].shape[1]:]
             per_step = gen.scores if self.logprobs_mode == "processed_logprobs" else gen.logits
