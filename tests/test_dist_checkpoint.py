@@ -175,9 +175,10 @@ def recipe_dir(tmp_path_factory) -> Path:
     write_episodes(miner, eps, world, root / "data" / "cvcities_episodes")
     synthesize(root / "data" / "cvcities_episodes", root / "data" / "cvcities_sft_pairing", "pairing")
     synthesize(world, root / "data" / "cvcities_sft_geolocate", "geolocate")
-    # Every DataLoader reader (rank x worker) must get as many samples as the others, or the ranks run different
-    # numbers of steps and the sharded forwards wait on each other forever (the streams do not even them out):
-    # 8 readers for the SFT recipe (4 workers), 4 for GRPO (2 workers); fact-checked exemplars are a random count.
+    # Every DataLoader reader (rank x worker) gets as many samples as the others, so that the passes are the same
+    # length on both ranks and nothing is left unread (uneven readers would also work: the ranks agree to stop
+    # together, tests/test_stream_distributed.py): 8 readers for the SFT recipe (4 workers), 4 for GRPO (2 workers);
+    # fact-checked exemplars are a random count.
     _keep_first(root / "data" / "cvcities_sft_geolocate", "train", 48)
     _keep_first(root / "data" / "cvcities_sft_pairing", "train", 16)  # + 48 = 64 = 8 readers x 8 samples
     _keep_first(root / "data" / "cvcities_sft_pairing", "val", 0)  # + 8 geolocate
