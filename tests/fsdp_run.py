@@ -49,6 +49,8 @@ class Record(L.Callback):
         self.losses: list[float] = []
         self.lengths: list[list[int]] = []
         self.grad_norms: list[float] = []
+        self.prompt_images: list[int] = []  # images in each rollout's prompts
+        self.grad_images: list[int] = []  # images the vision tower encoded in each differentiable forward
 
     def on_before_optimizer_step(self, trainer, module, optimizer):
         # after clipping: the norm of the whole (all ranks') gradient
@@ -62,7 +64,8 @@ class Record(L.Callback):
     def on_train_end(self, trainer, module):
         state = full_state(module.policy.model)  # every rank joins the gather
         info = {"world": trainer.world_size, "keys": getattr(self, "keys", []), "losses": self.losses,
-                "lengths": self.lengths, "grad_norms": self.grad_norms, "sharded": is_sharded(module.policy.model),
+                "lengths": self.lengths, "grad_norms": self.grad_norms,
+                "prompt_images": self.prompt_images, "grad_images": self.grad_images, "sharded": is_sharded(module.policy.model),
                 "checkpointing": _checkpointing(module.policy.base_model()),
                 "has_ref": getattr(module, "_reference", None) is not None,
                 "ref_sharded": module._reference is not None and is_sharded(module._reference.model)
@@ -188,9 +191,17 @@ def main(out: str, devices: int, mode: str) -> None:
         def generate(*args, **kw):
             rollout = sample(*args, **kw)
             record.lengths.append(rollout.lengths.tolist())
+            record.prompt_images.append(int(rollout.inputs["image_grid_thw"].shape[0]))
             return rollout
 
+        def count_images(_module, args, kwargs):
+            # the forward passes that build the graph, not their recomputation in backward (checkpointing)
+            if torch.is_grad_enabled() and torch._C._current_graph_task_id() == -1:
+                grid = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
+                record.grad_images.append(int(grid.shape[0]))
+
         policy.generate = generate
+        policy.vision_tower(policy.model).register_forward_pre_hook(count_images, with_kwargs=True)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # the weights before the step, unsharded
         save_file({k: v.detach().contiguous() for k, v in policy.model.state_dict().items()},
                   f"{out}.before.safetensors")

@@ -1,6 +1,6 @@
 """FSDP2 (`ModelParallelStrategy`, `fully_shard` per block in `configure_model`) on 2 CPU processes (gloo): an SFT
 step, a GRPO step (per-block activation checkpointing on; dapo over ranks of different token counts; sharded
-reference with CPU offload; mu=2; clipping active), the same GRPO step under DDP, a GRPO step under LoRA and a
+reference with CPU offload; mu=2; clipping active; the training pass shares each prompt's prefix), the same GRPO step under DDP, a GRPO step under LoRA and a
 contrastive encoder step end with the same loss and weights as 1 process on the same data; rollouts where one rank
 stops at its first token and the other runs to the length limit finish (synchronised decoding). The runs are
 tests/fsdp_run.py."""
@@ -75,6 +75,13 @@ def _assert_same_step(tmp: Path, mode: str, one_mode: str | None = None, fsdp: b
     return two, one
 
 
+def _assert_shared_prefix(ranks: list[dict], mu: int = 2) -> None:
+    """The differentiable passes encoded each prompt's images once (shared prefix), not once per completion (G=3)."""
+    for r in ranks:
+        (images,) = r["prompt_images"]
+        assert images > 0 and sum(r["grad_images"]) == mu * images, (r["prompt_images"], r["grad_images"])
+
+
 def test_fsdp_sft_step_equals_one_process(runs):
     two, one = _assert_same_step(runs, "sft")
     assert two[0]["grad_norms"] == pytest.approx(one["grad_norms"], rel=1e-5)
@@ -83,6 +90,7 @@ def test_fsdp_sft_step_equals_one_process(runs):
 def test_fsdp_grpo_step_equals_one_process(runs):
     two, one = _assert_same_step(runs, "grpo")
     assert all(r["ref_sharded"] for r in two)  # the reference is sharded like the policy (no full copy per rank)
+    _assert_shared_prefix(two + [one])  # FSDP2 + checkpointing differentiates through the shared prefix too
     tokens = [sum(r["lengths"][0]) for r in two]
     assert tokens[0] != tokens[1]  # dapo's denominator must be the token count of both ranks together
     # mu=2 updates, each clipped to the max_grad_norm 0.05 over all ranks' shards
@@ -99,6 +107,7 @@ def test_ddp_grpo_step_with_dapo_equals_one_process(runs):
 def test_fsdp_grpo_lora_step_equals_one_process(runs):
     """LoRA: the reference is the adapter-disabled base of the sharded policy (no copy at all)."""
     two, one = _assert_same_step(runs, "grpo_lora")
+    _assert_shared_prefix(two + [one])
     assert not any(r["has_ref"] for r in two)  # no separate reference model exists
     w2 = _weights(runs, 2, "grpo_lora")
     assert any("lora_B" in k for k in w2) and max(float(w2[k].abs().max()) for k in w2 if "lora_B" in k) > 1e-3

@@ -359,8 +359,10 @@ class Policy(nn.Module):
             self.adapter.begin_prefill(base)
             head = self._without_last_token(inputs)
             capture = capture_cache()
-            self.model(**head, **self._positions(head), past_key_values=capture, use_cache=True,
-                       logits_to_keep=_NO_LOGITS.to(completion_ids.device))
+            prefill = self.model(**head, **self._positions(head), past_key_values=capture, use_cache=True,
+                                 logits_to_keep=_NO_LOGITS.to(completion_ids.device))
+            # [B, 0, V]: no values, but it ties the prefill's outputs into the graph (see `_anchored`)
+            anchor = prefill.logits.sum() if torch.is_grad_enabled() else None
             state = self.adapter.prefix_state(base, inputs, repeats)
             prefix = frozen_prefix(capture, repeats)
             prompt_mask = inputs["attention_mask"].repeat_interleave(repeats, 0)
@@ -372,8 +374,8 @@ class Policy(nn.Module):
             if hidden:
                 out = self.model(**kwargs, output_hidden_states=[-1],
                                  logits_to_keep=_NO_LOGITS.to(completion_ids.device))
-                return self.adapter.final_hidden(out)
-            return self.model(**kwargs).logits
+                return _anchored(self.adapter.final_hidden(out), anchor)
+            return _anchored(self.model(**kwargs).logits, anchor)
 
     def forward(self, **batch: Tensor):
         return self.model(**batch, **self._positions(batch))
@@ -394,6 +396,14 @@ class Policy(nn.Module):
         model.save_pretrained(out, safe_serialization=True)
         self.processor.save_pretrained(out)
         return out
+
+
+def _anchored(out: Tensor, anchor: Tensor | None) -> Tensor:
+    """`out` plus 0 * `anchor` (the same values and gradients): the backward pass then also runs through the
+    prefill's outputs, so every decoder layer's output gets a (zero) gradient before the gradient of the keys/values
+    it cached reaches it. FSDP2 unshards a layer for backward from a hook on its forward outputs: without this the
+    prefill's last layer, whose gradient comes only through the cache, would run backward resharded (freed)."""
+    return out if anchor is None else out + 0.0 * anchor
 
 
 def completion_mask(completion: Tensor, eos_ids: list[int]) -> tuple[Tensor, Tensor]:
