@@ -4,7 +4,7 @@ rank 0 the full updated weights (gathered collectively on every rank). Not a tes
 it).
 
     python tests/fsdp_run.py OUT DEVICES MODES
-    MODES: comma-separated sft | grpo | grpo_ddp | grpo_lora | rollout | contrastive
+    MODES: comma-separated sft | grpo | grpo_ddp | grpo_lora | grpo_uneven | rollout | contrastive
 """
 
 from __future__ import annotations
@@ -177,9 +177,13 @@ def main(out: str, devices: int, mode: str) -> None:
         module = SFTModule(policy, optimizer=lambda p: torch.optim.SGD(p, lr=0.5), max_length=512,
                            num_val_generations=0, sharding=spec)
     else:
+        # grpo_uneven: rank 0 holds 3 prompts and rank 1 one, in micro-batches of 1 prompt (3 backward passes
+        # against 1: rank 1 adds zero-weight passes), aggregated per sequence over all ranks' rows
+        uneven = mode == "grpo_uneven"
         module = GRPOModule(policy, optimizer=lambda p: torch.optim.SGD(p, lr=0.5),
                             rewards={"accuracy": 1.0, "format": 1.0}, num_generations=3, max_new_tokens=12,
-                            beta=0.1, mu=2, loss_aggregation="dapo", max_grad_norm=0.05,
+                            beta=0.1, mu=1 if uneven else 2, loss_aggregation="grpo" if uneven else "dapo",
+                            max_grad_norm=None if uneven else 0.05, micro_batch_prompts=1 if uneven else None,
                             log_completions_every_n_steps=0, sharding=spec)
         if mode == "rollout":
             force_eos(policy, int(os.environ.get("LOCAL_RANK", "0")))
@@ -205,13 +209,17 @@ def main(out: str, devices: int, mode: str) -> None:
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # the weights before the step, unsharded
         save_file({k: v.detach().contiguous() for k, v in policy.model.state_dict().items()},
                   f"{out}.before.safetensors")
-    loader = DataLoader(samples(mode), batch_size=N_PROMPTS // devices, collate_fn=collate_samples, shuffle=False)
+    data, per_rank, split = samples(mode), N_PROMPTS // devices, True
+    if mode == "grpo_uneven" and devices > 1:  # rank 0: prompts 0-2, rank 1: prompt 3
+        rank = int(os.environ.get("LOCAL_RANK", "0"))
+        data, per_rank, split = (data[:3], 3, False) if rank == 0 else (data[3:], 1, False)
+    loader = DataLoader(data, batch_size=per_rank, collate_fn=collate_samples, shuffle=False)
     strategy = FSDP2Strategy() if devices > 1 else "auto"
     if mode == "grpo_ddp":  # the same GRPO step under DDP (dapo's token count all-reduced there too)
         strategy = "ddp" if devices > 1 else "auto"
     trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=devices, strategy=strategy, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[record], use_distributed_sampler=True)
+                        callbacks=[record], use_distributed_sampler=split)
     trainer.fit(module, train_dataloaders=loader)
 
 

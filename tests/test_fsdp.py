@@ -31,7 +31,8 @@ def runs(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("fsdp")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "netguard"),
                                                        os.environ.get("PYTHONPATH", "")]))
-    launches = {2: "sft,grpo,grpo_ddp,grpo_lora,rollout,contrastive", 1: "sft,grpo,grpo_lora,contrastive"}
+    launches = {2: "sft,grpo,grpo_ddp,grpo_lora,grpo_uneven,rollout,contrastive",
+                1: "sft,grpo,grpo_lora,grpo_uneven,contrastive"}
     procs = {}
     for n, modes in launches.items():
         with open(tmp / f"log{n}.txt", "w") as log:
@@ -182,3 +183,11 @@ def test_an_empty_batch_on_one_rank_skips_the_step_on_every_rank(caplog):
         assert skip_everywhere(trainer(True), False, 4) is True  # another rank was empty
     assert "4 samples of rank 1 were not trained on" in caplog.text
     assert skip_everywhere(trainer(False), True, 0) is True
+
+
+def test_ranks_with_different_prompt_counts_and_micro_batches_equal_one_process(runs):
+    """Rank 0 holds 3 prompts, rank 1 one, in micro-batches of 1 prompt: rank 1 runs zero-weight passes so that both
+    ranks run 3 forward/backward collectives, and the per-sequence mean is over both ranks' rows (12), not each
+    rank's own: the update equals one process on the 4 prompts."""
+    two, one = _assert_same_step(runs, "grpo_uneven")
+    assert [len(r["keys"]) for r in two] == [3, 1]
