@@ -145,6 +145,53 @@ def test_export_refuses_a_checkpoint_of_another_model(tmp_path):
         export_checkpoint(tmp_path / "bad.ckpt", tmp_path / "c2.yaml", tmp_path / "o")
 
 
+@pytest.mark.parametrize("lora", [False, True])
+def test_export_of_a_single_file_checkpoint_loads_with_transformers(tmp_path, lora):
+    """A one-process Lightning checkpoint (a .ckpt file) -> `geor1 model export` (the CLI handler, in-process): plain
+    transformers loads the folder and its weights are the trained policy's (LoRA merged); `--adapter-only` writes
+    the adapter alone, which PEFT puts back on the base to give the same model."""
+    import argparse
+
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from geor1.model import LoraSpec, TinyPolicy
+    from geor1.model.commands import add_commands
+
+    spec = LoraSpec(r=4, alpha=8, dropout=0.0) if lora else None
+    policy = TinyPolicy(seed=0, hidden_size=64, lora=spec)
+    with torch.no_grad():  # "trained" weights: differ from the seed-0 init the config builds
+        for name, p in policy.named_parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+    torch.save({"state_dict": {f"policy.{k}": v for k, v in policy.state_dict().items()}, "global_step": 3},
+               tmp_path / "last.ckpt")
+    lora_args = "{r: 4, alpha: 8, dropout: 0.0}" if lora else "null"
+    config = tmp_path / "config.yaml"
+    config.write_text("model:\n  class_path: geor1.objectives.SFTModule\n  init_args:\n    policy:\n"
+                      "      class_path: geor1.model.TinyPolicy\n"
+                      f"      init_args: {{hidden_size: 64, lora: {lora_args}}}\n")
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+
+    def export(*extra: str) -> Path:
+        ns = parser.parse_args(["model", "export", "--ckpt", str(tmp_path / "last.ckpt"), "--config", str(config),
+                                "--out", str(tmp_path / ("out" + "".join(extra))), *extra])
+        ns.handler(ns)
+        return tmp_path / ("out" + "".join(extra))
+
+    want = policy.model.merge_and_unload() if lora else policy.model
+    want = {k: v for k, v in want.state_dict().items()}
+    got = AutoModelForImageTextToText.from_pretrained(export(), local_files_only=True).state_dict()
+    assert got.keys() == want.keys()
+    assert max(float((got[k] - want[k]).abs().max()) for k in want) < 1e-6
+    if lora:
+        adapter = export("--adapter-only") / "adapter"
+        base = TinyPolicy(seed=0, hidden_size=64).model
+        merged = PeftModel.from_pretrained(base, adapter).merge_and_unload().state_dict()
+        assert max(float((merged[k] - want[k]).abs().max()) for k in want) < 1e-6
+
+
 # ---------------------------------------------------------------------------------------------- the 7B recipes
 RECIPES = {"sft": "configs/sft/qwen2_5_vl_7b.yaml", "grpo": "configs/grpo/qwen2_5_vl_7b.yaml"}
 
