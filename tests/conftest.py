@@ -47,3 +47,38 @@ def run_cli(*args: str, timeout: int = 300, cwd: Path | None = None) -> subproce
     if cmd[0] in ("geor1", "lightning"):
         cmd[0] = str(Path(sys.executable).parent / cmd[0])
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO, env=env)
+
+
+def rollout_from_texts(policy, prompts, texts: list[str], num_samples: int):
+    """A `Rollout` of chosen completion texts (rows grouped by prompt, each closed by EOS), whatever the RNG: lets a
+    test and its reference see identical completions."""
+    from geor1.model.policy import Rollout, completion_mask
+
+    inputs = policy.encode(prompts)
+    eos = policy.tokenizer.convert_ids_to_tokens(policy.eos_ids[0])
+    ids = [policy.tokenizer(t + eos, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(len(i) for i in ids)
+    padded = torch.tensor([i + [policy.pad_id] * (width - len(i)) for i in ids])
+    mask, truncated = completion_mask(padded, policy.eos_ids)
+    return Rollout(inputs, padded, mask, texts, num_samples, truncated)
+
+
+def random_episodes(world: Path, out: Path, splits: tuple[str, ...] = ("train",)) -> Path:
+    """K=2 pairing episodes of a GeoWorld folder with negatives drawn at random (an index of random vectors): tiny
+    GRPO data for tests."""
+    import json
+
+    from geor1.data.reader import iter_raw_samples
+    from geor1.data.shards import split_shards
+    from geor1.retrieval.index import IndexSpec, SatIndex
+    from geor1.retrieval.mining import Miner, MiningSpec, write_episodes
+
+    meta = [dict(json.loads(r["json"]), key=r["__key__"]) for split in ("train", "val", "test")
+            for r in iter_raw_samples(split_shards(world, split))]
+    vecs = np.random.default_rng(0).normal(size=(len(meta), 8)).astype(np.float32)
+    index = SatIndex.build(vecs, vecs, [{k: m[k] for k in ("key", "lat", "lon", "split")} for m in meta],
+                           IndexSpec())
+    miner = Miner(index, MiningSpec(k=2, strategy="random", min_km=0.0, splits=splits))
+    episodes, _ = miner.mine()
+    write_episodes(miner, episodes, world, out)
+    return out

@@ -38,16 +38,10 @@ COMPLETIONS = ["<think>sea to the west</think><answer>A</answer>", "<think>green
 
 def fixed_rollout(policy, prompts, num_samples, **_):
     """The same G completions for every prompt, whatever the RNG: the 1- and 2-process runs see identical data."""
-    from geor1.model.policy import Rollout, completion_mask
+    from conftest import rollout_from_texts
 
-    inputs = policy.encode(prompts)
     texts = [COMPLETIONS[j % len(COMPLETIONS)] for _ in prompts for j in range(num_samples)]
-    eos = policy.tokenizer.convert_ids_to_tokens(policy.eos_ids[0])
-    ids = [policy.tokenizer(t + eos, add_special_tokens=False)["input_ids"] for t in texts]
-    width = max(len(i) for i in ids)
-    padded = torch.tensor([i + [policy.pad_id] * (width - len(i)) for i in ids])
-    mask, truncated = completion_mask(padded, policy.eos_ids)
-    return Rollout(inputs, padded, mask, texts, num_samples, truncated)
+    return rollout_from_texts(policy, prompts, texts, num_samples)
 
 
 def main(out: str, devices: int) -> None:

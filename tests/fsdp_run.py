@@ -16,6 +16,7 @@ import sys
 
 import lightning as L
 import torch
+from conftest import rollout_from_texts
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
@@ -23,7 +24,6 @@ import geor1  # noqa: F401
 from geor1.data.toy import ToyPairing
 from geor1.model import LoraSpec, TinyPolicy
 from geor1.model.chat import collate_samples
-from geor1.model.policy import Rollout, completion_mask
 from geor1.objectives.contrastive import ContrastiveModule, info_nce
 from geor1.objectives.grpo import GRPOModule
 from geor1.objectives.sft import SFTModule
@@ -82,15 +82,9 @@ class Record(L.Callback):
 def fixed_rollout(policy, prompts, num_samples, **_):
     """Completions fixed by each prompt (different lengths per prompt, so that the ranks hold different token
     counts), whatever the RNG: the 1- and 2-process runs see identical data."""
-    inputs = policy.encode(prompts)
     index = [p.images[-1].size[1] // 14 - 2 for p in prompts]  # prompt i's tiles are (28 + 14 i) px
     texts = [COMPLETIONS[(i + min(j, 1)) % len(COMPLETIONS)] for i in index for j in range(num_samples)]
-    eos = policy.tokenizer.convert_ids_to_tokens(policy.eos_ids[0])
-    ids = [policy.tokenizer(t + eos, add_special_tokens=False)["input_ids"] for t in texts]
-    width = max(len(i) for i in ids)
-    padded = torch.tensor([i + [policy.pad_id] * (width - len(i)) for i in ids])
-    mask, truncated = completion_mask(padded, policy.eos_ids)
-    return Rollout(inputs, padded, mask, texts, num_samples, truncated)
+    return rollout_from_texts(policy, prompts, texts, num_samples)
 
 
 def samples(mode: str) -> list:

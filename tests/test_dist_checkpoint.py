@@ -25,25 +25,13 @@ SCRIPT = Path(__file__).with_name("dist_ckpt_run.py")
 
 @pytest.fixture(scope="module")
 def episodes(tmp_path_factory) -> Path:
-    import numpy as np
+    from conftest import random_episodes
 
     from geor1.data.geoworld import build_geoworld
-    from geor1.data.reader import iter_raw_samples
-    from geor1.data.shards import split_shards
-    from geor1.retrieval.index import IndexSpec, SatIndex
-    from geor1.retrieval.mining import Miner, MiningSpec, write_episodes
 
     root = tmp_path_factory.mktemp("dist_episodes")
     world = build_geoworld(root / "gw", num_train=8, num_val=2, num_test=2, seed=6)
-    meta = [dict(json.loads(r["json"]), key=r["__key__"]) for split in ("train", "val", "test")
-            for r in iter_raw_samples(split_shards(world, split))]
-    vecs = np.random.default_rng(0).normal(size=(len(meta), 8)).astype(np.float32)
-    index = SatIndex.build(vecs, vecs, [{k: m[k] for k in ("key", "lat", "lon", "split")} for m in meta],
-                           IndexSpec())
-    miner = Miner(index, MiningSpec(k=2, strategy="random", min_km=0.0, splits=("train",)))
-    eps, _ = miner.mine()
-    write_episodes(miner, eps, world, root / "ep")
-    return root / "ep"
+    return random_episodes(world, root / "ep")
 
 
 def _launch(episodes: Path, out: Path, tag: str, max_steps: int, *extra: str) -> subprocess.CompletedProcess:
@@ -200,26 +188,15 @@ RECIPES = {"sft": "configs/sft/qwen2_5_vl_7b.yaml", "grpo": "configs/grpo/qwen2_
 def recipe_dir(tmp_path_factory) -> Path:
     """A working folder laid out as the recipes expect (`data/...` relative to it), plus a tiny real-shaped
     Qwen2.5-VL-7B-like model folder (`model/`)."""
-    import numpy as np
+    from conftest import random_episodes
 
     from geor1.cot.synthesize import synthesize
     from geor1.data.geoworld import build_geoworld
-    from geor1.data.reader import iter_raw_samples
-    from geor1.data.shards import split_shards
     from geor1.model.real_shaped import save_real_shaped_qwen2_5_vl
-    from geor1.retrieval.index import IndexSpec, SatIndex
-    from geor1.retrieval.mining import Miner, MiningSpec, write_episodes
 
     root = tmp_path_factory.mktemp("recipes")
     world = build_geoworld(root / "gw", num_train=48, num_val=8, num_test=2, seed=7)
-    meta = [dict(json.loads(r["json"]), key=r["__key__"]) for split in ("train", "val", "test")
-            for r in iter_raw_samples(split_shards(world, split))]
-    vecs = np.random.default_rng(0).normal(size=(len(meta), 8)).astype(np.float32)
-    index = SatIndex.build(vecs, vecs, [{k: m[k] for k in ("key", "lat", "lon", "split")} for m in meta],
-                           IndexSpec())
-    miner = Miner(index, MiningSpec(k=2, strategy="random", min_km=0.0, splits=("train", "val")))
-    eps, _ = miner.mine()
-    write_episodes(miner, eps, world, root / "data" / "cvcities_episodes")
+    random_episodes(world, root / "data" / "cvcities_episodes", splits=("train", "val"))
     synthesize(root / "data" / "cvcities_episodes", root / "data" / "cvcities_sft_pairing", "pairing")
     synthesize(world, root / "data" / "cvcities_sft_geolocate", "geolocate")
     # Every DataLoader reader (rank x worker) gets as many samples as the others, so that the passes are the same
@@ -301,7 +278,9 @@ def test_7b_recipe_on_two_processes_trains_checkpoints_resumes_exports(recipe_di
     assert fit_end.keys() == offline.keys() == initial.keys()
     for k in fit_end:
         assert torch.equal(fit_end[k], offline[k]), k
-    assert any(not torch.equal(fit_end[k].float(), initial[k]) for k in fit_end)  # it trained
+    if stage == "sft":  # it trained (GRPO's weights may legitimately stay put here: the random tiny model's rewards
+        # tie within every group -- zero advantages -- and the policy equals its reference -- zero KL gradient)
+        assert any(not torch.equal(fit_end[k].float(), initial[k]) for k in fit_end)
 
 
 def test_rollout_rng_is_its_own_stream_and_round_trips():

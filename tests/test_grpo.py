@@ -7,6 +7,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from conftest import rollout_from_texts
 from torch.utils.data import DataLoader
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -14,7 +15,6 @@ from geor1 import Geor1Error
 from geor1.data.toy import ToyPairing, ToyPairingDataModule
 from geor1.model import LoraSpec, TinyPolicy
 from geor1.model.chat import collate_samples
-from geor1.model.policy import Rollout, completion_mask
 from geor1.objectives.grpo import GRPOModule
 from geor1.objectives.grpo_math import aggregate
 
@@ -75,14 +75,8 @@ COMPLETIONS = ["<think>sea to the west</think><answer>A</answer>", "<answer>B</a
 
 def _fixed_rollout(policy, prompts, num_samples, **_):
     """Completions of different lengths, fixed per prompt and sample (whatever the RNG)."""
-    inputs = policy.encode(prompts)
     texts = [COMPLETIONS[(b + j) % len(COMPLETIONS)] for b in range(len(prompts)) for j in range(num_samples)]
-    eos = policy.tokenizer.convert_ids_to_tokens(policy.eos_ids[0])
-    ids = [policy.tokenizer(t + eos, add_special_tokens=False)["input_ids"] for t in texts]
-    width = max(len(i) for i in ids)
-    padded = torch.tensor([i + [policy.pad_id] * (width - len(i)) for i in ids])
-    mask, truncated = completion_mask(padded, policy.eos_ids)
-    return Rollout(inputs, padded, mask, texts, num_samples, truncated)
+    return rollout_from_texts(policy, prompts, texts, num_samples)
 
 
 def _one_step(micro: int | None, aggregation: str) -> list[torch.Tensor]:

@@ -9,12 +9,10 @@ A new recipe without an entry here fails `test_every_recipe_has_an_override_list
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pytest
 import torch
 from conftest import REPO
@@ -80,24 +78,15 @@ RECIPES = sorted(str(p.relative_to(REPO / "configs")) for p in (REPO / "configs"
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, str]:
     """Tiny GeoWorld (several shards per split), K=2 pairing episodes, CoT exemplars, the real-shaped model."""
+    from conftest import random_episodes
+
     from geor1.cot.synthesize import synthesize
     from geor1.data.geoworld import build_geoworld
-    from geor1.data.reader import iter_raw_samples
-    from geor1.data.shards import split_shards
     from geor1.model.real_shaped import save_real_shaped_qwen2_5_vl
-    from geor1.retrieval.index import IndexSpec, SatIndex
-    from geor1.retrieval.mining import Miner, MiningSpec, write_episodes
 
     root = tmp_path_factory.mktemp("recipes")
     world = build_geoworld(root / "geoworld", num_train=16, num_val=4, num_test=2, seed=3, max_count=4)
-    meta = [dict(json.loads(r["json"]), key=r["__key__"]) for split in ("train", "val", "test")
-            for r in iter_raw_samples(split_shards(world, split))]
-    vecs = np.random.default_rng(0).normal(size=(len(meta), 8)).astype(np.float32)
-    index = SatIndex.build(vecs, vecs, [{k: m[k] for k in ("key", "lat", "lon", "split")} for m in meta],
-                           IndexSpec())
-    miner = Miner(index, MiningSpec(k=2, strategy="random", min_km=0.0, splits=("train", "val")))
-    episodes, _ = miner.mine()
-    write_episodes(miner, episodes, world, root / "episodes")
+    random_episodes(world, root / "episodes", splits=("train", "val"))
     synthesize(root / "episodes", root / "sft_pairing", "pairing")
     synthesize(world, root / "sft_geolocate", "geolocate")
     real = save_real_shaped_qwen2_5_vl(root / "qwen2_5_vl_real_shaped")

@@ -65,26 +65,11 @@ def test_mid_epoch_resume_is_exact(exemplars, tmp_path):
 
 @pytest.fixture(scope="module")
 def episodes(tmp_path_factory):
-    import numpy as np
-
-    from geor1.data.reader import iter_raw_samples
-    from geor1.data.shards import split_shards
-    from geor1.retrieval.index import IndexSpec, SatIndex
-    from geor1.retrieval.mining import Miner, MiningSpec, write_episodes
+    from conftest import random_episodes
 
     root = tmp_path_factory.mktemp("episodes")
     world = build_geoworld(root / "gw", num_train=10, num_val=2, num_test=2, seed=6)
-    import json
-
-    meta = [dict(json.loads(r["json"]), key=r["__key__"]) for split in ("train", "val", "test")
-            for r in iter_raw_samples(split_shards(world, split))]
-    vecs = np.random.default_rng(0).normal(size=(len(meta), 8)).astype(np.float32)
-    index = SatIndex.build(vecs, vecs, [{k: m[k] for k in ("key", "lat", "lon", "split")} for m in meta],
-                           IndexSpec())
-    miner = Miner(index, MiningSpec(k=2, strategy="random", min_km=0.0, splits=("train",)))
-    eps, _ = miner.mine()
-    write_episodes(miner, eps, world, root / "ep")
-    return root / "ep"
+    return random_episodes(world, root / "ep")
 
 
 def _fit_grpo(episodes, root, max_steps: int, ckpt_path=None, every: int | None = None) -> Record:
