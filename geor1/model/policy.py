@@ -29,6 +29,7 @@ from geor1.model.adapters import ArchAdapter, adapter_for
 from geor1.model.batching import append_completions, repeat_rows, select_rows, slice_rows
 from geor1.model.chat import Prompt
 from geor1.model.loading import DTYPES, LoraSpec, check_model_dir, load_pretrained, prepare_model
+from geor1.model.logprobs import tiled_token_logprobs
 from geor1.model.prefix_cache import cache_through_checkpointing, capture_cache, frozen_prefix
 
 log = logging.getLogger(__name__)
@@ -339,8 +340,6 @@ class Policy(nn.Module):
                 out = self.model(**batch, **self._positions(batch), use_cache=False, logits_to_keep=t + 1).logits
         out = out[:, -(t + 1):-1]  # [N, T, H or V]: positions that predict the completion tokens
         if tiled:
-            from geor1.model.logprobs import tiled_token_logprobs
-
             lp = tiled_token_logprobs(out, self.lm_head, completion_ids, temperature, self.logprob_tile)
         else:
             logits = out / temperature if temperature != 1.0 else out
