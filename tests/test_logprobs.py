@@ -222,4 +222,4 @@ def test_peak_memory_gb_grows_with_an_allocation_and_is_logged_every_step(tmp_pa
     trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[Record()])
     trainer.fit(Tiny(), data)
-    assert len(logged) == 3 and logged == pytest.approx(seen) and min(logged) >= after
+    assert len(logged) == 3 and logged == pytest.approx(seen) and min(seen) >= after  # logged: float32
