@@ -11,9 +11,11 @@ from PIL import Image
 
 from geor1.cot.factcheck import fact_check
 from geor1.cot.synthesize import geolocate_exemplar, pairing_exemplar
+from geor1.tasks import GeoTarget, PairingTarget
 
 META = {"lat": -33.9249, "lon": 18.4241, "city": "Cape Town", "country": "ZA", "admin1": "Western Cape",
         "continent": "africa"}
+TARGET = GeoTarget(META["lat"], META["lon"], META["city"], META["country"])
 GOOD = ("<think>The view shows water. Geographic priors: the southern hemisphere and the eastern hemisphere. "
         "My estimate is -33.9249, 18.4241.</think><answer>-33.92490, 18.42410 (Cape Town, ZA)</answer>")
 
@@ -32,17 +34,17 @@ GOOD = ("<think>The view shows water. Geographic priors: the southern hemisphere
     (GOOD.replace("</think>", ""), "format"),
 ])
 def test_planted_wrong_geolocation_facts_are_caught(text, reason):
-    failures = fact_check(text, META, "geolocate", tolerance_km=25.0)
+    failures = fact_check(text, TARGET, tolerance_km=25.0)
     assert failures == ([] if reason is None else [reason]) or (reason in failures)
 
 
 def test_pairing_fact_check():
-    meta = {"lat": 0.0, "lon": 0.0, "k": 3, "answer": 1, "answer_letter": "B"}
-    assert fact_check("<think>Candidate B fits.</think><answer>B</answer>", meta, "pairing") == []
-    assert fact_check("<think>Candidate B fits.</think><answer>A</answer>", meta, "pairing") == ["wrong_letter"]
-    assert fact_check("<think>Candidate D is out.</think><answer>B</answer>", meta,
-                      "pairing") == ["letter_out_of_range"]
-    assert fact_check("<think>x</think><answer></answer>", meta, "pairing") == ["unparseable_answer"]
+    target = PairingTarget(k=3, answer=1)
+    assert fact_check("<think>Candidate B fits.</think><answer>B</answer>", target) == []
+    assert fact_check("<think>Candidate B fits.</think><answer>A</answer>", target) == ["wrong_letter"]
+    assert fact_check("<think>Candidate D is out.</think><answer>B</answer>", target) == ["letter_out_of_range"]
+    assert fact_check("<think>x</think><answer></answer>", target) == ["unparseable_answer"]
+    assert fact_check("<think>x</think><answer>D</answer>", target) == ["unparseable_answer"]  # not a candidate
 
 
 def _solid(rgb, size=(64, 64)):
@@ -57,9 +59,8 @@ def test_pairing_exemplar_is_grounded_in_the_images():
     text, reason = pairing_exemplar(ground, [_solid(sea), _solid(forest), _solid(desert)], 1, rng)
     assert reason is None and text.endswith("<answer>B</answer>")
     assert "A: water 100%" in text and "C: bare 100%" in text and "green 0% vs 100%" in text
-    assert fact_check(text, {"lat": 0, "lon": 0, "k": 3, "answer": 1}, "pairing") == []
-    assert fact_check(text.replace("C: bare", "D: bare"), {"lat": 0, "lon": 0, "k": 3, "answer": 1},
-                      "pairing") == ["letter_out_of_range"]
+    assert fact_check(text, PairingTarget(3, 1)) == []
+    assert fact_check(text.replace("C: bare", "D: bare"), PairingTarget(3, 1)) == ["letter_out_of_range"]
     # when the cues cannot tell the truth from a negative, no exemplar is made
     text, reason = pairing_exemplar(ground, [_solid(forest), _solid(forest), _solid(desert)], 1, rng)
     assert text is None and reason == "cues_do_not_single_out_answer"
@@ -70,7 +71,7 @@ def test_geolocate_exemplar_passes_its_own_check_and_varies():
     texts = {geolocate_exemplar(ground, META, np.random.default_rng(s)) for s in range(6)}
     assert len(texts) > 1  # seeded phrasing varies within the template
     for t in texts:
-        assert fact_check(t, META, "geolocate") == []
+        assert fact_check(t, TARGET) == []
         assert "southern hemisphere" in t and "Africa" in t and "near a coast" in t
 
 

@@ -9,12 +9,13 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geor1.answers import answer_text, parse_coordinates, parse_letter, parse_place, split_tags
+from geor1.answers import MAX_ANSWER_CHARS, answer_text, parse_coordinates, parse_letter, parse_place, split_tags
 from geor1.cot.factcheck import fact_check
 from geor1.rewards import REWARDS
+from geor1.tasks import GeoTarget, PairingTarget
 
-PAIR = {"k": 4, "answer_letter": "B", "answer": 1, "lat": 10.0, "lon": 20.0}
-GEO = {"lat": 48.85, "lon": 2.35, "city": "Paris", "country": "FR"}
+PAIR = PairingTarget(k=4, answer=1)
+GEO = GeoTarget(48.85, 2.35, "Paris", "FR")
 TAGS = st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", "B", "48.85, 2.35", "°N", "(Paris, FR)",
                         " ", "\n", "A or B", "−", "''"])
 HOSTILE = st.one_of(st.text(max_size=400), st.lists(TAGS, max_size=60).map("".join))
@@ -27,8 +28,8 @@ def _check_all(text: str) -> None:
     coords = parse_coordinates(text)
     assert coords is None or (abs(coords[0]) <= 90 and abs(coords[1]) <= 180)
     parse_place(text)
-    fact_check(text, PAIR, "pairing")
-    fact_check(text, GEO, "geolocate")
+    fact_check(text, PAIR)
+    fact_check(text, GEO)
     for name, fn in REWARDS.items():
         for sample in (PAIR, GEO):
             (value,) = fn([text], [sample], lengths=[len(text)])
@@ -63,3 +64,17 @@ def test_megabyte_inputs_are_fast():
                 fn([text], [sample], lengths=[len(text)])
                 assert time.perf_counter() - start < 0.05, (name, fn.__name__)
         _check_all(text[:20_000])
+
+
+def test_coordinate_parser_is_fast_on_the_longest_answers_it_reads():
+    # answers over MAX_ANSWER_CHARS are refused at once, so the worst case is a hostile answer just under the limit
+    units = ["N 1 ", "1°1'1\" ", "lat lon ", "- ", "(", "((1, 2) ", "1.", "S-1 ", "\u2212" * 3 + "1", "North ",
+             " " * 7 + "9", "lat/lon: ", "1 deg 2 min 3 s ", "'\"", "(a, b) "]
+    for unit in units:
+        text = (unit * (MAX_ANSWER_CHARS // len(unit) + 1))[:MAX_ANSWER_CHARS]
+        for t in (text, text + "48.85, 2.35", "48.85, 2.35 " + text, text[:-12] + " (Paris, FR)"):
+            start = time.perf_counter()
+            coords = parse_coordinates(t[:MAX_ANSWER_CHARS])
+            parse_place(t[:MAX_ANSWER_CHARS])
+            assert time.perf_counter() - start < 0.05, unit
+            assert coords is None or (abs(coords[0]) <= 90 and abs(coords[1]) <= 180)

@@ -19,7 +19,8 @@ R = 6371.0088
 def _great_circle(lat1, lon1, lat2, lon2) -> float:
     """An independent formula (atan2 form of the spherical law), for checking the haversine."""
     p1, p2, dl = math.radians(lat1), math.radians(lat2), math.radians(lon2 - lon1)
-    y = math.hypot(math.cos(p2) * math.sin(dl), math.cos(p1) * math.sin(p2) - math.sin(p1) * math.cos(p2) * math.cos(dl))
+    y = math.hypot(math.cos(p2) * math.sin(dl),
+                   math.cos(p1) * math.sin(p2) - math.sin(p1) * math.cos(p2) * math.cos(dl))
     x = math.sin(p1) * math.sin(p2) + math.cos(p1) * math.cos(p2) * math.cos(dl)
     return R * math.atan2(y, x)
 
@@ -151,7 +152,8 @@ def test_eval_geolocate_runs_a_model_on_a_csv_of_images(tmp_path):
     out = tmp_path / "out"
     main(["eval", "geolocate", "--model", str(model), "--data", str(tmp_path / "bench.csv"), "--images",
           str(images), "--out", str(out), "--max-new-tokens", "4", "--max-pixels", "12544"])
-    preds = list(csv.DictReader(open(out / "predictions.csv")))
+    with open(out / "predictions.csv") as f:
+        preds = list(csv.DictReader(f))
     assert sorted(p["id"] for p in preds) == ["a", "b", "c"]  # the row without an image is skipped ...
     skipped = json.loads((out / "shards" / "skipped-csv.json").read_text())
     assert [s["key"] for s in skipped] == ["gone"]  # ... and listed, not lost

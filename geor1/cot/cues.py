@@ -9,14 +9,12 @@ colours.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 COVERS = ("water", "snow", "vegetation", "bare")
-DIRECTIONS = ("north", "north-east", "east", "south-east", "south", "south-west", "west", "north-west")
 
 
 def cover_fractions(rgb: np.ndarray) -> dict[str, float]:
@@ -35,23 +33,7 @@ def cover_fractions(rgb: np.ndarray) -> dict[str, float]:
 
 
 def dominant(cover: dict[str, float]) -> str:
-    return max(COVERS + ("other",), key=lambda c: cover.get(c, 0.0))
-
-
-def water_direction(tile: np.ndarray, min_share: float = 0.05) -> str | None:
-    """Compass direction of the water in a north-up tile (its centroid seen from the centre), or None when there
-    is little water or it surrounds the centre."""
-    h, w, _ = tile.shape
-    x = tile.astype(np.float32)
-    water = (x[..., 2] > x[..., 0] + 15) & (x[..., 2] > x[..., 1] + 5)
-    if water.mean() < min_share or water.mean() > 0.9:
-        return None
-    ys, xs = np.nonzero(water)
-    east, north = xs.mean() - (w - 1) / 2, (h - 1) / 2 - ys.mean()
-    if math.hypot(east, north) < 0.08 * w:
-        return None
-    bearing = (math.degrees(math.atan2(east, north)) + 360) % 360
-    return DIRECTIONS[int((bearing + 22.5) // 45) % 8]
+    return max((*COVERS, "other"), key=lambda c: cover.get(c, 0.0))
 
 
 def ruggedness(rgb: np.ndarray) -> float:

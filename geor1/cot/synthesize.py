@@ -6,14 +6,14 @@ cover around each candidate tile's centre (what lies under the camera), every wr
 largest stated difference, the letter. Pairing traces are kept compact ("View: green 94%. A: water 60%, green 30%,
 no: green 30% vs 94%. B: green 90%, matches. So B.") so that RL rollouts stay short. An episode whose cues do not
 single out the true tile (a negative matches the view at least as well) gets no exemplar: the reasoning would not
-lead to the answer (counted as `cues_do_not_single_out_answer`). Geolocation (pair shards): the view's cover and relief -> climate, latitude band,
-hemispheres, continent -> coordinates, city and country. Phrasing varies with a seed inside the template.
-Every exemplar then goes through `fact_check`.
+lead to the answer (counted as `cues_do_not_single_out_answer`). Geolocation (pair shards): the view's cover and
+relief -> climate, latitude band, hemispheres, continent -> coordinates, city and country. Phrasing varies with a
+seed inside the template. Every exemplar then goes through `fact_check`; the prompt, target and images of a sample
+come from its task (`geor1.tasks`).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import string
@@ -25,11 +25,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from geor1.cot.cues import (COVERS, cover_fractions, ground_below_horizon, ground_near, place_cues, ruggedness,
-                            tile_centre)
+from geor1.cot.cues import (
+    COVERS,
+    cover_fractions,
+    ground_below_horizon,
+    ground_near,
+    place_cues,
+    ruggedness,
+    tile_centre,
+)
 from geor1.cot.factcheck import fact_check
 from geor1.data.places import continent_of
-from geor1.prompts import geolocate_prompt, pairing_prompt
+from geor1.tasks import PairingTarget, get_task
 
 log = logging.getLogger(__name__)
 CONTINENT_NAMES = {"africa": "Africa", "asia": "Asia", "europe": "Europe", "north_america": "North America",
@@ -122,10 +129,6 @@ class SynthesisReport:
         return {"total": self.total, "kept": self.kept, "dropped": dict(sorted(self.dropped.items()))}
 
 
-def _image(raw: dict[str, Any], name: str) -> Image.Image:
-    return Image.open(io.BytesIO(raw[name])).convert("RGB")
-
-
 def synthesize(shards: str | Path, out: str | Path, task: str, seed: int = 0, tolerance_km: float = 25.0,
                splits: tuple[str, ...] = ("train", "val", "test"),
                imported: dict[str, dict[str, str]] | None = None) -> SynthesisReport:
@@ -138,8 +141,7 @@ def synthesize(shards: str | Path, out: str | Path, task: str, seed: int = 0, to
     from geor1.data.schema import SampleError, decode_image, validate_meta
     from geor1.data.shards import ShardWriter, split_shards, write_manifest
 
-    if task not in ("pairing", "geolocate"):
-        raise ValueError(f"task must be 'pairing' or 'geolocate', got {task!r}")
+    spec = get_task(task)  # Geor1Error for an unknown task
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = SynthesisReport()
@@ -156,37 +158,36 @@ def synthesize(shards: str | Path, out: str | Path, task: str, seed: int = 0, to
                     key = raw["__key__"]
                     try:
                         meta = validate_meta(key, json.loads(raw["json"]))
-                        ground = decode_image(key, "ground.jpg", raw["ground.jpg"])
-                        if task == "pairing":
-                            k = int(meta["k"])
-                            names = [f"cand{i}.jpg" for i in range(k)]
-                            cands = [decode_image(key, n, raw[n]) for n in names]
-                        else:
-                            names = []
+                        target = spec.target_from_meta(key, meta)
+                        names = spec.image_names(target)
+                        for name in names:
+                            if name not in raw:
+                                raise SampleError(key, name, "missing")
+                        ground, *cands = (decode_image(key, name, raw[name]) for name in names)
                     except (SampleError, KeyError, ValueError) as e:
                         report.dropped["corrupt_sample"] += 1
                         log.warning("cot: skipping corrupt sample %s (%s)", key, e)
                         continue
+                    text: str | None
                     if imported is not None:
                         if key not in imported:
                             report.dropped["not_in_import"] += 1
                             continue
                         text = f"<think>{imported[key]['reasoning']}</think><answer>{imported[key]['answer']}</answer>"
-                    elif task == "pairing":
-                        text, reason = pairing_exemplar(ground, cands, int(meta["answer"]), rng)
+                    elif isinstance(target, PairingTarget):
+                        text, reason = pairing_exemplar(ground, cands, target.answer, rng)
                         if text is None:
                             report.dropped[reason] += 1
                             continue
                     else:
                         text = geolocate_exemplar(ground, meta, rng)
-                    failures = fact_check(text, meta, task, tolerance_km)
+                    failures = fact_check(text, target, tolerance_km)
                     if failures:
                         for r in failures:
                             report.dropped[r] += 1
                         continue
-                    prompt = pairing_prompt(int(meta["k"])) if task == "pairing" else geolocate_prompt()
-                    record = {**meta, "task": task, "prompt": prompt, "response": text}
-                    images = {"ground.jpg": raw["ground.jpg"], **{n: raw[n] for n in names}}
+                    record = {**meta, "task": task, "prompt": spec.prompt(target), "response": text}
+                    images = {n: raw[n] for n in names}
                     writer.write_files(key, images, record)
                     jl.write(json.dumps({"key": key, "split": split, "task": task, "response": text}) + "\n")
                     report.kept += 1

@@ -3,6 +3,7 @@
 from geor1._lazy import lazy_exports
 
 _EXPORTS = {
+    "ChatSample": "geor1.data.sample", "Prompt": "geor1.data.sample", "collate_samples": "geor1.data.sample",
     "Batch": "geor1.data.stream", "ShardStream": "geor1.data.stream",
     "PairSample": "geor1.data.schema", "SampleError": "geor1.data.schema",
     "PairShardDataModule": "geor1.data.datamodule", "normalise": "geor1.data.datamodule",

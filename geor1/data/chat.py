@@ -6,24 +6,23 @@ from __future__ import annotations
 import json
 from typing import Any
 
-
 from geor1 import Geor1Error
+from geor1.data.sample import ChatSample, Prompt
 from geor1.data.schema import SampleError, decode_image, validate_meta
 from geor1.data.shards import split_shards
 from geor1.data.stream import Batch, ShardStream, StreamingDataModule
-from geor1.model.chat import ChatSample, Prompt
-from geor1.prompts import geolocate_prompt, pairing_prompt
-
-TASKS = ("pairing", "geolocate")
+from geor1.tasks import TASK_NAMES, get_task
 
 
 class ChatDecoder:
-    """raw sample -> ChatSample. The task comes from the sample's json (`task`), else from `task`, else from its
-    shape (`k` candidates: pairing). Pairing shows ground + K tiles; geolocation shows the ground view only."""
+    """raw sample -> ChatSample with the typed target of its task. The task is named: the sample's json `task`,
+    else the decoder's `task`; only shards written before samples named their task (no `task` in the json, no
+    `task` given) fall back to their shape, here and nowhere else. The task reads its target from the json and says
+    which images the prompt shows (pairing: ground + K tiles; geolocation: the ground view)."""
 
     def __init__(self, task: str | None = None) -> None:
-        if task is not None and task not in TASKS:
-            raise Geor1Error(f"task must be one of {TASKS}, got {task!r}")
+        if task is not None and task not in TASK_NAMES:
+            raise Geor1Error(f"task must be one of {TASK_NAMES}, got {task!r}")
         self.task = task
 
     def __call__(self, raw: dict[str, Any]) -> ChatSample:
@@ -35,24 +34,20 @@ class ChatDecoder:
         except (ValueError, UnicodeDecodeError) as e:
             raise SampleError(key, "json", f"bad JSON ({e})") from None
         validate_meta(key, meta)
-        task = meta.get("task") or self.task or ("pairing" if "k" in meta else "geolocate")
-        names = ["ground.jpg"]
-        if task == "pairing":
-            if not isinstance(meta.get("k"), int) or not isinstance(meta.get("answer"), int):
-                raise SampleError(key, "k", "a pairing episode needs integer 'k' and 'answer'")
-            if not 0 <= meta["answer"] < meta["k"]:
-                raise SampleError(key, "answer", f"{meta['answer']} is not a candidate index below k={meta['k']}")
-            names += [f"cand{i}.jpg" for i in range(meta["k"])]
+        name = meta.get("task") or self.task
+        if name is None:  # backwards compatibility: shards of before `task`; episode shards are those with `k`
+            name = "pairing" if "k" in meta else "geolocate"
+        if name not in TASK_NAMES:
+            raise SampleError(key, "task", f"must be one of {TASK_NAMES}, got {name!r}")
+        task = get_task(name)
+        target = task.target_from_meta(key, meta)
         images = []
-        for name in names:
-            if name not in raw:
-                raise SampleError(key, name, "missing")
-            images.append(decode_image(key, name, raw[name]))
-        text = meta.get("prompt") or (pairing_prompt(meta["k"]) if task == "pairing" else geolocate_prompt())
-        meta = {**meta, "task": task}
-        if task == "pairing":
-            meta.setdefault("answer_letter", chr(ord("A") + meta["answer"]))
-        return ChatSample(key, Prompt(text, images), meta.get("response"), meta)
+        for image in task.image_names(target):
+            if image not in raw:
+                raise SampleError(key, image, "missing")
+            images.append(decode_image(key, image, raw[image]))
+        text = meta.get("prompt") or task.prompt(target)
+        return ChatSample(key, Prompt(text, images), target, meta.get("response"), {**meta, "task": name})
 
 
 class ChatShardDataModule(StreamingDataModule):
@@ -89,13 +84,13 @@ class ChatShardDataModule(StreamingDataModule):
 
     def stream(self, split: str, train: bool) -> ShardStream:
         weights = self.root_weights if train else [1] * len(self.roots)
-        shards = [s for root, w in zip(self.roots, weights) for s in split_shards(root, split) * w]
+        shards = [s for root, w in zip(self.roots, weights, strict=True) for s in split_shards(root, split) * w]
         if not shards:
             raise Geor1Error(f"no shards for split '{split}' in {', '.join(self.roots)}")
-        return ShardStream(shards, shuffle_buffer=self.hparams.shuffle_buffer if train else 0,
-                           seed=self.hparams.seed, resampled=self.hparams.resampled and train,
-                           samples_per_epoch=self.hparams.samples_per_epoch if train else None,
-                           decode=self.decoder)
+        hp = self.hparams
+        return ShardStream(shards, shuffle_buffer=hp["shuffle_buffer"] if train else 0, seed=hp["seed"],
+                           resampled=hp["resampled"] and train,
+                           samples_per_epoch=hp["samples_per_epoch"] if train else None, decode=self.decoder)
 
     def transfer_batch_to_device(self, batch: Any, device, dataloader_idx: int) -> Any:
         return batch  # PIL images and text: the Policy tokenises and moves them

@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from geor1.model.chat import ChatSample, Prompt, collate_samples
+from geor1.data.sample import ChatSample, Prompt, collate_samples
+from geor1.tasks import PairingTarget
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (200, 40, 40), "green": (40, 160, 60), "blue": (40, 70, 200), "yellow": (220, 200, 50),
@@ -52,9 +53,8 @@ class ToyPairing(Dataset):
         others = ", ".join(f"{letters[j]} is {c}" for j, c in enumerate(picked) if j != answer)
         response = (f"<think>The ground view shows {truth} ground. Candidate {letters[answer]} is {truth}; "
                     f"{others}.</think><answer>{letters[answer]}</answer>")
-        return ChatSample(key=f"toy-{self.seed}-{i:06d}", prompt=Prompt(text, images), response=response,
-                          meta={"answer": answer, "answer_letter": letters[answer], "k": self.k,
-                                "num_candidates": self.k})
+        return ChatSample(key=f"toy-{self.seed}-{i:06d}", prompt=Prompt(text, images),
+                          target=PairingTarget(self.k, answer), response=response)
 
 
 def _to_image(arr: np.ndarray, rng: np.random.Generator) -> Image.Image:
@@ -83,8 +83,8 @@ class ToyPairingDataModule(L.LightningDataModule):
         self.val_set = ToyPairing(num_val, num_candidates, image_size, seed + 1_000_003)
 
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.hparams.batch_size, shuffle=shuffle, collate_fn=collate_samples,
-                          num_workers=self.hparams.num_workers)
+        return DataLoader(ds, batch_size=self.hparams["batch_size"], shuffle=shuffle, collate_fn=collate_samples,
+                          num_workers=self.hparams["num_workers"])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

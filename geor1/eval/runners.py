@@ -1,79 +1,59 @@
-"""Run a policy on held-out chat samples and score it: pairing accuracy (Wilson 95% interval), the share of
-completions in the exact <think>/<answer> format, mean completion length; geolocation parse rate and distances.
-Greedy decoding, so a result is reproducible."""
+"""Run a policy on held-out chat samples and score it through the samples' task (`geor1.tasks`): pairing accuracy
+(Wilson 95% interval), the share of completions in the exact <think>/<answer> format, mean completion length;
+geolocation parse rate and distances. Greedy decoding, so a result is reproducible."""
 
 from __future__ import annotations
 
 import csv
 import json
-import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from geor1.answers import parse_letter, split_tags
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion k/n (95% by default)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+from geor1 import Geor1Error
+from geor1.data.sample import ChatSample
+from geor1.metrics.intervals import wilson_interval
+from geor1.tasks import Task, get_task
 
 
-def run_policy(policy, samples: list, batch_size: int = 16, max_new_tokens: int = 256) -> list[dict[str, Any]]:
-    """Greedy completions of every sample -> rows of key, text, number of completion tokens."""
+def run_policy(policy, samples: Sequence[ChatSample], batch_size: int = 16, max_new_tokens: int = 256
+               ) -> list[dict[str, Any]]:
+    """Greedy completions of every sample -> rows of key, text, number of completion tokens, target."""
     from tqdm import tqdm
 
     rows = []
     for start in tqdm(range(0, len(samples), batch_size), desc="generate", unit="batch", disable=None):
         chunk = samples[start:start + batch_size]
         rollout = policy.generate([s.prompt for s in chunk], max_new_tokens=max_new_tokens, do_sample=False)
-        for s, text, n in zip(chunk, rollout.texts, rollout.lengths.tolist()):
-            rows.append({"key": s.key, "text": text, "tokens": int(n), "meta": s.meta})
+        for s, text, n in zip(chunk, rollout.texts, rollout.lengths.tolist(), strict=True):
+            rows.append({"key": s.key, "text": text, "tokens": int(n), "target": s.target})
     return rows
 
 
-def score_pairing(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    preds, correct, fmt = [], 0, 0
+def score_rows(task: Task, rows: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`task.score(rows)`, after checking that every row's target belongs to `task` (a row of another task, or
+    without a target, would be scored wrong)."""
     for r in rows:
-        m = r["meta"]
-        letter = parse_letter(r["text"], int(m["k"]))
-        ok = letter == m["answer_letter"]
-        correct += ok
-        fmt += split_tags(r["text"]) is not None
-        preds.append({"id": r["key"], "text": r["text"], "answer": letter or "", "truth": m["answer_letter"],
-                      "correct": int(ok), "parsed": int(letter is not None), "tokens": r["tokens"]})
-    n = len(rows)
-    lo, hi = wilson_interval(correct, n)
-    return {"n": n, "pairing_acc": correct / max(n, 1), "ci95_low": lo, "ci95_high": hi,
-            "format_rate": fmt / max(n, 1), "parse_rate": sum(p["parsed"] for p in preds) / max(n, 1),
-            "mean_completion_tokens": float(np.mean([r["tokens"] for r in rows])) if rows else 0.0}, preds
+        target = r.get("target")
+        if target is None or target.task != task.name:
+            raise Geor1Error(f"sample {r.get('key')!r}: its target ({type(target).__name__}) is not a {task.name} "
+                             f"target")
+    return task.score(rows)
+
+
+def score_pairing(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Greedy completions of pairing episodes -> accuracy (Wilson 95% interval), format and parse rates, lengths;
+    and prediction rows."""
+    return score_rows(get_task("pairing"), rows)
 
 
 def score_geolocate(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Greedy completions of geolocation samples -> GeodesicError metrics (+ format rate, lengths) and rows."""
-    from geor1.answers import answer_text, parse_coordinates
-    from geor1.eval.scoring import score
-
-    truth = {r["key"]: {"lat": r["meta"]["lat"], "lon": r["meta"]["lon"], "city": r["meta"].get("city"),
-                        "country": r["meta"].get("country")} for r in rows}
-    def answered(text: str) -> tuple[float, float] | None:  # a model must answer inside <answer></answer>
-        ans = answer_text(text)
-        return None if ans is None else parse_coordinates(ans.split("(")[0])
-
-    metrics, scored = score({r["key"]: answered(r["text"]) for r in rows}, truth)
-    metrics["format_rate"] = float(np.mean([split_tags(r["text"]) is not None for r in rows])) if rows else 0.0
-    metrics["mean_completion_tokens"] = float(np.mean([r["tokens"] for r in rows])) if rows else 0.0
-    preds = [{**row, "text": r["text"], "tokens": r["tokens"]} for row, r in zip(scored, rows)]
-    return metrics, preds
+    return score_rows(get_task("geolocate"), rows)
 
 
 def write_results(out: str | Path, metrics: dict[str, Any], preds: list[dict[str, Any]], title: str) -> Path:
+    """predictions.csv, metrics.json and metrics.md (a table titled `title`) in `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "predictions.csv", "w", newline="") as f:
@@ -85,3 +65,6 @@ def write_results(out: str | Path, metrics: dict[str, Any], preds: list[dict[str
     lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
     (out / "metrics.md").write_text("\n".join(lines) + "\n")
     return out
+
+
+__all__ = ["run_policy", "score_geolocate", "score_pairing", "score_rows", "wilson_interval", "write_results"]

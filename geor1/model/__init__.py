@@ -5,7 +5,6 @@ one adapter per model family underneath); tiny offline builders.
 from geor1._lazy import lazy_exports
 
 _EXPORTS = {
-    "ChatSample": "geor1.model.chat", "Prompt": "geor1.model.chat", "collate_samples": "geor1.model.chat",
     "LoraSpec": "geor1.model.policy", "Policy": "geor1.model.policy", "Rollout": "geor1.model.policy",
     "load_pretrained": "geor1.model.loading", "TinyPolicy": "geor1.model.tiny_policy",
     "adapter_for": "geor1.model.adapters", "supported_families": "geor1.model.adapters",

@@ -15,6 +15,7 @@ rule: these are geor1's explicit choices.
 
 from __future__ import annotations
 
+import json
 import logging
 import string
 from collections import Counter
@@ -27,6 +28,7 @@ import numpy as np
 from geor1 import Geor1Error
 from geor1.geo import EARTH_RADIUS_KM, haversine_km
 from geor1.retrieval.index import SatIndex
+from geor1.tasks import PairingTarget, PairingTask
 
 log = logging.getLogger(__name__)
 STRATEGIES = ("random", "geo", "hard", "hybrid")
@@ -87,6 +89,12 @@ class Miner:
         self.lon = np.array([m["lon"] for m in index.meta])
         self.split = np.array([m["split"] for m in index.meta])
 
+    def _ground(self, q: int) -> np.ndarray:
+        """Query row q's ground embedding (hard and hybrid mining, whose index __init__ checked has them)."""
+        if self.index.ground is None:
+            raise Geor1Error("this index has no ground embeddings (ground.npy); hard/hybrid mining needs them")
+        return self.index.ground[q]
+
     def negatives(self, q: int, pool: np.ndarray, tree, rng: np.random.Generator) -> list[int]:
         """K-1 negative rows for query row q, from `pool` (rows of q's split), or fewer if the pool runs dry."""
         s, need = self.spec, self.spec.k - 1
@@ -102,13 +110,13 @@ class Miner:
         near = near[(d >= s.min_km) & (d <= s.max_km)]
         if s.strategy == "geo":
             return [int(r) for r in rng.permutation(near)[:need]]
-        sims = self.index.sat[near] @ self.index.ground[q]  # hybrid: most similar within the neighbourhood
+        sims = self.index.sat[near] @ self._ground(q)  # hybrid: most similar within the neighbourhood
         return [int(r) for r in near[np.argsort(-sims, kind="stable")[:need]]]
 
     def _hard(self, q: int, need: int) -> list[int]:
         k = 4 * (need + 1)
         while True:
-            _, rows = self.index.search(self.index.ground[q][None], k)
+            _, rows = self.index.search(self._ground(q)[None], k)
             rows = rows[0][rows[0] >= 0]
             same = rows[self.split[rows] == self.split[q]]
             d = haversine_km(self.lat[q], self.lon[q], self.lat[same], self.lon[same])
@@ -139,7 +147,7 @@ class Miner:
                 else:
                     found.append((int(q), neg))
             answers = rng.permutation(np.arange(len(found)) % s.k)  # equal counts per letter, seeded order
-            for (q, neg), a in zip(found, answers):
+            for (q, neg), a in zip(found, answers, strict=True):
                 cands = list(neg)
                 cands.insert(int(a), q)
                 episodes.append(Episode(split, q, cands, int(a)))
@@ -165,8 +173,8 @@ class Miner:
                                                                   self.lon[r])), 3),
                           "similarity": None if sim is None else round(sim, 5)})
         return {"lat": m[q]["lat"], "lon": m[q]["lon"], "city": m[q].get("city"), "country": m[q].get("country"),
-                "split": ep.split, "source_key": m[q]["key"], "k": len(ep.candidates), "answer": ep.answer,
-                "answer_letter": string.ascii_uppercase[ep.answer], "candidates": cands,
+                "split": ep.split, "source_key": m[q]["key"],
+                **PairingTask().target_to_meta(PairingTarget(len(ep.candidates), ep.answer)), "candidates": cands,
                 "mining": {k: v for k, v in asdict(self.spec).items() if k != "splits"}}
 
 
@@ -197,3 +205,13 @@ def write_episodes(miner: Miner, episodes: list[Episode], shards: str | Path, ou
     write_manifest(out, stats, "episodes", "derived from the source shards; their licence applies",
                    extra={"mining": asdict(miner.spec), "source_shards": str(shards)})
     return stats
+
+
+def mine_episodes(index: str | Path, shards: str | Path, out: str | Path, spec: MiningSpec) -> MiningReport:
+    """Mine episodes from an index folder (built from `shards`) and write them as episode shards under `out`, with
+    `mining_report.json` beside them (what `geor1 mine episodes` does)."""
+    miner = Miner(SatIndex.load(index), spec)
+    episodes, report = miner.mine()
+    write_episodes(miner, episodes, shards, out)
+    (Path(out) / "mining_report.json").write_text(json.dumps(asdict(report), indent=2))
+    return report

@@ -1,9 +1,10 @@
 """Geo-R1's rewards (accuracy, format, length, repetition) done right, and a geodesic reward for coordinates.
 
-Departures from the paper's public code, on purpose: the length reward is conditioned on the actual correctness of
-each completion (the public code hard-codes "correct", so it only ever favours short outputs); the accuracy reward
-accepts exactly one in-range letter (an empty answer or several letters score 0, a hack the peers' substring check
-rewarded); weights are honoured by `combine`.
+Every reward reads answers through the sample's task (`geor1.tasks`): the target's type names the task, nothing
+guesses it from keys. Departures from the paper's public code, on purpose: the length reward is conditioned on the
+actual correctness of each completion (the public code hard-codes "correct", so it only ever favours short
+outputs); the accuracy reward accepts exactly one in-range letter (an empty answer or several letters score 0, a
+hack the peers' substring check rewarded); weights are honoured by `combine`.
 """
 
 from __future__ import annotations
@@ -11,68 +12,64 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from geor1.answers import answer_text, parse_coordinates, parse_letter, split_tags
-from geor1.geo import GEOSCORE_SCALE_KM, haversine_km
+from geor1.geo import GEOSCORE_SCALE_KM
 from geor1.rewards.registry import register
+from geor1.tasks import GeolocationTask, PairingTask, Target, is_well_formed, task_of
+from geor1.tasks.geolocation import CORRECT_KM
 
 
-def _is_correct(text: str, sample: dict[str, Any], correct_km: float) -> bool | None:
-    if "answer_letter" in sample and "k" in sample:
-        return parse_letter(text, int(sample["k"])) == sample["answer_letter"]
-    if "lat" in sample and "lon" in sample:
-        ans = answer_text(text)
-        coords = parse_coordinates(ans.split("(")[0]) if ans is not None else None
-        return coords is not None and float(haversine_km(sample["lat"], sample["lon"], *coords)) <= correct_km
-    return None
+def _answer_reward(completions: list[str], targets: list[Target | None], task: str, **settings: Any
+                   ) -> list[float | None]:
+    """The task's own answer reward for the targets of task `task`; None for the others."""
+    return [task_of(t, **settings).reward(text, t) if t is not None and t.task == task else None
+            for text, t in zip(completions, targets, strict=True)]
 
 
 @register("accuracy")
-def accuracy(completions: list[str], samples: list[dict[str, Any]], **_: Any) -> list[float | None]:
-    """1 when the one letter answered is the true candidate, else 0; None for samples without a letter answer.
+def accuracy(completions: list[str], targets: list[Target | None], **_: Any) -> list[float | None]:
+    """Pairing: 1 when the one letter answered is the true candidate, else 0; None for other samples (a
+    geolocation answer's reward is `geodesic`, graded by distance).
 
+    >>> from geor1.tasks import PairingTarget
     >>> accuracy(["<think>x</think><answer>B</answer>", "<answer></answer>", "<answer>A or B</answer>"],
-    ...          [{"k": 4, "answer_letter": "B"}] * 3)
+    ...          [PairingTarget(k=4, answer=1)] * 3)
     [1.0, 0.0, 0.0]
     """
-    out: list[float | None] = []
-    for text, s in zip(completions, samples):
-        if "answer_letter" not in s or "k" not in s:
-            out.append(None)
-        else:
-            out.append(1.0 if parse_letter(text, int(s["k"])) == s["answer_letter"] else 0.0)
-    return out
+    return _answer_reward(completions, targets, PairingTask.name)
 
 
 @register("format")
-def format_reward(completions: list[str], samples: list[dict[str, Any]], **_: Any) -> list[float]:
-    """1 when the whole completion is `<think>...</think>` then `<answer>...</answer>`, else 0.
+def format_reward(completions: list[str], targets: list[Target | None], **_: Any) -> list[float]:
+    """1 when the whole completion is `<think>...</think>` then `<answer>...</answer>`, else 0 (any task).
 
-    >>> format_reward(["<think>a</think>\\n<answer>B</answer>", "<answer>B</answer>"], [{}, {}])
+    >>> format_reward(["<think>a</think>\\n<answer>B</answer>", "<answer>B</answer>"], [None, None])
     [1.0, 0.0]
     """
-    return [1.0 if split_tags(t) is not None else 0.0 for t in completions]
+    return [1.0 if is_well_formed(t) else 0.0 for t in completions]
 
 
 @register("length")
-def length(completions: list[str], samples: list[dict[str, Any]], lengths: list[int] | None = None,
+def length(completions: list[str], targets: list[Target | None], lengths: list[int] | None = None,
            max_len: int = 1024, min_value_correct: float = 0.5, max_value_correct: float = 1.0,
-           min_value_wrong: float = -1.0, max_value_wrong: float = -0.5, correct_km: float = 25.0,
+           min_value_wrong: float = -1.0, max_value_wrong: float = -0.5, correct_km: float = CORRECT_KM,
            **_: Any) -> list[float | None]:
-    """Cosine length schedule over `max_len` tokens, conditioned on each completion's actual correctness:
-    correct answers earn more when short (max_value_correct at 0 tokens -> min_value_correct at max_len), wrong
-    answers are penalised less when long (min_value_wrong at 0 -> max_value_wrong at max_len). `lengths` are
-    completion token counts (whitespace words when absent). None when correctness cannot be judged.
+    """Cosine length schedule over `max_len` tokens, conditioned on each completion's actual correctness (by its
+    task: pairing, the right letter; geolocation, within `correct_km`): correct answers earn more when short
+    (max_value_correct at 0 tokens -> min_value_correct at max_len), wrong answers are penalised less when long
+    (min_value_wrong at 0 -> max_value_wrong at max_len). `lengths` are completion token counts (whitespace words
+    when absent). None for samples without a target.
 
-    >>> [round(x, 3) for x in length(["<answer>B</answer>"] * 2, [{"k": 4, "answer_letter": "B"},
-    ...     {"k": 4, "answer_letter": "A"}], lengths=[0, 1024])]
+    >>> from geor1.tasks import PairingTarget
+    >>> [round(x, 3) for x in length(["<answer>B</answer>"] * 2, [PairingTarget(4, 1), PairingTarget(4, 0)],
+    ...                              lengths=[0, 1024])]
     [1.0, -0.5]
     """
     out: list[float | None] = []
-    for i, (text, s) in enumerate(zip(completions, samples)):
-        correct = _is_correct(text, s, correct_km)
-        if correct is None:
+    for i, (text, t) in enumerate(zip(completions, targets, strict=True)):
+        if t is None:
             out.append(None)
             continue
+        correct = task_of(t, correct_km=correct_km).is_correct(text, t)
         n = lengths[i] if lengths is not None else len(text.split())
         progress = min(max(n, 0), max_len) / max_len
         hi, lo = (max_value_correct, min_value_correct) if correct else (min_value_wrong, max_value_wrong)
@@ -84,11 +81,11 @@ MAX_REPETITION_CHARS = 100_000  # a completion is a few thousand tokens; longer 
 
 
 @register("repetition")
-def repetition(completions: list[str], samples: list[dict[str, Any]], ngram: int = 6, **_: Any) -> list[float]:
+def repetition(completions: list[str], targets: list[Target | None], ngram: int = 6, **_: Any) -> list[float]:
     """-(1 - unique n-grams / total n-grams) over whitespace words (0 for texts shorter than n words); text past
     MAX_REPETITION_CHARS characters is not read, which bounds the time on any input.
 
-    >>> repetition(["a b c d e f g", "x y x y x y x y x y"], [{}, {}], ngram=2)
+    >>> repetition(["a b c d e f g", "x y x y x y x y x y"], [None, None], ngram=2)
     [0.0, -0.7777777777777778]
     """
     out = []
@@ -100,22 +97,14 @@ def repetition(completions: list[str], samples: list[dict[str, Any]], ngram: int
 
 
 @register("geodesic")
-def geodesic(completions: list[str], samples: list[dict[str, Any]], scale_km: float = GEOSCORE_SCALE_KM,
+def geodesic(completions: list[str], targets: list[Target | None], scale_km: float = GEOSCORE_SCALE_KM,
              **_: Any) -> list[float | None]:
-    """exp(-d / 1492.7 km) for the coordinates answered (GeoScore / 5000); 0 when no coordinates can be parsed;
-    None for samples that are pairing episodes (the letter, not coordinates, is their answer).
+    """Geolocation: exp(-d / 1492.7 km) for the point answered (GeoScore / 5000); 0 when no point can be read;
+    None for other samples (a pairing episode's answer is its letter).
 
+    >>> from geor1.tasks import GeoTarget
     >>> geodesic(["<answer>48.8566, 2.3522 (Paris, FR)</answer>", "<answer>no idea</answer>"],
-    ...          [{"lat": 48.8566, "lon": 2.3522}] * 2)
+    ...          [GeoTarget(48.8566, 2.3522)] * 2)
     [1.0, 0.0]
     """
-    out: list[float | None] = []
-    for text, s in zip(completions, samples):
-        if "answer_letter" in s or "lat" not in s:
-            out.append(None)
-            continue
-        ans = answer_text(text)
-        coords = parse_coordinates(ans.split("(")[0]) if ans is not None else None
-        out.append(0.0 if coords is None else
-                   math.exp(-float(haversine_km(s["lat"], s["lon"], *coords)) / scale_km))
-    return out
+    return _answer_reward(completions, targets, GeolocationTask.name, scale_km=scale_km)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from geor1 import Geor1Error
+
+if TYPE_CHECKING:
+    from geor1.tasks import Target
 
 RewardFn = Callable[..., list]
 REWARDS: dict[str, RewardFn] = {}
@@ -36,21 +39,22 @@ def get_reward(name: str) -> RewardFn:
     raise Geor1Error(f"unknown reward {name!r}; registered: {sorted(REWARDS)} (or give a dotted import path)")
 
 
-def combine(scores: dict[str, Sequence[float | None]], weights: dict[str, float]) -> list[float | None]:
+def combine(scores: Mapping[str, Sequence[float | None]], weights: Mapping[str, float]) -> list[float | None]:
     """Weighted sum per sample: sum_i w_i * r_i over the rewards that could score it; None when none could.
     A non-finite score counts as unscored."""
-    names = list(scores)
     n = len(next(iter(scores.values()))) if scores else 0
     out: list[float | None] = []
     for j in range(n):
-        parts = [(weights.get(name, 1.0), scores[name][j]) for name in names]
-        parts = [(w, float(s)) for w, s in parts if s is not None and math.isfinite(float(s))]
+        parts = [(weights.get(name, 1.0), float(s)) for name, values in scores.items()
+                 if (s := values[j]) is not None and math.isfinite(float(s))]
         out.append(sum(w * s for w, s in parts) if parts else None)
     return out
 
 
-def call_reward(fn: RewardFn, completions: list[str], samples: list[dict[str, Any]], **context: Any) -> list:
-    scores = fn(completions, samples, **context)
+def call_reward(fn: RewardFn, completions: list[str], targets: Sequence[Target | None], **context: Any
+                ) -> list[float | None]:
+    """`fn(completions, targets, **context)`, its length checked against the completions'."""
+    scores = fn(completions, list(targets), **context)
     if len(scores) != len(completions):
         raise Geor1Error(f"reward {getattr(fn, '__name__', fn)} returned {len(scores)} scores for "
                          f"{len(completions)} completions")

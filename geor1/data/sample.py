@@ -1,11 +1,15 @@
-"""Chat prompts with several images, and the sample type every objective consumes."""
+"""The sample every objective consumes: a chat prompt with several images, the typed target of its task, an
+optional response (SFT), and the shard's JSON (for display and data-set specific fields)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
+
+if TYPE_CHECKING:
+    from geor1.tasks import Target
 
 IMAGE_MARKER = "<image>"
 
@@ -47,13 +51,33 @@ class Prompt:
 
 @dataclass
 class ChatSample:
-    """What a DataModule yields to the objectives: a prompt, an optional target response, and metadata (answer
-    letter, coordinates, ...) that rewards and metrics read."""
+    """What a DataModule yields to the objectives.
+
+    Args:
+        key: the sample's key.
+        prompt: the user turn (text and images).
+        target: the right answer, typed by task (`geor1.tasks.PairingTarget`, `GeoTarget`); None when the sample
+            has none (rewards and metrics then cannot score it).
+        response: the assistant turn SFT trains on (None for RL and evaluation prompts).
+        meta: the shard's JSON as read (display, data-set specific fields); nothing scores from it.
+    """
 
     key: str
     prompt: Prompt
+    target: Target | None = None
     response: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self) -> str | None:
+        """The name of the target's task ("pairing", "geolocate"), or None without a target."""
+        return None if self.target is None else self.target.task
+
+    def to(self, *args: Any, **kwargs: Any) -> ChatSample:
+        """The sample itself. Lightning moves a batch to the device by calling `.to(device)` on each object that has
+        one: a sample's text and PIL images stay on the host (the Policy encodes them on its device). Without this
+        Lightning would copy the sample field by field, which fails on the frozen typed targets."""
+        return self
 
 
 def collate_samples(batch: list[ChatSample]) -> list[ChatSample]:
