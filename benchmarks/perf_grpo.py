@@ -14,15 +14,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from _report import write_report
-
 import numpy as np
 import torch
+from _report import write_report
 
 import geor1  # noqa: F401  (offline mode)
 from geor1.data.toy import ToyPairing
 from geor1.model.tiny import save_tiny_checkpoint
 from geor1.rewards.builtin import accuracy, format_reward
+from geor1.tasks import PairingTarget
 
 
 class VisionCounter:
@@ -57,13 +57,13 @@ def run_trl(model_dir: Path, samples, args) -> dict:
             if piece_i < len(s.prompt.images):
                 content.append({"type": "image"})  # TRL fills these from the "images" column, in order
         rows.append({"prompt": [{"role": "user", "content": content}], "images": list(s.prompt.images),
-                     "answer_letter": s.meta["answer_letter"], "k": s.meta["k"]})
+                     "answer": s.target.answer, "k": s.target.k})
     dataset = Dataset.from_list(rows).cast_column("images", Sequence(Image()))
 
-    def reward(completions, answer_letter, k, **_):
+    def reward(completions, answer, k, **_):
         texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
-        metas = [{"answer_letter": a, "k": kk} for a, kk in zip(answer_letter, k)]
-        return [a + f for a, f in zip(accuracy(texts, metas), format_reward(texts, metas))]
+        targets = [PairingTarget(kk, a) for a, kk in zip(answer, k, strict=True)]
+        return [a + f for a, f in zip(accuracy(texts, targets), format_reward(texts, targets), strict=True)]
 
     model = AutoModelForImageTextToText.from_pretrained(model_dir, local_files_only=True)
     processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
@@ -96,15 +96,16 @@ def run_geor1(model_dir: Path, samples, args) -> dict:
     import lightning as L
     from torch.utils.data import DataLoader
 
+    from geor1.data.sample import collate_samples
     from geor1.model import Policy
-    from geor1.model.chat import collate_samples
     from geor1.objectives.grpo import GRPOModule
+    from geor1.objectives.grpo_settings import LossSettings, RolloutSettings
 
     policy = Policy(str(model_dir))
     module = GRPOModule(policy, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-6),
-                        rewards={"accuracy": 1.0, "format": 1.0}, num_generations=args.g,
-                        max_new_tokens=args.tokens, temperature=1.0, beta=args.beta, max_grad_norm=None,
-                        log_completions_every_n_steps=0)
+                        rewards={"accuracy": 1.0, "format": 1.0},
+                        rollout=RolloutSettings(group_size=args.g, max_new_tokens=args.tokens, temperature=1.0),
+                        loss=LossSettings(beta=args.beta, max_grad_norm=None), log_completions_every_n_steps=0)
     counter = VisionCounter(policy.model)
     times: list[float] = []
     split: dict[str, list[float]] = {"rollout": [], "score": [], "update": []}
@@ -156,7 +157,8 @@ def main() -> None:
     lines = [f"perf_grpo: B={args.b} prompts x G={args.g} samples, {args.k + 1} images of {args.image_size} px, "
              f"{args.tokens} completion tokens, beta={args.beta}, {torch.get_num_threads()} threads, "
              f"mean of steps {args.warmup + 1}..{args.steps}",
-             "| trainer | s/step | rollout s | scoring s | update s (ref + policy) | vision patches/step | vision calls/step |",
+             "| trainer | s/step | rollout s | scoring s | update s (ref + policy) | vision patches/step "
+             "| vision calls/step |",
              "|---|---|---|---|---|---|---|",
              f"| geor1 GRPOModule | {ours['s_per_step']:.3f} | {ours['rollout_s']:.3f} | {ours['score_s']:.4f} | "
              f"{ours['update_s']:.3f} | {ours['vision_patches_per_step']:.0f} | {ours['vision_calls_per_step']:.1f} |",

@@ -11,10 +11,11 @@ import torch
 from torch.utils.data import DataLoader
 
 import geor1  # noqa: F401
+from geor1.data.sample import collate_samples
 from geor1.data.toy import ToyPairing
 from geor1.model import TinyPolicy
-from geor1.model.chat import collate_samples
 from geor1.objectives.grpo import GRPOModule
+from geor1.objectives.grpo_settings import LossSettings, RolloutSettings
 
 
 class Record(L.Callback):
@@ -26,7 +27,8 @@ class Record(L.Callback):
         self.before = [p.detach().clone() for p in module.policy.parameters()]
 
     def on_train_end(self, trainer, module):
-        delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(module.policy.parameters(), self.before)])
+        pairs = zip(module.policy.parameters(), self.before, strict=True)
+        delta = torch.cat([(p.detach() - b).flatten() for p, b in pairs])
         with open(f"{self.out}.rank{trainer.global_rank}.json", "w") as f:
             json.dump({"keys": self.keys, "world": trainer.world_size, "delta_norm": float(delta.norm()),
                        "delta_head": delta[:2000].tolist()}, f)
@@ -36,12 +38,12 @@ COMPLETIONS = ["<think>sea to the west</think><answer>A</answer>", "<think>green
                "B B B"]
 
 
-def fixed_rollout(policy, prompts, num_samples, **_):
+def fixed_rollout(policy, prompts, group_size, **_):
     """The same G completions for every prompt, whatever the RNG: the 1- and 2-process runs see identical data."""
     from conftest import rollout_from_texts
 
-    texts = [COMPLETIONS[j % len(COMPLETIONS)] for _ in prompts for j in range(num_samples)]
-    return rollout_from_texts(policy, prompts, texts, num_samples)
+    texts = [COMPLETIONS[j % len(COMPLETIONS)] for _ in prompts for j in range(group_size)]
+    return rollout_from_texts(policy, prompts, texts, group_size)
 
 
 def main(out: str, devices: int) -> None:
@@ -50,9 +52,10 @@ def main(out: str, devices: int) -> None:
     # each rank takes its own prompts (DistributedSampler via Lightning); its G samples stay on that rank
     loader = DataLoader(samples, batch_size=4 // devices, collate_fn=collate_samples, shuffle=False)
     module = GRPOModule(TinyPolicy(seed=0), optimizer=lambda p: torch.optim.SGD(p, lr=0.5),
-                        rewards={"accuracy": 1.0, "format": 1.0}, num_generations=3,
-                        max_new_tokens=8, beta=0.0, max_grad_norm=None, log_completions_every_n_steps=0)
-    module.policy.generate = lambda prompts, num_samples=1, **kw: fixed_rollout(module.policy, prompts, num_samples)
+                        rewards={"accuracy": 1.0, "format": 1.0}, log_completions_every_n_steps=0,
+                        rollout=RolloutSettings(group_size=3, max_new_tokens=8),
+                        loss=LossSettings(beta=0.0, max_grad_norm=None))
+    module.policy.generate = lambda prompts, group_size=1, **kw: fixed_rollout(module.policy, prompts, group_size)
     trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[Record(out)], use_distributed_sampler=True)

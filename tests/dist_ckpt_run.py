@@ -23,6 +23,7 @@ import geor1  # noqa: F401  (offline mode)
 from geor1.data.chat import ChatShardDataModule
 from geor1.model import TinyPolicy
 from geor1.objectives.grpo import GRPOModule
+from geor1.objectives.grpo_settings import LossSettings, RolloutSettings
 
 
 class Record(L.Callback):
@@ -56,7 +57,8 @@ def main() -> None:
     L.seed_everything(0)
     record = Record(os.path.join(args.out, args.tag), args.kill_at)
     module = GRPOModule(TinyPolicy(seed=0, hidden_size=64), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2),
-                        num_generations=2, max_new_tokens=6, beta=0.04, log_completions_every_n_steps=0,
+                        rollout=RolloutSettings(group_size=2, max_new_tokens=6), loss=LossSettings(beta=0.04),
+                        log_completions_every_n_steps=0,
                         rewards={"accuracy": 1.0, "format": 1.0, "repetition": 1.0},
                         export_dir=os.path.join(args.out, f"{args.tag}_export"))
     original = module.policy.generate

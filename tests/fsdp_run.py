@@ -21,11 +21,12 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
 import geor1  # noqa: F401
+from geor1.data.sample import collate_samples
 from geor1.data.toy import ToyPairing
 from geor1.model import LoraSpec, TinyPolicy
-from geor1.model.chat import collate_samples
 from geor1.objectives.contrastive import ContrastiveModule, info_nce
 from geor1.objectives.grpo import GRPOModule
+from geor1.objectives.grpo_settings import LossSettings, RolloutSettings
 from geor1.objectives.sft import SFTModule
 from geor1.objectives.sharding import FSDP2Strategy, ShardingSpec, _checkpointing, is_sharded
 
@@ -65,7 +66,8 @@ class Record(L.Callback):
         state = full_state(module.policy.model)  # every rank joins the gather
         info = {"world": trainer.world_size, "keys": getattr(self, "keys", []), "losses": self.losses,
                 "lengths": self.lengths, "grad_norms": self.grad_norms,
-                "prompt_images": self.prompt_images, "grad_images": self.grad_images, "sharded": is_sharded(module.policy.model),
+                "prompt_images": self.prompt_images, "grad_images": self.grad_images,
+                "sharded": is_sharded(module.policy.model),
                 "checkpointing": _checkpointing(module.policy.base_model()),
                 "has_ref": getattr(module, "_reference", None) is not None,
                 "ref_sharded": module._reference is not None and is_sharded(module._reference.model)
@@ -79,19 +81,19 @@ class Record(L.Callback):
         self.keys = [s.key for s in batch]
 
 
-def fixed_rollout(policy, prompts, num_samples, **_):
+def fixed_rollout(policy, prompts, group_size, **_):
     """Completions fixed by each prompt (different lengths per prompt, so that the ranks hold different token
     counts), whatever the RNG: the 1- and 2-process runs see identical data."""
     index = [p.images[-1].size[1] // 14 - 2 for p in prompts]  # prompt i's tiles are (28 + 14 i) px
-    texts = [COMPLETIONS[(i + min(j, 1)) % len(COMPLETIONS)] for i in index for j in range(num_samples)]
-    return rollout_from_texts(policy, prompts, texts, num_samples)
+    texts = [COMPLETIONS[(i + min(j, 1)) % len(COMPLETIONS)] for i in index for j in range(group_size)]
+    return rollout_from_texts(policy, prompts, texts, group_size)
 
 
 def samples(mode: str) -> list:
     data = [ToyPairing(N_PROMPTS, 2, seed=3, image_size=28 + 14 * i)[i] for i in range(N_PROMPTS)]
     if mode == "sft":  # responses of different token counts: rank 0 (samples 0, 3) holds more labelled tokens
         data = [dataclasses.replace(s, response="<think>" + "sea " * (3 * i * i) + f"</think><answer>"
-                                    f"{s.meta['answer_letter']}</answer>") for i, s in enumerate(data)]
+                                    f"{s.target.letter}</answer>") for i, s in enumerate(data)]
     return data
 
 
@@ -132,7 +134,7 @@ def contrastive(out: str, devices: int) -> None:
               "sat": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8, generator=gen)} for i in range(4)]
     rank = int(os.environ.get("LOCAL_RANK", "0"))
     mine = pairs if devices == 1 else pairs[2 * rank:2 * rank + 2]
-    collate = lambda b: {"key": [x["key"] for x in b], "ground": torch.stack([x["ground"] for x in b]),  # noqa
+    collate = lambda b: {"key": [x["key"] for x in b], "ground": torch.stack([x["ground"] for x in b]),
                          "sat": torch.stack([x["sat"] for x in b])}
     loader = DataLoader(mine, batch_size=len(mine), collate_fn=collate)
     cls = HalvesContrastive if devices == 1 else ContrastiveModule
@@ -175,16 +177,18 @@ def main(out: str, devices: int, mode: str) -> None:
         # against 1: rank 1 adds zero-weight passes), aggregated per sequence over all ranks' rows
         uneven = mode == "grpo_uneven"
         module = GRPOModule(policy, optimizer=lambda p: torch.optim.SGD(p, lr=0.5),
-                            rewards={"accuracy": 1.0, "format": 1.0}, num_generations=3, max_new_tokens=12,
-                            beta=0.1, mu=1 if uneven else 2, loss_aggregation="grpo" if uneven else "dapo",
-                            max_grad_norm=None if uneven else 0.05, micro_batch_prompts=1 if uneven else None,
+                            rewards={"accuracy": 1.0, "format": 1.0},
+                            rollout=RolloutSettings(group_size=3, max_new_tokens=12),
+                            loss=LossSettings(beta=0.1, mu=1 if uneven else 2, aggregation="grpo" if uneven else "dapo",
+                                              max_grad_norm=None if uneven else 0.05,
+                                              micro_batch_prompts=1 if uneven else None),
                             log_completions_every_n_steps=0, sharding=spec)
         if mode == "rollout":
             force_eos(policy, int(os.environ.get("LOCAL_RANK", "0")))
             sample = policy.generate
         else:
-            def sample(prompts, num_samples=1, **kw):
-                return fixed_rollout(policy, prompts, num_samples)
+            def sample(prompts, group_size=1, **kw):
+                return fixed_rollout(policy, prompts, group_size)
 
         def generate(*args, **kw):
             rollout = sample(*args, **kw)

@@ -8,27 +8,28 @@ import lightning as L
 import pytest
 import torch
 from conftest import rollout_from_texts
-from torch.utils.data import DataLoader
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.data import DataLoader
 
 from geor1 import Geor1Error
+from geor1.data.sample import collate_samples
 from geor1.data.toy import ToyPairing, ToyPairingDataModule
 from geor1.model import LoraSpec, TinyPolicy
-from geor1.model.chat import collate_samples
 from geor1.objectives.grpo import GRPOModule
 from geor1.objectives.grpo_math import aggregate
+from geor1.objectives.grpo_settings import LossSettings, RolloutSettings
 
 SCALARS = ["train/loss", "train/kl", "train/clip_ratio", "train/pairing_acc", "rewards/total/mean",
            "rewards/total/std", "rewards/accuracy/mean", "rewards/format/mean", "rewards/length/mean",
            "rewards/repetition/mean", "completions/mean_length", "completions/clipped_ratio"]
 
 
-def _module(**kw) -> GRPOModule:
-    args = dict(num_generations=3, max_new_tokens=12, beta=0.04, log_completions_every_n_steps=1,
-                optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
-    args.update(kw)
-    return GRPOModule(kw.pop("policy", None) or TinyPolicy(seed=0), **{k: v for k, v in args.items()
-                                                                       if k != "policy"})
+def _module(policy=None, rollout: dict | None = None, loss: dict | None = None, **kw) -> GRPOModule:
+    """GRPOModule on the tiny policy with G=3, 12 new tokens, beta 0.04; `rollout` / `loss` override settings."""
+    args = {"log_completions_every_n_steps": 1, "optimizer": lambda p: torch.optim.AdamW(p, lr=1e-3), **kw}
+    return GRPOModule(policy or TinyPolicy(seed=0),
+                      rollout=RolloutSettings(**{"group_size": 3, "max_new_tokens": 12, **(rollout or {})}),
+                      loss=LossSettings(**{"beta": 0.04, **(loss or {})}), **args)
 
 
 def test_grpo_fit_moves_parameters_and_logs_every_scalar(tmp_path):
@@ -42,7 +43,7 @@ def test_grpo_fit_moves_parameters_and_logs_every_scalar(tmp_path):
                         val_check_interval=3, log_every_n_steps=1)
     trainer.fit(module, datamodule=dm)
     assert trainer.global_step == 3
-    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, module.policy.parameters()))
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, module.policy.parameters(), strict=True))
     events = EventAccumulator(str(next(tmp_path.rglob("events.out.tfevents.*")))).Reload()
     tags = set(events.Tags()["scalars"])
     assert set(SCALARS) <= tags, set(SCALARS) - tags
@@ -58,7 +59,7 @@ def test_reference_is_the_adapter_disabled_base_under_lora():
             if "lora_B" in n:
                 p.normal_(0, 0.5)
     sample = ToyPairing(2, 2)[0]
-    rollout = module.policy.generate([sample.prompt], num_samples=3, max_new_tokens=6)
+    rollout = module.policy.generate([sample.prompt], group_size=3, max_new_tokens=6)
     with torch.no_grad():
         with module._reference_policy() as ref:
             ref_lp = module._logprobs(ref, rollout)
@@ -73,19 +74,20 @@ COMPLETIONS = ["<think>sea to the west</think><answer>A</answer>", "<answer>B</a
                "<think>green ground</think><answer>A</answer>"]
 
 
-def _fixed_rollout(policy, prompts, num_samples, **_):
+def _fixed_rollout(policy, prompts, group_size, **_):
     """Completions of different lengths, fixed per prompt and sample (whatever the RNG)."""
-    texts = [COMPLETIONS[(b + j) % len(COMPLETIONS)] for b in range(len(prompts)) for j in range(num_samples)]
-    return rollout_from_texts(policy, prompts, texts, num_samples)
+    texts = [COMPLETIONS[(b + j) % len(COMPLETIONS)] for b in range(len(prompts)) for j in range(group_size)]
+    return rollout_from_texts(policy, prompts, texts, group_size)
 
 
 def _one_step(micro: int | None, aggregation: str) -> list[torch.Tensor]:
     """Weights after one real `fit` step (the real `_update`, SGD lr 1, no clipping) on 4 fixed prompts."""
     L.seed_everything(0)
-    module = _module(policy=TinyPolicy(seed=0, hidden_size=64, vision_hidden_size=32), micro_batch_prompts=micro,
-                     loss_aggregation=aggregation, beta=0.1, max_grad_norm=None, log_completions_every_n_steps=0,
+    loss = {"micro_batch_prompts": micro, "aggregation": aggregation, "beta": 0.1, "max_grad_norm": None}
+    module = _module(policy=TinyPolicy(seed=0, hidden_size=64, vision_hidden_size=32), loss=loss,
+                     log_completions_every_n_steps=0,
                      rewards={"accuracy": 1.0, "format": 1.0}, optimizer=lambda p: torch.optim.SGD(p, lr=1.0))
-    module.policy.generate = lambda prompts, num_samples=1, **kw: _fixed_rollout(module.policy, prompts, num_samples)
+    module.policy.generate = lambda prompts, group_size=1, **kw: _fixed_rollout(module.policy, prompts, group_size)
     samples = [ToyPairing(4, 2, seed=3, image_size=28)[i] for i in range(4)]
     loader = DataLoader(samples, batch_size=4, collate_fn=collate_samples)
     trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
@@ -100,10 +102,10 @@ def test_update_in_micro_batches_equals_the_whole_batch(aggregation):
     'SingleDeviceStrategy' object has no attribute 'block_backward_sync') moves the weights exactly as one pass."""
     whole = _one_step(None, aggregation)
     init = [p.detach() for p in TinyPolicy(seed=0, hidden_size=64, vision_hidden_size=32).parameters()]
-    assert max(float((w - i).abs().max()) for w, i in zip(whole, init)) > 1e-3  # the step did move them
+    assert max(float((w - i).abs().max()) for w, i in zip(whole, init, strict=True)) > 1e-3  # the step did move them
     for micro in (1, 3):  # 4 prompts in 4 micro-batches, and in a 3 + 1 split
         parts = _one_step(micro, aggregation)
-        for a, b in zip(parts, whole):
+        for a, b in zip(parts, whole, strict=True):
             torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4)
 
 
@@ -133,7 +135,7 @@ def test_dropout_is_off_in_the_policy_by_default():
                 if "lora_B" in n:
                     p.normal_(0, 0.5)
         module.policy.train()
-        rollout = module.policy.generate([sample.prompt], num_samples=3, max_new_tokens=6)
+        rollout = module.policy.generate([sample.prompt], group_size=3, max_new_tokens=6)
         with torch.no_grad():
             lps[disable] = [module._logprobs(module.policy, rollout) for _ in range(2)]
             module.policy.eval()
@@ -147,9 +149,37 @@ def test_dropout_is_off_in_the_policy_by_default():
     assert not torch.allclose(first, second)  # dropout on: the same weights give other log-probs
 
 
-def test_group_of_one_is_rejected():
-    with pytest.raises(Geor1Error, match="num_generations >= 2"):
-        _module(num_generations=1)
+@pytest.mark.parametrize(("group", "field", "value"), [
+    ("rollout", "group_size", 1), ("rollout", "max_new_tokens", 0), ("rollout", "temperature", 0.0),
+    ("rollout", "top_p", 0.0), ("rollout", "top_p", 1.5), ("rollout", "top_k", 0), ("rollout", "backend", "sglang"),
+    ("rollout", "vllm_is_cap", 2.0),  # the hf backend has no other sampler to correct for
+    ("loss", "beta", -0.1), ("loss", "kl_estimator", "k2"), ("loss", "epsilon", 0.0), ("loss", "epsilon", 1.0),
+    ("loss", "epsilon_high", 0.0), ("loss", "aggregation", "mean"), ("loss", "advantage_eps", -1e-4),
+    ("loss", "mu", 0), ("loss", "micro_batch_prompts", 0), ("loss", "max_grad_norm", 0.0),
+])
+def test_bad_settings_are_refused_naming_their_field(group, field, value):
+    """Every setting is validated once, in its dataclass, with an error that names `group.field`."""
+    cls = RolloutSettings if group == "rollout" else LossSettings
+    with pytest.raises(Geor1Error, match=rf"{group}\.{field} must be"):
+        cls(**{field: value})
+
+
+def test_settings_defaults_are_the_geo_r1_recipe():
+    r, s = RolloutSettings(), LossSettings()
+    assert (r.group_size, r.max_new_tokens, r.temperature, r.top_p, r.top_k) == (8, 2048, 1.0, 1.0, None)
+    assert (r.backend, r.share_prefix) == ("hf", True)
+    assert (s.beta, s.kl_estimator, s.epsilon, s.epsilon_high, s.aggregation) == (0.04, "k3", 0.2, None, "grpo")
+    assert (s.mu, s.scale_rewards, s.max_grad_norm, s.micro_batch_prompts) == (1, True, 1.0, None)
+    module = GRPOModule(TinyPolicy(seed=0))
+    assert module.rollout_settings == r and module.loss_settings == s
+    assert module.hparams.rollout["group_size"] == 8 and module.hparams.loss["beta"] == 0.04  # plain dicts
+    with pytest.raises(TypeError, match="takes a RolloutSettings"):  # not a dict that would be half-read
+        GRPOModule(TinyPolicy(seed=0), rollout={"group_size": 4})
+
+
+def test_group_of_one_and_unknown_rewards_are_rejected():
+    with pytest.raises(Geor1Error, match=r"rollout\.group_size must be >= 2"):
+        _module(rollout={"group_size": 1})
     with pytest.raises(Geor1Error, match="unknown reward"):
         _module(rewards={"nope": 1.0})
 
@@ -157,10 +187,10 @@ def test_group_of_one_is_rejected():
 def test_top_k_reaches_the_sampler_and_truncation_is_announced(caplog):
     """`top_k` is passed to every rollout; truncated sampling (top_p < 1 or top_k) is said to be slightly off-policy;
     top_k < 1 is an error."""
-    with pytest.raises(Geor1Error, match="top_k must be >= 1"):
-        _module(top_k=0)
+    with pytest.raises(Geor1Error, match=r"rollout\.top_k must be >= 1"):
+        _module(rollout={"top_k": 0})
     with caplog.at_level("WARNING"):
-        module = _module(top_k=3)
+        module = _module(rollout={"top_k": 3})
     assert "off-policy" in caplog.text
     seen = {}
     module.policy.generate = lambda prompts, **kw: seen.update(kw)

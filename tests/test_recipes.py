@@ -18,7 +18,23 @@ import torch
 from conftest import REPO
 
 from geor1.cli import run_lightning
-from geor1.demo import stage_config
+
+
+def stage_config(recipe: str, dest: Path, overrides: dict) -> list[str]:
+    """Write configs/`recipe` with `overrides` (dotted paths, list items by index) to `dest`; the `fit` arguments that
+    run it. The written file is the exact config."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "configs" / recipe).read_text())
+    for dotted, value in overrides.items():
+        node = cfg
+        *keys, last = dotted.split(".")
+        for key in keys:
+            node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+        node[int(last) if isinstance(node, list) else last] = value
+    dest.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return ["--config", str(dest)]
+
 
 STEPS = 2  # optimizer steps per recipe
 
@@ -40,7 +56,7 @@ OVERRIDES: dict[str, dict] = {
     },
     "grpo/geoworld_tiny.yaml": {
         "trainer.max_steps": STEPS, "trainer.limit_val_batches": 1,
-        "model.init_args.max_new_tokens": 4,
+        "model.init_args.rollout.max_new_tokens": 4,
         "model.init_args.policy.init_args.path": "{real}",
         "data.init_args.roots": "{episodes}",
         "trainer.default_root_dir": "{out}", "trainer.logger.init_args.save_dir": "{out}",
@@ -65,7 +81,7 @@ OVERRIDES: dict[str, dict] = {
     "grpo/qwen2_5_vl_7b.yaml": {
         **SINGLE_CPU, "trainer.precision": "32-true",
         "trainer.max_steps": STEPS, "trainer.limit_val_batches": 1,
-        "model.init_args.max_new_tokens": 4,
+        "model.init_args.rollout.max_new_tokens": 4,
         "model.init_args.policy.init_args.path": "{real}",
         "data.init_args.roots": "{episodes}",
         "trainer.default_root_dir": "{out}", "trainer.logger.init_args.save_dir": "{out}",
@@ -112,12 +128,12 @@ def test_recipe_runs_to_its_first_optimizer_steps(recipe, data, tmp_path, monkey
 
 
 # The 7B GRPO recipe as someone with one GPU would run it: its memory knobs that apply without FSDP2 turned on
-# (activation checkpointing of the policy, prompts in micro-batches of `micro_batch_prompts: 1`), which the
+# (activation checkpointing of the policy, prompts in micro-batches of `loss.micro_batch_prompts: 1`), which the
 # single-device run above does not reach (the shipped recipe checkpoints through FSDP2 and has 1 prompt per rank).
 ONE_DEVICE_7B_GRPO = {
     **OVERRIDES["grpo/qwen2_5_vl_7b.yaml"],
     "model.init_args.policy.init_args.gradient_checkpointing": True,  # with the shipped share_prefix: true
-    "data.init_args.batch_size": 2,  # 2 prompts per step, shipped micro_batch_prompts: 1
+    "data.init_args.batch_size": 2,  # 2 prompts per step, shipped loss.micro_batch_prompts: 1
 }
 
 
@@ -148,6 +164,9 @@ def _run_recipe(recipe: str, overrides: dict, data: dict[str, str], tmp_path: Pa
     assert trainer.global_step == STEPS, f"{recipe}: {trainer.global_step} optimizer steps, expected {STEPS}"
     loss = trainer.callback_metrics.get("train/loss")
     assert loss is not None and math.isfinite(float(loss)), f"{recipe}: train/loss {loss}"
+    if "model.init_args.rollout.max_new_tokens" in overrides:  # the nested YAML settings reached the module
+        assert module.rollout_settings.max_new_tokens == overrides["model.init_args.rollout.max_new_tokens"]
+        assert module.rollout_settings.group_size == 8 and module.loss_settings.beta == 0.04  # as shipped
     if "grpo" not in recipe:  # GRPO's first update is zero when every group's rewards tie (zero advantages)
         moved = [n for n, p in module.named_parameters() if n in seen["before"]
                  and not torch.equal(p.detach(), seen["before"][n])]

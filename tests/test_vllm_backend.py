@@ -18,11 +18,12 @@ import torch
 import torch.distributed as dist
 
 from geor1 import Geor1Error
+from geor1.data.sample import Prompt
 from geor1.data.toy import ToyPairing, ToyPairingDataModule
 from geor1.model import LoraSpec, Policy, TinyPolicy
-from geor1.model.chat import Prompt
 from geor1.objectives.grpo import GRPOModule
 from geor1.objectives.grpo_math import truncated_is_weights
+from geor1.objectives.grpo_settings import RolloutSettings
 
 FAKE = Path(__file__).parent / "fake_vllm"
 ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
@@ -46,11 +47,11 @@ def test_choosing_vllm_without_it_is_a_clear_error(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
     with pytest.raises(Geor1Error, match="pip install vllm"):
-        GRPOModule(TinyPolicy(seed=0), num_generations=2, rollout_backend="vllm")
-    with pytest.raises(Geor1Error, match="rollout_backend"):
-        GRPOModule(TinyPolicy(seed=0), num_generations=2, rollout_backend="sglang")
-    with pytest.raises(Geor1Error, match="vllm_is_cap"):
-        GRPOModule(TinyPolicy(seed=0), num_generations=2, vllm_is_cap=2.0)  # the hf backend has no other sampler
+        GRPOModule(TinyPolicy(seed=0), rollout=RolloutSettings(group_size=2, backend="vllm"))
+    with pytest.raises(Geor1Error, match=r"rollout\.backend must be"):
+        RolloutSettings(group_size=2, backend="sglang")
+    with pytest.raises(Geor1Error, match=r"rollout\.vllm_is_cap must be"):
+        RolloutSettings(group_size=2, vllm_is_cap=2.0)  # the hf backend has no other sampler
 
 
 def test_plain_names_drop_every_wrapper():
@@ -104,7 +105,7 @@ def test_engine_greedy_rollout_equals_the_policy_after_a_weight_sync(fake_vllm, 
     merged = copy.deepcopy(policy.model).merge_and_unload() if lora else policy.model
     _assert_engine_holds(engine.llm, merged)
     got = engine.generate(policy, prompts, 1, 10, do_sample=False)
-    want = policy.generate(prompts, num_samples=1, max_new_tokens=10, do_sample=False)
+    want = policy.generate(prompts, group_size=1, max_new_tokens=10, do_sample=False)
     assert torch.equal(got.completion_mask, want.completion_mask)
     assert torch.equal(got.completion_ids, want.completion_ids) and got.texts == want.texts
     assert torch.equal(got.truncated, want.truncated)
@@ -169,7 +170,7 @@ def test_sync_under_fsdp2_and_activation_checkpointing_gives_the_plain_models_we
     assert any("_checkpoint_wrapped_module." in n for n in names)
     assert all(isinstance(p, DTensor) for p in policy.model.parameters())
     engine = VLLMRollout(policy)  # as in on_fit_start: after sharding (the start folder is gathered too)
-    with pytest.raises(TypeError, match="plain torch.Tensor"):  # the stand-in, like vLLM, takes no DTensor
+    with pytest.raises(TypeError, match=r"plain torch\.Tensor"):  # the stand-in, like vLLM, takes no DTensor
         engine.llm.collective_rpc("geor1_load_weights", args=([("lm_head.weight", base.lm_head.weight)],))
     # one optimizer step on the sharded policy and the same step on the plain copy
     ids = torch.tensor([[5, 17, 33, 2, 9, 41]])
@@ -178,7 +179,8 @@ def test_sync_under_fsdp2_and_activation_checkpointing_gives_the_plain_models_we
         _text_loss(model, ids).backward()
         opt.step()
     reference = plain.model.merge_and_unload() if lora else plain.model
-    differs = any(not torch.allclose(a, b) for a, b in zip(engine.llm.model.parameters(), reference.parameters()))
+    pairs = zip(engine.llm.model.parameters(), reference.parameters(), strict=False)
+    differs = any(not torch.allclose(a, b) for a, b in pairs)
     assert differs  # the engine does not hold the update yet
     assert engine.sync_weights(policy) == len(dict(reference.named_parameters()))
     _assert_engine_holds(engine.llm, reference)
@@ -186,7 +188,7 @@ def test_sync_under_fsdp2_and_activation_checkpointing_gives_the_plain_models_we
     plain_policy = plain if not lora else _as_plain_policy(plain, reference)
     prompts = _prompts(2)
     got = engine.generate(plain_policy, prompts, 1, 8, do_sample=False)
-    want = plain_policy.generate(prompts, num_samples=1, max_new_tokens=8, do_sample=False)
+    want = plain_policy.generate(prompts, group_size=1, max_new_tokens=8, do_sample=False)
     assert torch.equal(got.completion_ids, want.completion_ids)
 
 
@@ -224,7 +226,7 @@ def test_the_engine_sees_the_policys_image_resolution(fake_vllm, tmp_path):
 
     with pytest.MonkeyPatch.context() as mp:  # without the limits, the plain folder is refused, not used
         mp.setattr(vr, "pixel_limits", lambda policy: {})
-        with pytest.raises(Geor1Error, match="image processor .* differs"):
+        with pytest.raises(Geor1Error, match=r"image processor .* differs"):
             VLLMRollout(policy, model_dir=str(folder))
 
 
@@ -244,10 +246,10 @@ def text_reward(monkeypatch):
 def _fit(vllm_is_cap, steps: int = 2, rewards: dict[str, float] | None = None,
          optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3)) -> tuple[GRPOModule, dict]:
     L.seed_everything(0)
-    module = GRPOModule(TinyPolicy(seed=0), num_generations=2, max_new_tokens=6, rollout_backend="vllm",
-                        rewards=rewards,
-                        vllm_engine={"gpu_memory_utilization": 0.3}, vllm_is_cap=vllm_is_cap,
-                        log_completions_every_n_steps=0, optimizer=optimizer)
+    rollout = RolloutSettings(group_size=2, max_new_tokens=6, backend="vllm",
+                              vllm_engine={"gpu_memory_utilization": 0.3}, vllm_is_cap=vllm_is_cap)
+    module = GRPOModule(TinyPolicy(seed=0), rollout=rollout, rewards=rewards, log_completions_every_n_steps=0,
+                        optimizer=optimizer)
     dm = ToyPairingDataModule(num_train=4, num_val=2, num_candidates=2, batch_size=2)
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0)
@@ -265,7 +267,7 @@ def test_grpo_fit_with_vllm_backend_syncs_every_step(fake_vllm):
     assert len(llm.loaded) == 3 * n_weights
     assert rollout.completion_ids.shape[0] == 2 * 2 and len(rollout.texts) == 4  # B*G rows, grouped by prompt
     assert rollout.sample_logprobs is None  # not asked for without the IS correction
-    for (name, a), b in zip(llm.model.named_parameters(), module.policy.model.parameters()):
+    for (name, a), b in zip(llm.model.named_parameters(), module.policy.model.parameters(), strict=True):
         assert torch.equal(a, b.detach()), name  # the engine holds the trained weights
 
 
@@ -281,14 +283,14 @@ def test_is_correction_is_one_with_the_standins_exact_logprobs_and_changes_train
     # the engine's sampling log-probs are the policy's (after temperature): every weight is 1
     rollout = tis._rollout(_prompts(2))
     m = rollout.completion_mask
-    old = tis.policy.token_logprobs(rollout.inputs, rollout.completion_ids, m, 2, tis.hparams.temperature)
+    old = tis.policy.token_logprobs(rollout.inputs, rollout.completion_ids, m, 2, tis.rollout_settings.temperature)
     assert not torch.isnan(rollout.sample_logprobs[m]).any()
     torch.testing.assert_close(rollout.sample_logprobs[m], old.detach()[m], rtol=0, atol=1e-4)
     w = truncated_is_weights(old.detach(), rollout.sample_logprobs, 2.0)
     torch.testing.assert_close(w[m], torch.ones_like(w[m]), rtol=0, atol=1e-4)
     # so training is unchanged: same loss, same weights
     assert tis_metrics["train/loss"] == pytest.approx(plain_metrics["train/loss"], rel=0, abs=1e-5)
-    for (name, a), b in zip(tis.policy.model.named_parameters(), plain.policy.model.parameters()):
+    for (name, a), b in zip(tis.policy.model.named_parameters(), plain.policy.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
     # a sampler whose log-probs differ from the policy's (by 0.5 on every other token) changes the update
     real_generate = fake_vllm.LLM.generate
@@ -305,4 +307,4 @@ def test_is_correction_is_one_with_the_standins_exact_logprobs_and_changes_train
     monkeypatch.setattr(fake_vllm.LLM, "generate", skewed)
     skew, _ = _fit(2.0, **kw)
     assert any(not torch.allclose(a, b, rtol=0, atol=1e-6)
-               for a, b in zip(skew.policy.model.parameters(), plain.policy.model.parameters()))
+               for a, b in zip(skew.policy.model.parameters(), plain.policy.model.parameters(), strict=True))

@@ -51,8 +51,8 @@ def select_rows(inputs: BatchFeature, rows: Sequence[int], adapter: ArchAdapter,
             # text-only prompts out of a batch with images: what the processor gives for them alone (no image
             # keys); empty image tensors would reach the vision tower and fail (or, as padding tiles, be dropped)
             drop = set(image_keys)
-    image_idx: list[int] | None = None
-    patch_idx: list[int] | None = None
+    image_idx: list[int] = []  # filled below when an image / patch key is kept
+    patch_idx: list[int] = []
     if any(lay in ("image", "patch") for k, lay in layouts.items() if k not in drop):
         per_row = adapter.images_per_row(inputs, model).long().cpu()  # [B]
         first = _starts(per_row)
@@ -84,12 +84,12 @@ def select_rows(inputs: BatchFeature, rows: Sequence[int], adapter: ArchAdapter,
     return BatchFeature(out)
 
 
-def repeat_rows(inputs: BatchFeature, repeats: int, adapter: ArchAdapter, model: nn.Module) -> BatchFeature:
-    """Each of B prompts `repeats` times (rows b*G .. b*G+G-1 = prompt b), images included."""
-    if repeats == 1:
+def repeat_rows(inputs: BatchFeature, group_size: int, adapter: ArchAdapter, model: nn.Module) -> BatchFeature:
+    """Each of B prompts `group_size` (G) times (rows b*G .. b*G+G-1 = prompt b), images included."""
+    if group_size == 1:
         return inputs
     b = inputs["input_ids"].shape[0]
-    return select_rows(inputs, [r for r in range(b) for _ in range(repeats)], adapter, model)
+    return select_rows(inputs, [r for r in range(b) for _ in range(group_size)], adapter, model)
 
 
 def slice_rows(inputs: BatchFeature, prompts: slice, adapter: ArchAdapter, model: nn.Module) -> BatchFeature:
@@ -105,7 +105,7 @@ def append_completions(inputs: BatchFeature, completion_ids: Tensor, completion_
     input_ids [N, P+T]; other "seq" keys get `adapter.seq_fill[key]` where the completion mask is True, else 0
     (attention_mask: the completion mask itself).
     """
-    n, t = completion_ids.shape
+    n = completion_ids.shape[0]
     out = dict(inputs)
     for key, value in inputs.items():
         if value is None or adapter.layout(key) != "seq":

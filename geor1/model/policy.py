@@ -2,7 +2,7 @@
 
     encode(prompts)                       -> left-padded chat inputs of B prompts (images expanded to their tokens)
     encode_sft(prompts, responses)        -> right-padded prompt+response inputs with labels on response tokens only
-    generate(prompts, num_samples=G)      -> Rollout: B*G completions, their ids, mask and text
+    generate(prompts, group_size=G)       -> Rollout: B*G completions, their ids, mask and text
     token_logprobs(inputs, ids, mask, G)  -> [B*G, T] log-probabilities of given completions
     final_hidden(batch), lm_head          -> [N, L, H] normed hidden states and the head (tiled SFT loss)
     save_pretrained(dir)                  -> a folder plain `transformers` loads back
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,10 @@ from torch import Tensor, nn
 from transformers import BatchFeature, DynamicCache, GenerationConfig
 
 from geor1 import Geor1Error
+from geor1.data.sample import Prompt
 from geor1.model.adapters import ArchAdapter, adapter_for
+from geor1.model.adapters.base import HFModel
 from geor1.model.batching import append_completions, repeat_rows, select_rows, slice_rows
-from geor1.model.chat import Prompt
 from geor1.model.loading import DTYPES, LoraSpec, check_model_dir, load_pretrained, prepare_model
 from geor1.model.logprobs import tiled_token_logprobs
 from geor1.model.prefix_cache import cache_through_checkpointing, capture_cache, frozen_prefix
@@ -48,7 +50,7 @@ class Rollout:
     completion_ids: Tensor  # [B*G, T] long, pad after the first EOS
     completion_mask: Tensor  # [B*G, T] bool, True up to and including the first EOS
     texts: list[str]  # B*G decoded completions (special tokens removed)
-    num_samples: int  # G
+    group_size: int  # G, samples per prompt
     truncated: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))  # [B*G] no EOS within T
     sample_logprobs: Tensor | None = None  # [B*G, T] log-probs under the sampling distribution (output_logprobs)
 
@@ -63,7 +65,7 @@ def selective_log_softmax(logits: Tensor, ids: Tensor, chunk: int = 8) -> Tensor
     logits: [N, T, V] float; ids: [N, T] long -> [N, T] float32.
     """
     out = []
-    for lg, ix in zip(logits.split(chunk), ids.split(chunk)):
+    for lg, ix in zip(logits.split(chunk), ids.split(chunk), strict=True):
         lg = lg.float()
         picked = lg.gather(-1, ix.unsqueeze(-1)).squeeze(-1)
         out.append(picked - torch.logsumexp(lg, dim=-1))
@@ -119,7 +121,7 @@ class Policy(nn.Module):
             raise Geor1Error(f"logprob_tile must be a positive number of positions or null, got {logprob_tile}")
         self.logprob_tile = logprob_tile
         self.lora = lora
-        self.model = prepare_model(model, self.adapter, lora, freeze_vision, gradient_checkpointing)
+        self.model: HFModel = prepare_model(model, self.adapter, lora, freeze_vision, gradient_checkpointing)
         gc = model.generation_config
         eos = gc.eos_token_id if gc.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos_ids: list[int] = list(eos) if isinstance(eos, (list, tuple)) else [int(eos)]
@@ -129,12 +131,12 @@ class Policy(nn.Module):
         self.image_token_id: int | None = getattr(cfg, "image_token_id", getattr(cfg, "image_token_index", None))
         self.vision_start_id: int | None = getattr(cfg, "vision_start_token_id", None)
 
-    def base_model(self) -> nn.Module:
+    def base_model(self) -> HFModel:
         """The transformers model, under any PEFT wrapper."""
         return self.model.get_base_model() if self.lora is not None else self.model
 
     @staticmethod
-    def vision_tower(model: nn.Module) -> nn.Module:
+    def vision_tower(model: HFModel) -> nn.Module:
         """The vision tower of a transformers model (PEFT-wrapped or not), found by its family's adapter."""
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         return adapter_for(base).vision_tower(base)
@@ -157,8 +159,9 @@ class Policy(nn.Module):
         """Prompts `rows` (any order, repeats allowed) of an `encode` batch, with every processor output."""
         return select_rows(inputs, rows, self.adapter, self.base_model())
 
-    def repeat_prompts(self, inputs: BatchFeature, repeats: int) -> BatchFeature:
-        return repeat_rows(inputs, repeats, self.adapter, self.base_model())
+    def repeat_prompts(self, inputs: BatchFeature, group_size: int) -> BatchFeature:
+        """Each of the B prompts of an `encode` batch `group_size` times (rows b*G .. b*G+G-1 = prompt b)."""
+        return repeat_rows(inputs, group_size, self.adapter, self.base_model())
 
     def slice_prompts(self, inputs: BatchFeature, prompts: slice) -> BatchFeature:
         return slice_rows(inputs, prompts, self.adapter, self.base_model())
@@ -239,7 +242,7 @@ class Policy(nn.Module):
     def generate(
         self,
         prompts: list[Prompt],
-        num_samples: int = 1,
+        group_size: int = 1,
         max_new_tokens: int = 256,
         temperature: float = 1.0,
         top_p: float = 1.0,
@@ -249,7 +252,7 @@ class Policy(nn.Module):
         synced_gpus: bool = False,
         output_logprobs: bool = False,
     ) -> Rollout:
-        """Sample `num_samples` completions per prompt (greedy when do_sample is False), in eval mode, with exactly
+        """Sample `group_size` (G) completions per prompt (greedy when do_sample is False), in eval mode, with exactly
         temperature / top_p / top_k (None or 0: off) and nothing else from the checkpoint's generation config.
 
         With `share_prefix` (and a family that supports it) the B prompts, images included, are prefilled once and
@@ -257,7 +260,7 @@ class Policy(nn.Module):
         stepping until every rank is done (sharded models). `output_logprobs` also returns the sampled tokens'
         log-probs under the distribution actually sampled from (after the warpers).
         """
-        if not do_sample and num_samples > 1:
+        if not do_sample and group_size > 1:
             raise ValueError("greedy decoding gives one completion per prompt; use do_sample=True for G > 1")
         inputs = self.encode(prompts)
         base = self.base_model()
@@ -268,13 +271,13 @@ class Policy(nn.Module):
         base.generation_config = gen_config  # transformers fills unset values from the model's own config
         try:
             if share_prefix and self.adapter.shared_prefix:
-                cache = self._prefill_for_generation(inputs, num_samples)
-                out = self.model.generate(input_ids=inputs["input_ids"].repeat_interleave(num_samples, 0),
-                                          attention_mask=inputs["attention_mask"].repeat_interleave(num_samples, 0),
+                cache = self._prefill_for_generation(inputs, group_size)
+                out = self.model.generate(input_ids=inputs["input_ids"].repeat_interleave(group_size, 0),
+                                          attention_mask=inputs["attention_mask"].repeat_interleave(group_size, 0),
                                           past_key_values=cache, generation_config=gen_config,
                                           synced_gpus=synced_gpus)
             else:
-                out = self.model.generate(**self.repeat_prompts(inputs, num_samples), generation_config=gen_config,
+                out = self.model.generate(**self.repeat_prompts(inputs, group_size), generation_config=gen_config,
                                           synced_gpus=synced_gpus)
         finally:
             base.generation_config = saved_config
@@ -288,9 +291,9 @@ class Policy(nn.Module):
             sample_lp = scores.log_softmax(-1).gather(-1, completion.unsqueeze(-1)).squeeze(-1) * mask
         completion = completion.masked_fill(~mask, self.pad_id)
         texts = self.tokenizer.batch_decode(completion, skip_special_tokens=True)
-        return Rollout(inputs, completion, mask, texts, num_samples, truncated, sample_lp)
+        return Rollout(inputs, completion, mask, texts, group_size, truncated, sample_lp)
 
-    def _prefill_for_generation(self, inputs: BatchFeature, repeats: int) -> DynamicCache:
+    def _prefill_for_generation(self, inputs: BatchFeature, group_size: int) -> DynamicCache:
         """(eval, no grad) The B prompts but their last token, once -> a DynamicCache expanded to B*G rows, and the
         family's continuation state (RoPE offsets) installed for `generate`."""
         base = self.base_model()
@@ -298,19 +301,19 @@ class Policy(nn.Module):
         head = self._without_last_token(inputs)
         cache = DynamicCache()
         self.model(**head, **self._positions(head), past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache.batch_repeat_interleave(repeats)
-        self.adapter.prefix_state(base, inputs, repeats)
+        cache.batch_repeat_interleave(group_size)
+        self.adapter.prefix_state(base, inputs, group_size)
         return cache
 
     def _without_last_token(self, inputs: BatchFeature) -> dict[str, Tensor]:
         return {k: (v[:, :-1] if self.adapter.layout(k) == "seq" else v) for k, v in inputs.items() if v is not None}
 
-    def _positions(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        pos = self.adapter.position_ids(self.base_model(), batch)
+    def _positions(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        pos = self.adapter.position_ids(self.base_model(), dict(batch))
         return {} if pos is None else {"position_ids": pos}
 
     # ------------------------------------------------------------------ scoring
-    def final_hidden(self, batch: dict[str, Tensor]) -> Tensor:
+    def final_hidden(self, batch: Mapping[str, Tensor]) -> Tensor:
         """[N, L, H] hidden states the LM head reads (after the final norm) for a full batch (any processor outputs,
         e.g. from `encode_sft`), through the root model's forward with no logits computed."""
         out = self.model(**batch, **self._positions(batch), use_cache=False, output_hidden_states=[-1],
@@ -318,7 +321,7 @@ class Policy(nn.Module):
         return self.adapter.final_hidden(out)
 
     def token_logprobs(self, inputs: BatchFeature, completion_ids: Tensor, completion_mask: Tensor,
-                       num_samples: int = 1, temperature: float = 1.0, share_prefix: bool = True) -> Tensor:
+                       group_size: int = 1, temperature: float = 1.0, share_prefix: bool = True) -> Tensor:
         """Per-token log-probabilities of completions given their prompts (differentiable).
 
         inputs: B left-padded prompts (from `encode`); completion_ids, completion_mask: [B*G, T] with rows
@@ -327,27 +330,28 @@ class Policy(nn.Module):
         The LM head runs on `logprob_tile` positions at a time (no [N, T, V] logits), or, with None, on all.
         """
         t = completion_ids.shape[1]
-        shared = share_prefix and self.adapter.shared_prefix and num_samples > 1
-        tiled = self.logprob_tile is not None
+        shared = share_prefix and self.adapter.shared_prefix and group_size > 1
+        tile = self.logprob_tile
+        tiled = tile is not None
         if shared:
-            out = self._shared_prefix_forward(inputs, completion_ids, completion_mask, num_samples, hidden=tiled)
+            out = self._shared_prefix_forward(inputs, completion_ids, completion_mask, group_size, hidden=tiled)
         else:
-            batch = append_completions(self.repeat_prompts(inputs, num_samples), completion_ids, completion_mask,
+            batch = append_completions(self.repeat_prompts(inputs, group_size), completion_ids, completion_mask,
                                        self.adapter)
             if tiled:
                 out = self.final_hidden(batch)
             else:
                 out = self.model(**batch, **self._positions(batch), use_cache=False, logits_to_keep=t + 1).logits
         out = out[:, -(t + 1):-1]  # [N, T, H or V]: positions that predict the completion tokens
-        if tiled:
-            lp = tiled_token_logprobs(out, self.lm_head, completion_ids, temperature, self.logprob_tile)
+        if tile is not None:
+            lp = tiled_token_logprobs(out, self.lm_head, completion_ids, temperature, tile)
         else:
             logits = out / temperature if temperature != 1.0 else out
             lp = selective_log_softmax(logits, completion_ids)
         return lp * completion_mask
 
     def _shared_prefix_forward(self, inputs: BatchFeature, completion_ids: Tensor, completion_mask: Tensor,
-                               repeats: int, hidden: bool) -> Tensor:
+                               group_size: int, hidden: bool) -> Tensor:
         """Prefill the B prompts but their last token once, then run [last prompt token, completion] of the B*G rows
         on the expanded prefix -> [N, 1+T, H] final hidden states (`hidden`) or [N, 1+T, V] logits.
 
@@ -362,11 +366,11 @@ class Policy(nn.Module):
                                  logits_to_keep=_NO_LOGITS.to(completion_ids.device))
             # [B, 0, V]: no values, but it ties the prefill's outputs into the graph (see `_anchored`)
             anchor = prefill.logits.sum() if torch.is_grad_enabled() else None
-            state = self.adapter.prefix_state(base, inputs, repeats)
-            prefix = frozen_prefix(capture, repeats)
-            prompt_mask = inputs["attention_mask"].repeat_interleave(repeats, 0)
+            state = self.adapter.prefix_state(base, inputs, group_size)
+            prefix = frozen_prefix(capture, group_size)
+            prompt_mask = inputs["attention_mask"].repeat_interleave(group_size, 0)
             attention = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], 1)  # [N, P+T]
-            tail = torch.cat([inputs["input_ids"][:, -1:].repeat_interleave(repeats, 0), completion_ids], 1)
+            tail = torch.cat([inputs["input_ids"][:, -1:].repeat_interleave(group_size, 0), completion_ids], 1)
             positions = self.adapter.tail_position_ids(base, state, attention, t + 1)
             kwargs: dict[str, Any] = dict(input_ids=tail, attention_mask=attention, past_key_values=prefix,
                                           position_ids=positions, use_cache=True)

@@ -1,9 +1,9 @@
-"""Optional vLLM rollout backend for GRPO (`GRPOModule(rollout_backend="vllm")`): colocated with the trainer.
+"""Optional vLLM rollout backend for GRPO (`RolloutSettings(backend="vllm")`): colocated with the trainer.
 
 vLLM samples the G completions of each prompt (`SamplingParams(n=G)`: it shares the prompt's prefill and image
 encoding itself, through its prefix cache); the trainer's `Policy` computes every log-prob the loss needs. vLLM's own
 per-token sampling log-probs are asked for only when the truncated importance-sampling correction is on
-(`GRPOModule(vllm_is_cap=C)`, see `grpo_math.truncated_is_weights`).
+(`RolloutSettings(vllm_is_cap=C)`, see `grpo_math.truncated_is_weights`).
 
 Weight sync, before a step's rollout: the policy's parameters are walked module by module in a fixed order, each one
 gathered whole (`DTensor.full_tensor()` under FSDP2 -- a collective, so every rank walks the same order), LoRA merged
@@ -32,14 +32,17 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from geor1 import Geor1Error
-from geor1.model.chat import Prompt
+from geor1.data.sample import Prompt
+from geor1.model.adapters.base import HFModel
 from geor1.model.policy import Policy, Rollout
 
 log = logging.getLogger(__name__)
@@ -52,8 +55,8 @@ _WEIGHT_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.sa
 def require_vllm() -> Any:
     """The `vllm` module, or a Geor1Error that says how to get it."""
     if importlib.util.find_spec("vllm") is None:
-        raise Geor1Error("rollout_backend 'vllm' needs the vllm package, which is not installed: pip install vllm "
-                         "(on a CUDA machine, matching its torch), or use rollout_backend: hf")
+        raise Geor1Error("rollout.backend 'vllm' needs the vllm package, which is not installed: pip install vllm "
+                         "(on a CUDA machine, matching its torch), or use rollout.backend: hf")
     return importlib.import_module("vllm")
 
 
@@ -81,7 +84,7 @@ def _full(t: Tensor) -> Tensor:
     return (t.full_tensor() if isinstance(t, DTensor) else t).detach()
 
 
-def _lora_delta(module: nn.Module, name: str) -> Tensor | None:
+def _lora_delta(module: Any, name: str) -> Tensor | None:
     """s * B @ A summed over the active adapters of a PEFT LoRA Linear ([out, in] float32), None if none applies."""
     _check_lora(module, name)
     if module.merged or module.disable_adapters:
@@ -97,7 +100,7 @@ def _lora_delta(module: nn.Module, name: str) -> Tensor | None:
     return delta
 
 
-def _check_lora(module: nn.Module, name: str) -> None:
+def _check_lora(module: Any, name: str) -> None:
     """Only plain LoRA on Linear layers is merged here; anything else is refused by name."""
     from peft.tuners.lora import Linear as LoraLinear
 
@@ -134,16 +137,15 @@ def weight_sources(model: nn.Module) -> Iterator[tuple[str, Callable[[], Tensor]
                     continue
                 seen.add(id(p))
                 if pname == "weight":
-                    yield plain_name(f"{mod_name}.weight"), (
-                        lambda p=p, m=module, n=mod_name: _merged(p, _lora_delta(m, n)))
+                    yield plain_name(f"{mod_name}.weight"), partial(_merged_lora, p, module, mod_name)
                 else:
-                    yield plain_name(f"{mod_name}.{pname}"), (lambda p=p: _full(p))
+                    yield plain_name(f"{mod_name}.{pname}"), partial(_full, p)
             continue
         for pname, p in module.named_parameters(recurse=False):
             if id(p) in seen:
                 continue
             seen.add(id(p))
-            yield plain_name(f"{mod_name}.{pname}" if mod_name else pname), (lambda p=p: _full(p))
+            yield plain_name(f"{mod_name}.{pname}" if mod_name else pname), partial(_full, p)
 
 
 def _merged(weight: Tensor, delta: Tensor | None) -> Tensor:
@@ -151,7 +153,12 @@ def _merged(weight: Tensor, delta: Tensor | None) -> Tensor:
     return w if delta is None else (w.float() + delta).to(w.dtype)
 
 
-def checkpoint_names(base: nn.Module, names: list[str]) -> dict[str, str]:
+def _merged_lora(weight: Tensor, module: Any, name: str) -> Tensor:
+    """The full base `weight` of LoRA layer `module` with its adapters' delta merged in."""
+    return _merged(weight, _lora_delta(module, name))
+
+
+def checkpoint_names(base: HFModel, names: list[str]) -> dict[str, str]:
     """Module names -> the names transformers writes them under (its save-time renaming, e.g. Qwen2.5-VL's
     `model.language_model.layers.0...` -> `model.layers.0...`), the names of the checkpoint vLLM loads."""
     from transformers.core_model_loading import revert_weight_conversion
@@ -326,7 +333,7 @@ class VLLMRollout:
         return len(chunk)
 
     # ------------------------------------------------------------------ sampling
-    def generate(self, policy: Policy, prompts: list[Prompt], num_samples: int, max_new_tokens: int,
+    def generate(self, policy: Policy, prompts: list[Prompt], group_size: int, max_new_tokens: int,
                  temperature: float = 1.0, top_p: float = 1.0, do_sample: bool = True,
                  top_k: int | None = None) -> Rollout:
         """B prompts -> a `Rollout` of B*G completions grouped by prompt, like `Policy.generate`; with
@@ -339,7 +346,7 @@ class VLLMRollout:
                 request["multi_modal_data"] = {"image": [im.convert("RGB") for im in p.images]}
             requests.append(request)
         extra = {"top_k": top_k} if top_k is not None and do_sample else {}  # unset: vLLM's default (all tokens)
-        params = self._vllm.SamplingParams(n=num_samples, max_tokens=max_new_tokens,
+        params = self._vllm.SamplingParams(n=group_size, max_tokens=max_new_tokens,
                                            temperature=temperature if do_sample else 0.0,
                                            top_p=top_p if do_sample else 1.0,
                                            stop_token_ids=list(policy.eos_ids),
@@ -350,8 +357,8 @@ class VLLMRollout:
         rows: list[list[int]] = []
         lps: list[list[float]] = []
         for out in outputs:  # vLLM keeps the request order
-            if len(out.outputs) != num_samples:
-                raise Geor1Error(f"vLLM returned {len(out.outputs)} samples for a prompt, expected {num_samples}")
+            if len(out.outputs) != group_size:
+                raise Geor1Error(f"vLLM returned {len(out.outputs)} samples for a prompt, expected {group_size}")
             for sample in out.outputs:
                 ids = list(sample.token_ids)[:max_new_tokens]
                 if self.sampling_logprobs:
@@ -365,10 +372,10 @@ class VLLMRollout:
                     if self.sampling_logprobs:
                         lps[-1].append(math.nan)  # no log-prob for a token the engine did not report
                 rows.append(ids)
-        return rollout_from_ids(policy, prompts, rows, num_samples, lps if self.sampling_logprobs else None)
+        return rollout_from_ids(policy, prompts, rows, group_size, lps if self.sampling_logprobs else None)
 
 
-def rollout_from_ids(policy: Policy, prompts: list[Prompt], rows: list[list[int]], num_samples: int,
+def rollout_from_ids(policy: Policy, prompts: list[Prompt], rows: list[list[int]], group_size: int,
                      logprobs: list[list[float]] | None = None) -> Rollout:
     """Completion token ids (B*G lists, grouped by prompt; optional per-token sampling log-probs aligned with them)
     -> a Rollout whose `inputs` are the policy's own encoding of the prompts (for the log-prob passes)."""
@@ -382,12 +389,12 @@ def rollout_from_ids(policy: Policy, prompts: list[Prompt], rows: list[list[int]
         if r:
             ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
             mask[i, : len(r)] = True
-            if lp is not None:
+            if lp is not None and logprobs is not None:
                 lp[i, : len(r)] = torch.tensor(logprobs[i][: len(r)], dtype=torch.float32)
     truncated = torch.tensor([not any(t in policy.eos_ids for t in r) for r in rows], dtype=torch.bool)
     ids, mask = ids.to(policy.device), mask.to(policy.device)
     texts = policy.tokenizer.batch_decode(ids, skip_special_tokens=True)
-    return Rollout(policy.encode(prompts), ids, mask, texts, num_samples, truncated,
+    return Rollout(policy.encode(prompts), ids, mask, texts, group_size, truncated,
                    sample_logprobs=None if lp is None else lp.to(policy.device))
 
 

@@ -9,6 +9,9 @@ ignored); temperature and top_p are settings (it hard-wired them); the length re
 each prompt and its images are encoded once per rollout and once per log-prob pass, not once per sample;
 a sample no reward can score gets zero advantage (never NaN); G < 2 is an error. With mu = 1 the old policy is the
 current one (ratio 1, as in TRL); with mu > 1 the old log-probs are stored before the first update.
+
+The settings come in two typed groups, `rollout` (`RolloutSettings`) and `loss` (`LossSettings`), documented and
+validated in `geor1.objectives.grpo_settings`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import copy
 import logging
 import time
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from dataclasses import asdict
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -25,20 +29,21 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import ParallelStrategy
 from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 
-from geor1 import Geor1Error
-from geor1.answers import parse_letter, split_tags
-from geor1.model.chat import ChatSample
+from geor1.data.sample import ChatSample
 from geor1.model.policy import Policy, Rollout
 from geor1.model.vllm_rollout import VLLMRollout, require_vllm
 from geor1.objectives.base import PolicyModule, skip_everywhere
-from geor1.objectives.grpo_math import AGGREGATIONS, KL_ESTIMATORS, aggregate, clipped_surrogate, \
-    group_advantages, kl_estimate, truncated_is_weights
+from geor1.objectives.grpo_math import aggregate, clipped_surrogate, group_advantages, kl_estimate, truncated_is_weights
+from geor1.objectives.grpo_settings import DEFAULT_LOSS, DEFAULT_ROLLOUT, LossSettings, RolloutSettings
 from geor1.objectives.memory import log_peak_memory
 from geor1.objectives.rollout_rng import RolloutRNG
 from geor1.objectives.sharding import ShardingSpec, is_sharded, reshard, shard_policy
 from geor1.rewards import combine, get_reward
 from geor1.rewards.registry import call_reward
+from geor1.tasks import PairingTarget, Target, is_well_formed, task_of
 
 log = logging.getLogger(__name__)
 
@@ -52,29 +57,10 @@ class GRPOModule(PolicyModule):
         scheduler: optional LR scheduler factory, stepped every optimizer step.
         rewards: reward name (registered, or a dotted import path) -> weight.
         reward_kwargs: extra keyword arguments per reward, e.g. {"length": {"max_len": 1024}}.
-        num_generations: G samples per prompt (>= 2).
-        max_new_tokens: completion length limit (the paper: 2048).
-        temperature: sampling temperature (also applied to the log-probs).
-        top_p: nucleus sampling.
-        top_k: sample among the k most likely tokens (None: all). With top_p < 1 or top_k the ratio and the KL still
-            use the untruncated temperature-scaled policy (as TRL and verl do): a warning says so.
-        beta: KL penalty weight; 0 needs no reference model.
-        kl_estimator: "k3" (the paper's) or "k1".
-        epsilon: clip range below (and above, unless epsilon_high).
-        epsilon_high: DAPO's clip-higher upper range.
-        mu: policy updates per batch of rollouts.
-        loss_aggregation: "grpo" (per-sequence mean, then batch mean), "dr_grpo" or "dapo" (token-level).
-        scale_rewards: divide by the group std (False: Dr. GRPO's r - mean).
-        advantage_eps: the epsilon of (r - mean) / (std + eps).
-        share_prefix: encode each prompt once for its G samples (rollout and log-prob passes).
-        rollout_backend: "hf" (the policy's own `generate`) or "vllm" (a colocated vLLM engine, weights synced
-            every step; needs the vllm package and a GPU; see `geor1.model.vllm_rollout`).
-        vllm_engine: extra `vllm.LLM` arguments for the vllm backend, e.g. {"gpu_memory_utilization": 0.3}.
-        vllm_is_cap: vllm backend only: truncated importance sampling (TIS) against the gap between vLLM's sampler
-            and the policy: each token's surrogate is weighted by min(pi_old / pi_vllm, cap), pi_vllm being vLLM's
-            log-prob of the sampled token (e.g. 2.0); None: off.
-        micro_batch_prompts: prompts per backward pass (memory); None: the whole batch at once.
-        max_grad_norm: gradient clipping (None: off); over all ranks' shards under FSDP2.
+        rollout: how completions are sampled (`RolloutSettings`: group_size G, max_new_tokens, temperature, top_p,
+            top_k, share_prefix, backend, vllm_engine, vllm_is_cap).
+        loss: how scored completions become an update (`LossSettings`: beta, kl_estimator, epsilon, epsilon_high,
+            aggregation, scale_rewards, advantage_eps, mu, micro_batch_prompts, max_grad_norm).
         disable_dropout: set every dropout of the policy (LoRA dropout included) to p=0, so that the old and the
             new log-probs of the same weights agree (TRL's `disable_dropout`).
         sharding: FSDP2 settings under `ModelParallelStrategy` (the reference model is sharded like the policy,
@@ -90,52 +76,26 @@ class GRPOModule(PolicyModule):
         scheduler: LRSchedulerCallable | None = None,
         rewards: dict[str, float] | None = None,
         reward_kwargs: dict[str, dict[str, Any]] | None = None,
-        num_generations: int = 8,
-        max_new_tokens: int = 2048,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int | None = None,
-        beta: float = 0.04,
-        kl_estimator: str = "k3",
-        epsilon: float = 0.2,
-        epsilon_high: float | None = None,
-        mu: int = 1,
-        loss_aggregation: str = "grpo",
-        scale_rewards: bool = True,
-        advantage_eps: float = 1e-4,
-        share_prefix: bool = True,
-        rollout_backend: str = "hf",
-        vllm_engine: dict[str, Any] | None = None,
-        vllm_is_cap: float | None = None,
-        micro_batch_prompts: int | None = None,
-        max_grad_norm: float | None = 1.0,
+        rollout: RolloutSettings = DEFAULT_ROLLOUT,
+        loss: LossSettings = DEFAULT_LOSS,
         log_completions_every_n_steps: int = 50,
         export_dir: str | None = None,
         disable_dropout: bool = True,
         sharding: ShardingSpec | None = None,
     ) -> None:
         super().__init__(policy, optimizer, scheduler, export_dir, sharding)
-        self.save_hyperparameters(ignore=["policy", "optimizer", "scheduler", "sharding"])
-        if num_generations < 2:
-            raise Geor1Error(f"GRPO needs num_generations >= 2 (a group of one has no advantage), got "
-                             f"{num_generations}")
-        if loss_aggregation not in AGGREGATIONS:
-            raise Geor1Error(f"loss_aggregation must be one of {AGGREGATIONS}, got {loss_aggregation!r}")
-        if kl_estimator not in KL_ESTIMATORS:
-            raise Geor1Error(f"kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}")
-        if mu < 1:
-            raise Geor1Error(f"mu must be >= 1, got {mu}")
-        if rollout_backend not in ("hf", "vllm"):
-            raise Geor1Error(f"rollout_backend must be 'hf' or 'vllm', got {rollout_backend!r}")
-        if rollout_backend == "vllm":
+        for name, value, cls in (("rollout", rollout, RolloutSettings), ("loss", loss, LossSettings)):
+            if not isinstance(value, cls):  # a YAML mapping becomes one through jsonargparse; Python passes one
+                raise TypeError(f"GRPOModule({name}=...) takes a {cls.__name__}, e.g. {cls.__name__}(...), "
+                                f"got {type(value).__name__}")
+        self.rollout_settings = rollout  # frozen dataclasses, validated in their __post_init__
+        self.loss_settings = loss
+        self.save_hyperparameters(ignore=["policy", "optimizer", "scheduler", "sharding", "rollout", "loss"])
+        # the groups as plain dicts: readable hparams.yaml, and checkpoints that load with weights_only=True
+        self.save_hyperparameters({"rollout": asdict(self.rollout_settings), "loss": asdict(self.loss_settings)})
+        self.log_completions_every_n_steps = log_completions_every_n_steps
+        if self.rollout_settings.backend == "vllm":
             require_vllm()  # fail at construction, before any data or model work
-        if vllm_is_cap is not None and (rollout_backend != "vllm" or not vllm_is_cap > 0):
-            raise Geor1Error(f"vllm_is_cap ({vllm_is_cap}) needs rollout_backend 'vllm' and a cap > 0")
-        if top_p < 1.0 or top_k is not None:
-            log.warning("top_p=%s, top_k=%s: rollouts sample from a truncated distribution while the ratio and the KL "
-                        "use the full temperature-scaled policy (slightly off-policy, as in TRL and verl)", top_p, top_k)
-        if top_k is not None and top_k < 1:
-            raise Geor1Error(f"top_k must be >= 1 or null, got {top_k}")
         if disable_dropout:
             n = disable_dropout_in(self.policy)
             log.debug("dropout off in %d policy modules", n)
@@ -144,7 +104,7 @@ class GRPOModule(PolicyModule):
         self.reward_kwargs = {name: dict((reward_kwargs or {}).get(name, {})) for name in self.reward_weights}
         self.automatic_optimization = False
         self._reference: Policy | None = None  # full fine-tuning with beta > 0: a frozen copy (not a submodule)
-        self._engine: VLLMRollout | None = None  # rollout_backend "vllm"
+        self._engine: VLLMRollout | None = None  # rollout.backend "vllm"
         self._engine_step = -1  # the global step whose weights the engine holds
         self._rollout_rng = RolloutRNG()  # this rank's sampling generator, saved per rank in checkpoints
 
@@ -152,7 +112,7 @@ class GRPOModule(PolicyModule):
     def setup(self, stage: str) -> None:
         # Lightning calls setup before it restores a checkpoint: the reference is the policy as constructed (the
         # initial model), also when a run resumes from a checkpoint of a trained policy.
-        if stage == "fit" and self.hparams.beta > 0 and self.policy.lora is None and self._reference is None:
+        if stage == "fit" and self.loss_settings.beta > 0 and self.policy.lora is None and self._reference is None:
             ref = copy.deepcopy(self.policy).eval()
             for p in ref.parameters():
                 p.requires_grad_(False)
@@ -168,10 +128,11 @@ class GRPOModule(PolicyModule):
     def on_fit_start(self) -> None:
         if self._reference is not None and not is_sharded(self._reference.model):
             self._reference.to(self.device)
-        if self.hparams.rollout_backend == "vllm" and self._engine is None:
-            self._engine = VLLMRollout(self.policy, engine_kwargs=self.hparams.vllm_engine,
+        settings = self.rollout_settings
+        if settings.backend == "vllm" and self._engine is None:
+            self._engine = VLLMRollout(self.policy, engine_kwargs=settings.vllm_engine,
                                        seed=torch.initial_seed() % 2**31 + self.global_rank,
-                                       sampling_logprobs=self.hparams.vllm_is_cap is not None)
+                                       sampling_logprobs=settings.vllm_is_cap is not None)
 
     @contextmanager
     def _reference_policy(self):
@@ -198,51 +159,50 @@ class GRPOModule(PolicyModule):
     def training_step(self, batch: list[ChatSample], batch_idx: int) -> None:
         if skip_everywhere(self._trainer, not batch, len(batch)):
             return None  # every sample of a batch was corrupt (counted by DataHealth)
-        hp = self.hparams
-        g = hp.num_generations
+        group_size, settings = self.rollout_settings.group_size, self.loss_settings
         t0 = time.perf_counter()
         with self._rollout_rng.sampling(self.device):  # this rank's own generator (saved per rank)
             rollout = self._rollout([s.prompt for s in batch])
         t1 = time.perf_counter()
-        metas = [s.meta for s in batch for _ in range(g)]  # [N], grouped like the completions
-        scores, total = self.score(rollout, metas)
+        targets = [s.target for s in batch for _ in range(group_size)]  # [N], grouped like the completions
+        scores, total = self.score(rollout, targets)
         rewards = torch.tensor([np.nan if r is None else r for r in total], dtype=torch.float32)
-        advantages, scored = group_advantages(rewards, g, hp.advantage_eps, hp.scale_rewards)
+        advantages, scored = group_advantages(rewards, group_size, settings.advantage_eps, settings.scale_rewards)
         advantages = advantages.to(self.device)
         t2 = time.perf_counter()
         old_lp, ref_lp = self._fixed_logprobs(rollout)
-        stats = [self._update(rollout, advantages, old_lp, ref_lp) for _ in range(hp.mu)]
+        stats = [self._update(rollout, advantages, old_lp, ref_lp) for _ in range(settings.mu)]
         t3 = time.perf_counter()
-        self._log_step(batch, rollout, scores, rewards, scored, stats, metas, (t1 - t0, t2 - t1, t3 - t2))
+        self._log_step(batch, rollout, scores, rewards, scored, stats, targets, (t1 - t0, t2 - t1, t3 - t2))
 
     def _rollout(self, prompts: list) -> Rollout:
         """G samples for each of the B prompts, from the policy itself or from the vLLM engine."""
-        hp = self.hparams
+        s = self.rollout_settings
         if self._engine is None:
-            return self.policy.generate(prompts, num_samples=hp.num_generations, max_new_tokens=hp.max_new_tokens,
-                                        temperature=hp.temperature, top_p=hp.top_p, top_k=hp.top_k,
-                                        share_prefix=hp.share_prefix,
-                                        synced_gpus=self.synced_decoding)
+            return self.policy.generate(prompts, group_size=s.group_size, max_new_tokens=s.max_new_tokens,
+                                        temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                                        share_prefix=s.share_prefix, synced_gpus=self.synced_decoding)
         if self._engine_step != self.global_step:  # the weights changed since the engine last got them
             self._engine.sync_weights(self.policy)
             self._engine_step = self.global_step
-        return self._engine.generate(self.policy, prompts, hp.num_generations, hp.max_new_tokens, hp.temperature,
-                                     hp.top_p, top_k=hp.top_k)
+        return self._engine.generate(self.policy, prompts, s.group_size, s.max_new_tokens, s.temperature, s.top_p,
+                                     top_k=s.top_k)
 
-    def score(self, rollout: Rollout, metas: list[dict[str, Any]]
+    def score(self, rollout: Rollout, targets: list[Target | None]
               ) -> tuple[dict[str, list[float | None]], list[float | None]]:
+        """Every configured reward of every completion (`targets[i]`: the target of the prompt completion i
+        answers) -> ({reward name: scores}, weighted totals)."""
         lengths = rollout.lengths.tolist()
-        scores = {name: call_reward(fn, rollout.texts, metas, lengths=lengths, **self.reward_kwargs[name])
+        scores = {name: call_reward(fn, rollout.texts, targets, lengths=lengths, **self.reward_kwargs[name])
                   for name, fn in self.reward_fns.items()}
         return scores, combine(scores, self.reward_weights)
 
     @torch.no_grad()
     def _fixed_logprobs(self, rollout: Rollout) -> tuple[Tensor | None, Tensor | None]:
-        hp = self.hparams
         old = ref = None
-        if hp.mu > 1:
+        if self.loss_settings.mu > 1:
             old = self._logprobs(self.policy, rollout)
-        if hp.beta > 0:
+        if self.loss_settings.beta > 0:
             with self._reference_policy() as reference:
                 ref = self._logprobs(reference, rollout)
             if self._reference is not None:
@@ -254,36 +214,40 @@ class GRPOModule(PolicyModule):
         inputs = rollout.inputs if prompts is None else policy.slice_prompts(rollout.inputs, prompts)
         rows = rows or slice(None)
         return policy.token_logprobs(inputs, rollout.completion_ids[rows], rollout.completion_mask[rows],
-                                     rollout.num_samples, self.hparams.temperature, self.hparams.share_prefix)
+                                     rollout.group_size, self.rollout_settings.temperature,
+                                     self.rollout_settings.share_prefix)
 
     def _update(self, rollout: Rollout, advantages: Tensor, old_lp: Tensor | None, ref_lp: Tensor | None
                 ) -> dict[str, float]:
         """One optimizer step over the whole batch, in micro-batches of whole groups whose gradients add up to the
         whole batch's (each micro-batch's loss is `aggregate` with the batch's denominators)."""
-        hp = self.hparams
-        g, mask = rollout.num_samples, rollout.completion_mask
-        n_prompts = mask.shape[0] // g
+        s, cap = self.loss_settings, self.rollout_settings.vllm_is_cap
+        sampler_lp = rollout.sample_logprobs if cap is not None else None
+        if cap is not None and sampler_lp is None:
+            raise RuntimeError("rollout.vllm_is_cap is set but the rollout carries no sampling log-probs")
+        group_size, mask = rollout.group_size, rollout.completion_mask
+        n_prompts = mask.shape[0] // group_size
         local_tokens = mask.sum().clamp(min=1)
         # the batch's denominators, as this rank's share of all ranks' (their gradients are averaged)
         tokens = self._mean_over_ranks(mask.sum().float())  # dapo
         n_rows = self._mean_over_ranks(torch.tensor(float(mask.shape[0]), device=mask.device))  # grpo, dr_grpo
-        step = hp.micro_batch_prompts or n_prompts
+        step = s.micro_batch_prompts or n_prompts
         passes = micro_batches(n_prompts, step, self._max_over_ranks(-(-n_prompts // step)))
-        opt = self.optimizers()
+        opt = cast(Optimizer, self.optimizers())  # the one optimizer (a LightningOptimizer: an instance of its class)
         totals = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
         for i, (prompts, weight) in enumerate(passes):
-            rows = slice(prompts.start * g, prompts.stop * g)
+            rows = slice(prompts.start * group_size, prompts.stop * group_size)
             with nullcontext() if i == len(passes) - 1 else self._no_backward_sync():
                 lp = self._logprobs(self.policy, rollout, rows, prompts if step < n_prompts else None)  # [n, T]
                 m = mask[rows]
                 old = old_lp[rows] if old_lp is not None else lp.detach()
-                per_token, clipped = clipped_surrogate(lp, old, advantages[rows], hp.epsilon, hp.epsilon_high)
-                if hp.vllm_is_cap is not None:  # TIS: vLLM's sampler drew these tokens, not the policy
-                    per_token = per_token * truncated_is_weights(old, rollout.sample_logprobs[rows], hp.vllm_is_cap)
-                kl = kl_estimate(lp, ref_lp[rows], hp.kl_estimator) if ref_lp is not None else torch.zeros_like(lp)
-                per_token = per_token + hp.beta * kl
-                loss = aggregate(per_token, m, hp.loss_aggregation, max_len=hp.max_new_tokens, num_rows=n_rows,
-                                 num_tokens=tokens)
+                per_token, clipped = clipped_surrogate(lp, old, advantages[rows], s.epsilon, s.epsilon_high)
+                if cap is not None and sampler_lp is not None:  # TIS: vLLM's sampler drew these tokens
+                    per_token = per_token * truncated_is_weights(old, sampler_lp[rows], cap)
+                kl = kl_estimate(lp, ref_lp[rows], s.kl_estimator) if ref_lp is not None else torch.zeros_like(lp)
+                per_token = per_token + s.beta * kl
+                loss = aggregate(per_token, m, s.aggregation, max_len=self.rollout_settings.max_new_tokens,
+                                 num_rows=n_rows, num_tokens=tokens)
                 self.manual_backward(loss * weight)
             if weight == 0.0:
                 continue  # a pass that only keeps this rank's collectives in step with a rank of more micro-batches
@@ -291,11 +255,11 @@ class GRPOModule(PolicyModule):
             totals["loss"] += float(loss.detach())
             totals["kl"] += float((kl.detach() * mf).sum())
             totals["clipped"] += float((clipped.float() * mf).sum())
-        if hp.max_grad_norm is not None:
-            self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+        if s.max_grad_norm is not None:
+            self.clip_gradients(opt, gradient_clip_val=s.max_grad_norm, gradient_clip_algorithm="norm")
         opt.step()
         opt.zero_grad(set_to_none=True)
-        scheduler = self.lr_schedulers()
+        scheduler = cast("LRScheduler | None", self.lr_schedulers())  # at most one (configure_optimizers)
         if scheduler is not None:
             scheduler.step()
         n_tokens = float(local_tokens)
@@ -305,17 +269,15 @@ class GRPOModule(PolicyModule):
         """A count (float scalar) summed over all ranks / world size: as a loss denominator, each rank's loss is its
         part of the whole batch's once DDP / FSDP2 average the ranks' gradients, also when ranks hold different
         numbers of rows or tokens."""
-        strategy = self.trainer.strategy
-        if strategy.world_size > 1:
-            count = strategy.reduce(count.clone(), reduce_op="mean")
+        if self.trainer.world_size > 1:
+            count = self.trainer.strategy.reduce(count.clone(), reduce_op="mean")
         return count.clamp(min=1)
 
     def _max_over_ranks(self, n: int) -> int:
         """The largest `n` of all ranks (micro-batch passes: under DDP and FSDP2 each backward is a collective)."""
-        strategy = self.trainer.strategy
-        if strategy.world_size == 1:
+        if self.trainer.world_size == 1:
             return n
-        return int(strategy.reduce(torch.tensor(float(n), device=self.device), reduce_op="max"))
+        return int(self.trainer.strategy.reduce(torch.tensor(float(n), device=self.device), reduce_op="max"))
 
     def _no_backward_sync(self):
         """DDP: skip the gradient all-reduce of a micro-batch that is not the last. Elsewhere (one device, FSDP2,
@@ -328,29 +290,27 @@ class GRPOModule(PolicyModule):
     def validation_step(self, batch: list[ChatSample], batch_idx: int) -> None:
         if not batch:
             return
-        rollout = self.policy.generate([s.prompt for s in batch], num_samples=1,
-                                       max_new_tokens=self.hparams.max_new_tokens, do_sample=False,
+        rollout = self.policy.generate([s.prompt for s in batch], group_size=1,
+                                       max_new_tokens=self.rollout_settings.max_new_tokens, do_sample=False,
                                        synced_gpus=self.synced_decoding)
         n = len(batch)
-        fmt = np.mean([split_tags(t) is not None for t in rollout.texts])
+        fmt = np.mean([is_well_formed(t) for t in rollout.texts])
         self.log("val/format_rate", float(fmt), batch_size=n, sync_dist=True)
         self.log("val/mean_length", float(rollout.lengths.float().mean()), batch_size=n, sync_dist=True)
-        acc = _pairing_acc(rollout.texts, [s.meta for s in batch])
-        if acc is not None:
-            self.log("val/pairing_acc", acc, batch_size=n, sync_dist=True, prog_bar=True)
+        for name, acc in task_accuracy(rollout.texts, [s.target for s in batch]).items():
+            self.log(f"val/{name}", acc, batch_size=n, sync_dist=True, prog_bar=name == "pairing_acc")
 
     # ------------------------------------------------------------------ logging
-    def _log_step(self, batch, rollout, scores, rewards, scored, stats, metas, seconds) -> None:
+    def _log_step(self, batch, rollout, scores, rewards, scored, stats, targets, seconds) -> None:
         n = len(batch)
-        log = lambda name, value, **kw: self.log(name, float(value), batch_size=n, **kw)  # noqa: E731
+        log = lambda name, value, **kw: self.log(name, float(value), batch_size=n, **kw)
         log_peak_memory(self, batch_size=n)
         last = stats[-1]
         log("train/loss", last["loss"], prog_bar=True)
         log("train/kl", last["kl"])
         log("train/clip_ratio", last["clip_ratio"])
-        acc = _pairing_acc(rollout.texts, metas)
-        if acc is not None:
-            log("train/pairing_acc", acc, prog_bar=True)
+        for name, acc in task_accuracy(rollout.texts, targets).items():
+            log(f"train/{name}", acc, prog_bar=name == "pairing_acc")
         valid = rewards[scored]
         log("rewards/total/mean", valid.mean() if len(valid) else 0.0, prog_bar=True)
         log("rewards/total/std", valid.std() if len(valid) > 1 else 0.0)
@@ -360,24 +320,24 @@ class GRPOModule(PolicyModule):
             log(f"rewards/{name}/mean", np.mean(vals) if vals else 0.0)
         log("completions/mean_length", rollout.lengths.float().mean())
         log("completions/clipped_ratio", rollout.truncated.float().mean())
-        for name, sec in zip(("rollout", "score", "update"), seconds):
+        for name, sec in zip(("rollout", "score", "update"), seconds, strict=True):
             log(f"time/{name}_s", sec)
-        every = self.hparams.log_completions_every_n_steps
-        if every and (self.global_step // self.hparams.mu) % every == 0:
+        every = self.log_completions_every_n_steps
+        if every and (self.global_step // self.loss_settings.mu) % every == 0:
             self._log_examples(batch, rollout, scores)
 
     def _log_examples(self, batch: list[ChatSample], rollout: Rollout, scores) -> None:
         tb = next((lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
         if tb is None:
             return
-        g = rollout.num_samples
+        g = rollout.group_size
         rows = ["| key | answer | completion | " + " | ".join(scores) + " |",
                 "|---|---|---|" + "---|" * len(scores)]
         for i in range(min(2, len(batch)) * g):
             s = batch[i // g]
             cells = [f"{scores[name][i]:.3f}" if scores[name][i] is not None else "-" for name in scores]
             text = rollout.texts[i].replace("|", "\\|").replace("\n", " ")[:400]
-            rows.append(f"| {s.key} | {s.meta.get('answer_letter', '')} | {text} | " + " | ".join(cells) + " |")
+            rows.append(f"| {s.key} | {_truth(s.target)} | {text} | " + " | ".join(cells) + " |")
         tb.experiment.add_text("completions", "\n".join(rows), self.global_step)
         images = batch[0].prompt.images
         h = 128
@@ -402,10 +362,27 @@ def micro_batches(n_prompts: int, step: int, n_passes: int) -> list[tuple[slice,
     return [(real[0][0], 0.0)] * (n_passes - len(real)) + real
 
 
-def _pairing_acc(texts: list[str], metas: list[dict[str, Any]]) -> float | None:
-    hits = [parse_letter(t, int(m["k"])) == m["answer_letter"] for t, m in zip(texts, metas)
-            if "answer_letter" in m and "k" in m]
-    return float(np.mean(hits)) if hits else None
+def task_accuracy(texts: list[str], targets: list[Target | None]) -> dict[str, float]:
+    """The share of correct completions per task present, by the task's own check (pairing: the letter;
+    geolocation: within its `correct_km`), as {"pairing_acc": .., "geolocate_acc": ..}; samples without a target
+    are left out.
+
+    >>> from geor1.tasks import PairingTarget
+    >>> task_accuracy(["<answer>B</answer>", "<answer>A</answer>", "x"], [PairingTarget(2, 1)] * 2 + [None])
+    {'pairing_acc': 0.5}
+    """
+    hits: dict[str, list[bool]] = {}
+    for text, t in zip(texts, targets, strict=True):
+        if t is not None:
+            hits.setdefault(t.task, []).append(task_of(t).is_correct(text, t))
+    return {f"{name}_acc": float(np.mean(h)) for name, h in hits.items()}
+
+
+def _truth(target: Target | None) -> str:
+    """The right answer, for the completions table."""
+    if isinstance(target, PairingTarget):
+        return target.letter
+    return "" if target is None else f"{target.lat:.4f}, {target.lon:.4f}"
 
 
 def disable_dropout_in(module: nn.Module) -> int:

@@ -69,16 +69,21 @@ def clipped_surrogate(logp: Tensor, old_logp: Tensor, advantages: Tensor, epsilo
 
 
 def aggregate(per_token: Tensor, mask: Tensor, mode: str = "grpo", max_len: int | None = None,
-              num_rows: int | None = None, num_tokens: Tensor | float | None = None) -> Tensor:
-    """Reduce a per-token loss [N, T] over real tokens (mask [N, T]) to a scalar.
+              num_rows: Tensor | float | None = None, num_tokens: Tensor | float | None = None) -> Tensor:
+    """Reduce a per-token loss to the scalar loss, over real tokens only: the one aggregation of GRPO's loss
+    (`GRPOModule._update` calls it for every micro-batch).
+
+    per_token: [n, T] float; mask: [n, T] bool (True on real tokens) -> [] (a 0-dim tensor).
 
     grpo:    mean over each sequence's tokens, then mean over sequences (the paper's);
     dapo:    sum over all tokens / number of tokens (token-level);
     dr_grpo: sum over all tokens / (N * max_len) (a constant normaliser; max_len defaults to T).
 
-    A micro-batch's share of a larger batch's loss (so that the micro-batches' gradients add up to the batch's):
-    `num_rows` replaces N (the batch's rows) and `num_tokens` the token count (the batch's tokens; under data
-    parallelism all ranks' tokens / world size, since the ranks' gradients are averaged).
+    For the n rows of a micro-batch of a larger batch of N rows, pass the whole batch's denominators: `num_rows`
+    (N; grpo, dr_grpo) and `num_tokens` (the batch's real tokens; dapo), scalars or 0-dim tensors. Each
+    micro-batch's loss is then its share of the batch's, and the micro-batches' losses and gradients add up to the
+    whole batch's exactly, in all three modes. Under data parallelism both are all ranks' counts / world size, since
+    the ranks' gradients are averaged. None: this call's own rows / tokens (the whole batch at once).
     """
     m = mask.to(per_token.dtype)
     rows = per_token.shape[0] if num_rows is None else num_rows

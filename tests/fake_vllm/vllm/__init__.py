@@ -90,7 +90,7 @@ def _checkpoint_map(model_dir: str, model: torch.nn.Module) -> dict[str, str]:
     out = {}
     for f in sorted(Path(model_dir).glob("*.safetensors")):
         with safe_open(str(f), "pt") as fh:
-            for key in fh.keys():
+            for key in fh.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
                 pre, new = next((p, n) for p, n in _QWEN_PREFIXES if key.startswith(p))
                 target = new + key[len(pre):]
                 if target not in params or tuple(fh.get_slice(key).get_shape()) != tuple(params[target].shape):
@@ -100,7 +100,7 @@ def _checkpoint_map(model_dir: str, model: torch.nn.Module) -> dict[str, str]:
 
 
 class LLM:
-    instances: list["LLM"] = []
+    instances: list[LLM] = []
 
     def __init__(self, model: str, seed: int = 0, dtype: str = "auto", enable_prefix_caching: bool = True,
                  mm_processor_kwargs: dict | None = None, worker_extension_cls: str | None = None,
