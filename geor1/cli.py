@@ -4,9 +4,9 @@
     geor1 model ...                                                          tiny test models, export
     geor1 demo ...                                                           the end-to-end demo
 
-Training subcommands go to LightningCLI untouched; the others are argparse subcommands that each concern folder
-registers (`add_commands(subparsers)`), importing heavy libraries only when they run, so `geor1 --help` is quick.
-User errors (`Geor1Error`) print one line and exit 2, without a traceback.
+Training subcommands go to LightningCLI untouched (`geor1.train`); the others are argparse subcommands that each
+concern folder registers (`add_commands(subparsers)`), importing heavy libraries only when they run, so
+`geor1 --help` is quick. User errors (`Geor1Error`) print one line and exit 2, without a traceback.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from geor1 import Geor1Error, __version__
+from geor1 import Geor1Error, __version__, set_offline_mode
+from geor1.train import run_lightning, user_error
 
 TRAINER_COMMANDS = {
     "fit": "train: geor1 fit --config configs/<stage>/<recipe>.yaml [--trainer.max_steps N ...]",
@@ -28,15 +29,15 @@ TRAINER_COMMANDS = {
 
 
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
-    from geor1 import demo
     from geor1.cot import commands as cot_commands
     from geor1.data import commands as data_commands
+    from geor1.demo import commands as demo_commands
     from geor1.eval import commands as eval_commands
     from geor1.model import commands as model_commands
     from geor1.retrieval import commands as retrieval_commands
 
     return [data_commands.add_commands, retrieval_commands.add_commands, cot_commands.add_commands,
-            eval_commands.add_commands, model_commands.add_commands, demo.add_commands]
+            eval_commands.add_commands, model_commands.add_commands, demo_commands.add_commands]
 
 
 def build_parser(prog: str = "geor1") -> argparse.ArgumentParser:
@@ -55,35 +56,6 @@ def build_parser(prog: str = "geor1") -> argparse.ArgumentParser:
     return parser
 
 
-def run_lightning(args: Sequence[str], prog: str) -> None:
-    """LightningCLI with the LightningModule and DataModule chosen by `class_path` in the YAML."""
-    from lightning.pytorch import LightningDataModule, LightningModule
-    from lightning.pytorch.cli import LightningCLI
-
-    LightningCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": prog},
-        # None lets LightningCLI read sys.argv itself (it warns when given both)
-        args=None if list(args) == sys.argv[1:] else list(args),
-    )
-
-
-def user_error_in_chain(exc: BaseException) -> Geor1Error | None:
-    """The Geor1Error behind `exc` (itself, its cause or its context), if any."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, Geor1Error):
-            return cur
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return None
-
-
 def _configure_logging() -> None:
     """geor1's own loggers print to stderr; Lightning keeps its own handlers (no duplicated lines)."""
     logger = logging.getLogger("geor1")
@@ -99,16 +71,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "geor1"
     prog = prog if prog in ("geor1", "lightning") else "geor1"
+    set_offline_mode()  # before any command imports transformers
     _configure_logging()
     try:
         if argv and argv[0] in TRAINER_COMMANDS:
             try:
                 run_lightning(argv, prog)
             except Exception as e:  # jsonargparse wraps errors raised while instantiating classes
-                cause = user_error_in_chain(e)
-                if cause is None and isinstance(e, RuntimeError) and "Error(s) in loading state_dict" in str(e):
-                    first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-                    cause = Geor1Error(f"the checkpoint does not fit this config (different model or sizes): {first}")
+                cause = user_error(e)
                 if cause is None:
                     raise
                 raise cause from None

@@ -1,11 +1,23 @@
-"""A miniature `geor1 demo` end to end (the real one runs with `make demo`), and its stage-by-stage resume."""
+"""A miniature `geor1 demo` end to end (the real one runs with `make demo`), run the way an installed geor1 runs it,
+its stage-by-stage resume, and the demo's fit configs held to the shipped recipes."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
-from geor1.demo import STAGES, DemoConfig, run_demo
-from geor1.eval.runners import wilson_interval
+import pytest
+import yaml
+from conftest import NETGUARD, REPO, run_cli
+
+from geor1 import Geor1Error
+from geor1.demo import STAGES, DemoConfig, DemoPaths, recipes, run_demo
+from geor1.metrics import wilson_interval
+
+MODELS = ("base (untrained)", "SFT only", "SFT+GRPO", "GRPO only (Zero)")
 
 
 def test_wilson_interval_by_hand():
@@ -14,19 +26,90 @@ def test_wilson_interval_by_hand():
     assert wilson_interval(0, 0) == (0.0, 1.0)
 
 
-def test_miniature_demo_runs_every_stage_and_resumes(tmp_path):
-    report = run_demo(tmp_path, DemoConfig.quick(), seed=0)
-    text = report.read_text()
-    for model in ("base (untrained)", "SFT only", "SFT+GRPO", "GRPO only (Zero)"):
+def test_miniature_demo_from_an_installed_package_runs_every_stage_and_resumes(tmp_path, monkeypatch):
+    # the package alone, outside the checkout (no configs/ beside it): what a non-editable install has
+    site = tmp_path / "site"
+    shutil.copytree(REPO / "geor1", site / "geor1", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setenv("PYTHONPATH", str(site))  # run_cli puts the network guard first
+    probe = subprocess.run([sys.executable, "-c", "import sys, geor1.demo; print(geor1.demo.__file__); "
+                            "print(sorted(m for m in sys.modules if m.startswith('geor1.cli')))"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                           env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(NETGUARD), str(site)])))
+    assert probe.returncode == 0, probe.stderr
+    where, cli_modules = probe.stdout.splitlines()
+    assert where.startswith(str(site)), where
+    assert cli_modules == "[]", f"the demo imports the CLI: {cli_modules}"
+
+    out = tmp_path / "demo"
+    res = run_cli("demo", "--quick", "--out", str(out), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    text = (out / "report.md").read_text()
+    assert text in res.stdout  # `geor1 demo` prints the report
+    for model in MODELS:
         assert f"| {model} |" in text
-    assert all((tmp_path / stage / "DONE").is_file() for stage in STAGES)
-    results = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert results["SFT only"]["pairing"]["n"] == 6
+    assert all((out / stage / "DONE").is_file() for stage in STAGES)
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert list(results) == list(MODELS)
+    assert results["SFT only"]["pairing"]["n"] == 6 and results["SFT only"]["geolocate"]["n"] == 4
+    paths = DemoPaths(out)
     for name in ("sft", "grpo", "zero"):
-        assert (tmp_path / name / "model" / "config.json").is_file()
-        assert (tmp_path / "configs" / f"{name}.yaml").is_file()
-    assert list((tmp_path / "grpo").rglob("events.out.tfevents.*"))
-    # a second run redoes nothing but the report
-    stamps = {s: (tmp_path / s / "DONE").stat().st_mtime_ns for s in STAGES if s != "report"}
-    run_demo(tmp_path, DemoConfig.quick(), seed=0)
-    assert stamps == {s: (tmp_path / s / "DONE").stat().st_mtime_ns for s in STAGES if s != "report"}
+        assert (paths.model(name) / "config.json").is_file()
+        assert paths.config(name).is_file()
+        assert results[{"sft": "SFT only", "grpo": "SFT+GRPO", "zero": "GRPO only (Zero)"}[name]]["path"] == \
+            str(paths.model(name))
+    assert list((out / "grpo").rglob("events.out.tfevents.*"))
+    assert (out / "eval" / "world_map.png").is_file() and (out / "eval" / "error_cdf.png").is_file()
+
+    # a second run (in-process, this checkout's geor1) redoes nothing but the report
+    stamps = {s: (out / s / "DONE").stat().st_mtime_ns for s in STAGES if s != "report"}
+    assert run_demo(DemoConfig.quick(), out) == out / "report.md"
+    assert stamps == {s: (out / s / "DONE").stat().st_mtime_ns for s in STAGES if s != "report"}
+    # ... and another demo's settings are refused, not mixed with this one's finished stages
+    with pytest.raises(Geor1Error, match="seed"):
+        run_demo(DemoConfig.quick(seed=1), out)
+    with pytest.raises(Geor1Error, match="unknown demo stage"):
+        run_demo(DemoConfig.quick(), out, redo=["sft", "nope"])
+
+
+def _flat(node, prefix: str = "") -> dict[str, object]:
+    """Dotted keys -> leaf values; a list of components is keyed by class name (not position)."""
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()} \
+            or {prefix.rstrip("."): {}}
+    if isinstance(node, list) and node and all(isinstance(c, dict) and "class_path" in c for c in node):
+        return {k: v for c in node for k, v in _flat(c, f"{prefix}{c['class_path'].rsplit('.', 1)[-1]}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+# What the demo sets itself in each recipe (its seed, sizes and folders); every other setting is the shipped one.
+CHECKPOINT = "trainer.callbacks.ModelCheckpoint.init_args.dirpath"
+FOLDERS = {"trainer.default_root_dir", "trainer.logger.init_args.save_dir", CHECKPOINT}
+DEMO_SETS = {
+    "retrieval": FOLDERS | {"seed_everything", "trainer.max_epochs", "data.init_args.root",
+                            "data.init_args.ground_size", "data.init_args.sat_size",
+                            "model.init_args.scheduler.init_args.T_max"},
+    "sft": FOLDERS | {"seed_everything", "trainer.max_steps", "trainer.val_check_interval",
+                      "model.init_args.scheduler.init_args.total_steps", "model.init_args.export_dir",
+                      "model.init_args.max_new_tokens", "data.init_args.roots", "data.init_args.root_weights"},
+    "grpo": FOLDERS | {"seed_everything", "trainer.max_steps", "trainer.val_check_interval",
+                       "model.init_args.export_dir", "model.init_args.policy.init_args.path", "data.init_args.roots",
+                       "data.init_args.batch_size", "model.init_args.reward_kwargs.length.max_len",
+                       "model.init_args.rollout.group_size", "model.init_args.rollout.max_new_tokens"},
+}
+
+
+def test_demo_fit_configs_are_the_shipped_recipes_but_for_the_demos_own_settings(tmp_path):
+    cfg, paths = DemoConfig(), DemoPaths(tmp_path)
+    built = {"retrieval": recipes.retrieval(cfg, paths), "sft": recipes.sft(cfg, paths),
+             "grpo": recipes.grpo(cfg, paths, "grpo", paths.model("sft"), cfg.grpo_steps)}
+    for name, config in built.items():
+        shipped = _flat(yaml.safe_load((REPO / "configs" / name / "geoworld_tiny.yaml").read_text()))
+        ours = _flat(yaml.safe_load(yaml.safe_dump(config)))  # as written to <out>/configs/<stage>.yaml
+        assert DEMO_SETS[name] <= set(ours), f"{name}: not set by the demo: {DEMO_SETS[name] - set(ours)}"
+        assert {k: v for k, v in ours.items() if k not in DEMO_SETS[name]} == \
+            {k: v for k, v in shipped.items() if k not in DEMO_SETS[name]}, name
+        assert ours[CHECKPOINT] == str(tmp_path / name / "checkpoints")
+    zero = recipes.grpo(cfg, paths, "zero", None, cfg.zero_steps)
+    assert zero["model"]["init_args"]["policy"] == {"class_path": "geor1.model.TinyPolicy",
+                                                     "init_args": {"seed": 0, "max_pixels": recipes.MAX_PIXELS}}
+

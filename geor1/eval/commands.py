@@ -61,23 +61,9 @@ def _retrieval(ns: argparse.Namespace) -> None:
 
 
 def load_samples(root: str, split: str, task: str, limit: int | None) -> list:
-    from geor1 import Geor1Error
-    from geor1.data.chat import ChatDecoder
-    from geor1.data.reader import iter_raw_samples
-    from geor1.data.schema import SampleError
-    from geor1.data.shards import split_shards
+    from geor1.eval.samples import load_chat_samples
 
-    shards = split_shards(root, split)
-    if not shards:
-        raise Geor1Error(f"no shards for split '{split}' in {root}")
-    decode, samples, skipped = ChatDecoder(task), [], 0
-    for raw in iter_raw_samples(shards):
-        try:
-            samples.append(decode(raw))
-        except SampleError:
-            skipped += 1
-        if limit is not None and len(samples) >= limit:
-            break
+    samples, skipped = load_chat_samples(root, split, task, limit)
     if skipped:
         print(f"warning: {skipped} corrupt samples skipped")
     return samples

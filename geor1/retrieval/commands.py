@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from dataclasses import asdict
-from pathlib import Path
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -45,22 +42,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _build(ns: argparse.Namespace) -> None:
-    import torch
+    from geor1.retrieval.index import IndexSpec, build_index
 
-    from geor1.retrieval.embed import embed_shards, load_contrastive
-    from geor1.retrieval.index import IndexSpec, SatIndex
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    module, data_hp = load_contrastive(ns.ckpt, device)
-    ground_size = tuple(data_hp.get("ground_size", (128, 192)))
-    sat_size = int(data_hp.get("sat_size", 128))
-    ground, sat, meta = embed_shards(module, ns.shards, [s for s in ns.splits.split(",") if s], ground_size,
-                                     sat_size, ns.batch_size, device)
     spec = IndexSpec(type=ns.type, nlist=ns.nlist, nprobe=ns.nprobe, m=ns.m, ef_search=ns.ef_search)
-    index = SatIndex.build(sat, ground, meta, spec, info={"ckpt": str(ns.ckpt), "shards": str(ns.shards),
-                                                          "ground_size": list(ground_size), "sat_size": sat_size})
-    out = index.save(ns.out)
-    print(f"{ns.type} index of {len(meta)} tiles ({sat.shape[1]}-d) written to {out}")
+    index = build_index(ns.ckpt, ns.shards, ns.out, spec, tuple(s for s in ns.splits.split(",") if s), ns.batch_size)
+    print(f"{ns.type} index of {len(index.meta)} tiles ({index.sat.shape[1]}-d) written to {ns.out}")
 
 
 def _search(ns: argparse.Namespace) -> None:
@@ -77,7 +63,7 @@ def _search(ns: argparse.Namespace) -> None:
     scores, rows = index.search(index.ground[q][None], ns.k)
     mq = index.meta[q]
     print(f"query {ns.key} ({mq.get('city')}, {mq.get('country')})")
-    for rank, (score, r) in enumerate(zip(scores[0], rows[0]), start=1):
+    for rank, (score, r) in enumerate(zip(scores[0], rows[0], strict=True), start=1):
         m = index.meta[r]
         d = float(haversine_km(mq["lat"], mq["lon"], m["lat"], m["lon"]))
         mark = "  <- true tile" if r == q else ""
@@ -85,15 +71,11 @@ def _search(ns: argparse.Namespace) -> None:
 
 
 def _mine(ns: argparse.Namespace) -> None:
-    from geor1.retrieval.index import SatIndex
-    from geor1.retrieval.mining import Miner, MiningSpec, write_episodes
+    from geor1.retrieval.mining import MiningSpec, mine_episodes
 
     spec = MiningSpec(k=ns.k, strategy=ns.strategy, min_km=ns.min_km, max_km=ns.max_km, seed=ns.seed,
                       splits=tuple(s for s in ns.splits.split(",") if s))
-    miner = Miner(SatIndex.load(ns.index), spec)
-    episodes, report = miner.mine()
-    write_episodes(miner, episodes, ns.shards, ns.out)
-    (Path(ns.out) / "mining_report.json").write_text(json.dumps(asdict(report), indent=2))
+    report = mine_episodes(ns.index, ns.shards, ns.out, spec)
     for split, n in report.episodes.items():
         short = len(report.too_few_candidates[split])
         print(f"{split:>6}: {n} episodes, letters {report.letters[split]}, mean negative distance "

@@ -56,7 +56,7 @@ def embed_shards(module, root: str | Path, splits: list[str], ground_size: tuple
         shards = split_shards(root, split)
         if not shards:
             raise Geor1Error(f"no shards for split '{split}' in {root}")
-        stream = ShardStream(shards, PairToTensors(tuple(ground_size), sat_size))
+        stream = ShardStream(shards, PairToTensors(ground_size, sat_size))
         loader = StreamLoader(stream, batch_size=batch_size, collate_fn=collate_tensors)
         for batch in tqdm(loader, desc=f"embed {split}", unit="batch", disable=None):
             if not batch["key"]:
@@ -64,7 +64,7 @@ def embed_shards(module, root: str | Path, splits: list[str], ground_size: tuple
             g, s = module.embed({"ground": batch["ground"].to(device), "sat": batch["sat"].to(device)})
             grounds.append(g.float().cpu().numpy())
             sats.append(s.float().cpu().numpy())
-            for key, m in zip(batch["key"], batch["meta"]):
+            for key, m in zip(batch["key"], batch["meta"], strict=True):
                 meta.append({"key": key, "lat": float(m["lat"]), "lon": float(m["lon"]), "split": split,
                              "city": m.get("city"), "country": m.get("country")})
     if not meta:

@@ -96,7 +96,7 @@ class SatIndex:
 
     @classmethod
     def build(cls, sat: np.ndarray, ground: np.ndarray | None, meta: list[dict[str, Any]], spec: IndexSpec,
-              info: dict[str, Any] | None = None) -> "SatIndex":
+              info: dict[str, Any] | None = None) -> SatIndex:
         index = build_faiss_index(sat, spec)
         return cls(index, sat.astype(np.float32), None if ground is None else ground.astype(np.float32), meta,
                    {"spec": asdict(spec), "dim": int(sat.shape[1]), "count": len(meta), **(info or {})})
@@ -124,7 +124,7 @@ class SatIndex:
         return out
 
     @classmethod
-    def load(cls, folder: str | Path) -> "SatIndex":
+    def load(cls, folder: str | Path) -> SatIndex:
         faiss = _faiss()
         folder = Path(folder)
         for name in ("index.faiss", "sat.npy", "meta.jsonl", "index.json"):
@@ -137,3 +137,25 @@ class SatIndex:
         ground = np.load(folder / "ground.npy", allow_pickle=False) if (folder / "ground.npy").is_file() else None
         return cls(faiss.read_index(str(folder / "index.faiss")), np.load(folder / "sat.npy", allow_pickle=False),
                    ground, meta, json.loads((folder / "index.json").read_text()))
+
+
+def build_index(ckpt: str | Path, shards: str | Path, out: str | Path, spec: IndexSpec | None = None,
+                splits: tuple[str, ...] = ("train", "val", "test"), batch_size: int = 128,
+                device: str | None = None) -> SatIndex:
+    """Embed every tile of `splits` of a shard folder with a trained ContrastiveModule checkpoint (at the image sizes
+    it was trained with), index the satellite embeddings and save the folder `out` (what `geor1 index build` does).
+    `device`: default the GPU when there is one."""
+    import torch
+
+    from geor1.retrieval.embed import embed_shards, load_contrastive
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    spec = spec or IndexSpec()
+    module, data_hp = load_contrastive(ckpt, device)
+    ground_size = tuple(data_hp.get("ground_size", (128, 192)))
+    sat_size = int(data_hp.get("sat_size", 128))
+    ground, sat, meta = embed_shards(module, shards, list(splits), ground_size, sat_size, batch_size, device)
+    index = SatIndex.build(sat, ground, meta, spec, info={"ckpt": str(ckpt), "shards": str(shards),
+                                                          "ground_size": list(ground_size), "sat_size": sat_size})
+    index.save(out)
+    return index

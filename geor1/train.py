@@ -1,0 +1,71 @@
+"""Training runs through LightningCLI, for the `geor1 fit|validate|test|predict` command and for library callers
+(the demo): the LightningModule and the LightningDataModule are chosen by `class_path` in the config.
+
+`run_lightning` is LightningCLI as the command runs it; `fit` runs one config file (the exact config of the run,
+as `geor1 fit --config FILE` would) and turns an error of the user's making, which jsonargparse wraps while it
+instantiates the classes, back into the `Geor1Error` that names it.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from geor1 import Geor1Error
+
+
+def run_lightning(args: Sequence[str], prog: str = "geor1") -> None:
+    """LightningCLI with the LightningModule and DataModule chosen by `class_path` in the YAML."""
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.cli import LightningCLI
+
+    LightningCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": prog},
+        # None lets LightningCLI read sys.argv itself (it warns when given both)
+        args=None if list(args) == sys.argv[1:] else list(args),
+    )
+
+
+def user_error_in_chain(exc: BaseException) -> Geor1Error | None:
+    """The Geor1Error behind `exc` (itself, its cause or its context), if any."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, Geor1Error):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def user_error(exc: BaseException) -> Geor1Error | None:
+    """The user error behind a failed LightningCLI run: a Geor1Error in the chain, or a checkpoint whose weights do
+    not fit the config's model; None for anything else (a bug, to be raised as it is)."""
+    cause = user_error_in_chain(exc)
+    if cause is None and isinstance(exc, RuntimeError) and "Error(s) in loading state_dict" in str(exc):
+        lines = str(exc).splitlines()
+        first = lines[1].strip() if len(lines) > 1 else str(exc)
+        cause = Geor1Error(f"the checkpoint does not fit this config (different model or sizes): {first}")
+    return cause
+
+
+def fit(config: str | Path) -> None:
+    """`geor1 fit --config CONFIG`, in-process; user errors come out as the Geor1Error that names them."""
+    if not Path(config).is_file():
+        raise Geor1Error(f"config {config} not found")
+    try:
+        with warnings.catch_warnings():  # the caller's own command line (e.g. `geor1 demo ...`) is not this run's
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            run_lightning(["fit", "--config", str(config)])
+    except Exception as e:
+        cause = user_error(e)
+        if cause is None:
+            raise
+        raise cause from None
