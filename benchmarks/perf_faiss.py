@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from _report import write_report
 
 import numpy as np
 import torch
+from _report import write_report
 
 from geor1.retrieval.index import IndexSpec, build_faiss_index
 
@@ -48,7 +48,7 @@ def torch_topk(x: torch.Tensor, q: torch.Tensor, k: int, chunk: int = 200_000) -
 
 
 def recall(found: np.ndarray, exact: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(e)) / len(e) for f, e in zip(found, exact)]))
+    return float(np.mean([len(set(f) & set(e)) / len(e) for f, e in zip(found, exact, strict=True)]))
 
 
 def run(n: int, d: int, nq: int, k: int, rng: np.random.Generator, hnsw_max: int) -> list[dict]:

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 from _report import write_report
-
 from PIL import Image
 
 from geor1.data.datamodule import PairShardDataModule

@@ -24,6 +24,7 @@ also runs at the largest halved length that fits, so the ratios stay like-for-li
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -190,10 +191,8 @@ def run_child(args) -> dict:
 
     from geor1.objectives.grpo_math import clipped_surrogate, kl_estimate
 
-    try:  # if memory runs out, this process is the one the kernel stops, not a neighbour
+    with contextlib.suppress(OSError):  # if memory runs out, this process is the one the kernel stops, not a neighbour
         Path("/proc/self/oom_score_adj").write_text("1000")
-    except OSError:
-        pass
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(args, device)
     if args.variant == "trl_fused":

@@ -42,7 +42,7 @@ def main() -> None:
 
     data = load_scalars(args.logdir, args.tags)
     fig, axes = plt.subplots(1, len(args.tags), figsize=(4.2 * len(args.tags), 3.2))
-    for ax, tag in zip(np.atleast_1d(axes), args.tags):
+    for ax, tag in zip(np.atleast_1d(axes), args.tags, strict=True):
         steps, values = data[tag]
         ax.plot(steps, values, alpha=0.25, lw=0.8)
         if len(values) >= args.window:

@@ -1,4 +1,5 @@
-"""Shared fixtures: seeded, offline, CPU. Every test process has Hugging Face offline mode on (import geor1)."""
+"""Shared fixtures: seeded, offline, CPU. Every test process (and the subprocesses tests start, which inherit the
+environment) has Hugging Face offline mode on."""
 
 from __future__ import annotations
 
@@ -13,12 +14,24 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent / "netguard"))
-import sitecustomize as _netguard  # noqa: E402,F401  (blocks non-local sockets in this process)
+import sitecustomize as _netguard  # noqa: F401  (blocks non-local sockets in this process)
 
-import geor1  # noqa: E402,F401  (sets offline mode before transformers is imported)
+import geor1
+
+geor1.set_offline_mode()  # before transformers is imported
 
 REPO = Path(__file__).resolve().parents[1]
 NETGUARD = Path(__file__).parent / "netguard"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` skip, saying so, where there is no CUDA device (`make test` deselects them anyway)."""
+    if torch.cuda.is_available():
+        return
+    needs_cuda = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(needs_cuda)
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +62,7 @@ def run_cli(*args: str, timeout: int = 300, cwd: Path | None = None) -> subproce
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO, env=env)
 
 
-def rollout_from_texts(policy, prompts, texts: list[str], num_samples: int):
+def rollout_from_texts(policy, prompts, texts: list[str], group_size: int):
     """A `Rollout` of chosen completion texts (rows grouped by prompt, each closed by EOS), whatever the RNG: lets a
     test and its reference see identical completions."""
     from geor1.model.policy import Rollout, completion_mask
@@ -60,7 +73,7 @@ def rollout_from_texts(policy, prompts, texts: list[str], num_samples: int):
     width = max(len(i) for i in ids)
     padded = torch.tensor([i + [policy.pad_id] * (width - len(i)) for i in ids])
     mask, truncated = completion_mask(padded, policy.eos_ids)
-    return Rollout(inputs, padded, mask, texts, num_samples, truncated)
+    return Rollout(inputs, padded, mask, texts, group_size, truncated)
 
 
 def random_episodes(world: Path, out: Path, splits: tuple[str, ...] = ("train",)) -> Path:

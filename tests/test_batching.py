@@ -9,7 +9,7 @@ from conftest import random_image
 from transformers import BatchFeature
 
 from geor1 import Geor1Error
-from geor1.model import Prompt
+from geor1.data.sample import Prompt
 from geor1.model.adapters import ArchAdapter
 from geor1.model.batching import append_completions, repeat_rows, select_rows, slice_rows
 
@@ -76,7 +76,7 @@ def test_unknown_key_and_count_mismatch_are_errors(tiny_policy):
     enc = tiny_policy.encode(_prompts())
     adapter, model = tiny_policy.adapter, tiny_policy.base_model()
     bad = BatchFeature({**enc, "image_sizes": torch.zeros(5, 2)})
-    with pytest.raises(Geor1Error, match="'image_sizes'.*Qwen2.5-VL"):
+    with pytest.raises(Geor1Error, match=r"'image_sizes'.*Qwen2\.5-VL"):
         select_rows(bad, [0], adapter, model)
     short = BatchFeature({**enc, "image_grid_thw": enc["image_grid_thw"][:-1]})
     with pytest.raises(Geor1Error, match="images"):

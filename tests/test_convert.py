@@ -11,8 +11,16 @@ import webdataset as wds
 from conftest import random_image, run_cli
 
 from geor1 import Geor1Error
-from geor1.data.convert import (check_lat_lon_columns, csv_rows, cvact_rows, cvcities_rows, cvusa_rows,
-                                utm_to_latlon, vigor_rows, write_rows)
+from geor1.data.convert import (
+    check_lat_lon_columns,
+    csv_rows,
+    cvact_rows,
+    cvcities_rows,
+    cvusa_rows,
+    utm_to_latlon,
+    vigor_rows,
+    write_rows,
+)
 from geor1.geo import haversine_km
 
 RNG = np.random.default_rng(0)
@@ -77,7 +85,7 @@ def test_csv_imageo_style_columns_and_country_names(tmp_path):
     (s,) = _read(tmp_path / "out").values()
     assert s["json"]["country"] == "FR" and s["json"]["country_name"] == "France" and s["json"]["city"] == "Paris"
     assert s["ground.jpg"].size == (30, 20)  # PNG re-encoded as JPEG
-    with pytest.raises(Geor1Error, match="no column 'IMG_ID' \(columns: image_path"):
+    with pytest.raises(Geor1Error, match=r"no column 'IMG_ID' \(columns: image_path"):
         list(csv_rows(tmp_path / "dataset1_info.csv", tmp_path / "imgs"))
 
 

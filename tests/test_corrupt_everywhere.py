@@ -55,7 +55,7 @@ def test_index_build_embeds_only_valid_samples(world_with_corruption):
     from geor1.objectives.contrastive import ContrastiveModule
     from geor1.retrieval.embed import embed_shards
 
-    world, valid, corrupt = world_with_corruption
+    world, valid, _ = world_with_corruption
     module = ContrastiveModule(backbone="regnetx_002", embed_dim=8).eval()
     ground, sat, meta = embed_shards(module, world, ["train"], (32, 48), 32)
     assert sorted(m["key"] for m in meta) == sorted([f"gw8_train_{i:06d}" for i in range(6)] + valid)
@@ -67,9 +67,9 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     import torch
     from conftest import run_cli
 
+    from geor1 import Geor1Error
     from geor1.objectives.contrastive import ContrastiveModule
     from geor1.retrieval.embed import load_contrastive
-    from geor1 import Geor1Error
 
     trainer = L.Trainer(max_steps=0, logger=False, accelerator="cpu")
     module = ContrastiveModule(backbone="regnetx_002", embed_dim=8)
@@ -77,7 +77,8 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     ckpt = tmp_path / "enc.ckpt"
     trainer.save_checkpoint(ckpt)
     res = run_cli("fit", "--config", "configs/debug/tiny_sft.yaml", "--trainer.max_steps", "1", "--ckpt_path",
-                  str(ckpt), f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}")
+                  str(ckpt), f"--trainer.default_root_dir={tmp_path}",
+                  f"--trainer.logger.init_args.save_dir={tmp_path}")
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert "ckpt_path hyperparameters failed" in res.stderr or "does not fit this config" in res.stderr
     state = torch.load(ckpt, weights_only=True)

@@ -43,9 +43,9 @@ def test_bad_metadata_names_the_field(meta, field):
 
 def test_writer_rejects_bad_samples_with_key_and_field(tmp_path):
     with ShardWriter(tmp_path, "train") as w:
-        with pytest.raises(SampleError, match="sample 'a.b'"):
+        with pytest.raises(SampleError, match=r"sample 'a\.b'"):
             w.write("a.b", _jpeg(0), _jpeg(1), GOOD)  # dots break WebDataset keys
-        with pytest.raises(SampleError, match="field 'sat.jpg'"):
+        with pytest.raises(SampleError, match=r"field 'sat\.jpg'"):
             w.write("k", _jpeg(0), b"PNG...", GOOD)
         w.write("k", _jpeg(0), _jpeg(1), GOOD)
         with pytest.raises(SampleError, match="duplicate"):

@@ -8,6 +8,7 @@ A's step-2 checkpoint and trains steps 3-4 (then exports, gathering the full wei
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import NETGUARD, run_cli
 
 SCRIPT = Path(__file__).with_name("dist_ckpt_run.py")
@@ -47,10 +47,8 @@ def _launch(episodes: Path, out: Path, tag: str, max_steps: int, *extra: str) ->
         stdout, stderr = proc.communicate()
         pytest.fail(f"2-process run {tag} hung:\n{stderr[-3000:]}")
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # a rank left behind by a killed rank 0
-        except ProcessLookupError:
-            pass
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
@@ -149,7 +147,7 @@ def test_export_of_a_single_file_checkpoint_loads_with_transformers(tmp_path, lo
     spec = LoraSpec(r=4, alpha=8, dropout=0.0) if lora else None
     policy = TinyPolicy(seed=0, hidden_size=64, lora=spec)
     with torch.no_grad():  # "trained" weights: differ from the seed-0 init the config builds
-        for name, p in policy.named_parameters():
+        for p in policy.parameters():
             if p.requires_grad:
                 p.add_(0.01 * torch.randn_like(p))
     torch.save({"state_dict": {f"policy.{k}": v for k, v in policy.state_dict().items()}, "global_step": 3},
@@ -239,10 +237,11 @@ def _recipe_fit(root: Path, stage: str, max_steps: int, *extra: str) -> subproce
 
     overrides = ["--trainer.accelerator", "cpu", "--trainer.devices", "2",
                  "--trainer.max_steps", str(max_steps),
-                 "--model.init_args.policy.init_args.path", str(root / "model"),
-                 "--model.init_args.max_new_tokens", "8"]
+                 "--model.init_args.policy.init_args.path", str(root / "model")]
     if stage == "sft":
-        overrides += ["--model.init_args.max_length", "384"]
+        overrides += ["--model.init_args.max_new_tokens", "8", "--model.init_args.max_length", "384"]
+    else:
+        overrides += ["--model.init_args.rollout.max_new_tokens", "8"]
     return run_cli("fit", "--config", str(REPO / RECIPES[stage]), *overrides, *extra, cwd=root, timeout=900)
 
 

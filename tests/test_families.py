@@ -21,10 +21,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from geor1 import Geor1Error
+from geor1.data.sample import ChatSample, Prompt, collate_samples
 from geor1.model.adapters import adapter_for, supported_families
-from geor1.model.chat import ChatSample, Prompt, collate_samples
 from geor1.model.tiny_families import ALL_FAMILIES, build_family, save_family, tiny_family_policy
 from geor1.rewards.registry import register
+from geor1.tasks import PairingTarget
 
 G = 2
 
@@ -115,7 +116,7 @@ def _group_vs_single(built, prompts: list[Prompt], paths: list[str]) -> dict[str
     for path in paths:
         share, policy.logprob_tile = PATHS[path]
         with torch.no_grad():
-            lp = policy.token_logprobs(policy.encode(prompts), ids, mask, num_samples=G, share_prefix=share)
+            lp = policy.token_logprobs(policy.encode(prompts), ids, mask, group_size=G, share_prefix=share)
         worst = 0.0
         for n in range(ids.shape[0]):
             k = int(mask[n].sum())
@@ -170,7 +171,7 @@ def test_text_only_micro_batch_out_of_an_image_batch(family, built):
     ids, mask = _completions(policy.tokenizer, policy.eos_ids[0])
     for share in (True, False):
         with torch.no_grad():
-            lp = policy.token_logprobs(sub, ids, mask, num_samples=G, share_prefix=share)
+            lp = policy.token_logprobs(sub, ids, mask, group_size=G, share_prefix=share)
         for n in range(ids.shape[0]):
             k = int(mask[n].sum())
             ref = _single_forward_logprobs(model, processor, TEXT_ONLY[1 - n // G], ids[n, :k])
@@ -182,9 +183,9 @@ def test_sampling_logprobs_equal_token_logprobs(family, built):
     `token_logprobs` of the sampled tokens."""
     _, _, policy = built
     torch.manual_seed(1)
-    rollout = policy.generate(_prompts(), num_samples=G, max_new_tokens=6, output_logprobs=True)
+    rollout = policy.generate(_prompts(), group_size=G, max_new_tokens=6, output_logprobs=True)
     with torch.no_grad():
-        lp = policy.token_logprobs(rollout.inputs, rollout.completion_ids, rollout.completion_mask, num_samples=G)
+        lp = policy.token_logprobs(rollout.inputs, rollout.completion_ids, rollout.completion_mask, group_size=G)
     assert float((lp - rollout.sample_logprobs).abs().max()) <= 1e-5
 
 
@@ -201,7 +202,7 @@ def test_shared_prefix_gradients_equal_per_row_gradients(family):
         if checkpointing:
             policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         policy.model.zero_grad()
-        lp = policy.token_logprobs(inputs, ids, mask, num_samples=G, share_prefix=share)
+        lp = policy.token_logprobs(inputs, ids, mask, group_size=G, share_prefix=share)
         (lp * weights).sum().backward()
         grads.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
                                 for p in policy.model.parameters()]))  # (LLaVA-OV never reads post_layernorm)
@@ -222,7 +223,7 @@ def _length_reward(completions: list[str], samples: list[dict], **_: object) -> 
 def _samples(n: int) -> list[ChatSample]:
     prompts = _prompts()
     return [ChatSample(key=f"s{i}", prompt=prompts[i % 2], response=COMPLETIONS[i % len(COMPLETIONS)],
-                       meta={"answer": 0, "answer_letter": "A", "k": 2, "num_candidates": 2}) for i in range(n)]
+                       target=PairingTarget(k=2, answer=0)) for i in range(n)]
 
 
 def _snapshot(policy) -> dict[str, dict[str, torch.Tensor]]:
@@ -266,13 +267,14 @@ def test_one_sft_step_trains_text_and_vision(family, tmp_path):
 
 def test_one_grpo_step_trains_text_and_vision(family, tmp_path):
     from geor1.objectives.grpo import GRPOModule
+    from geor1.objectives.grpo_settings import LossSettings, RolloutSettings
 
     L.seed_everything(0)
     policy = tiny_family_policy(family, seed=0)
     before = _snapshot(policy)
-    module = GRPOModule(policy, optimizer=lambda p: torch.optim.SGD(p, lr=0.1), num_generations=G,
-                        max_new_tokens=6, beta=0.0, rewards={"families_test_length": 1.0},
-                        log_completions_every_n_steps=0)
+    module = GRPOModule(policy, optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                        rollout=RolloutSettings(group_size=G, max_new_tokens=6), loss=LossSettings(beta=0.0),
+                        rewards={"families_test_length": 1.0}, log_completions_every_n_steps=0)
     _fit_one_step(module, _samples(2), tmp_path)
     _assert_trained(policy, before)
 
@@ -286,7 +288,7 @@ def test_default_lora_targets_the_text_projections_only(family):
     adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in policy.model.named_modules() if n.endswith(".lora_A")}
     base = policy.base_model()
     expected = set()
-    for i, layer in enumerate(policy.adapter.decoder_layers(base)):
+    for layer in policy.adapter.decoder_layers(base):
         prefix = next(n for n, m in policy.model.named_modules() if m is layer)
         expected |= {f"{prefix}.{sub}" for sub in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                                   "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
@@ -325,8 +327,8 @@ def test_saved_folder_loads_back_through_policy(family, built, tmp_path):
     a, b = policy.encode(_prompts()), loaded.encode(_prompts())
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with torch.no_grad():
-        torch.testing.assert_close(loaded.token_logprobs(b, ids, mask, num_samples=G),
-                                   policy.token_logprobs(a, ids, mask, num_samples=G), atol=1e-6, rtol=0)
+        torch.testing.assert_close(loaded.token_logprobs(b, ids, mask, group_size=G),
+                                   policy.token_logprobs(a, ids, mask, group_size=G), atol=1e-6, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------- refusal
@@ -370,6 +372,6 @@ def test_cli_tiny_writes_any_family(tmp_path):
     assert AutoConfig.from_pretrained(tmp_path / "smol").model_type == "smolvlm"
     assert type(AutoProcessor.from_pretrained(tmp_path / "smol")).__name__ == "SmolVLMProcessor"
     ns = parser.parse_args(["model", "tiny", "--family", "llava", "--out", str(tmp_path / "x")])
-    with pytest.raises(Geor1Error, match="--family llava .*internvl"):
+    with pytest.raises(Geor1Error, match=r"--family llava .*internvl"):
         ns.handler(ns)
     assert not (tmp_path / "x").exists()

@@ -1,9 +1,9 @@
 """FSDP2 (`ModelParallelStrategy`, `fully_shard` per block in `configure_model`) on 2 CPU processes (gloo): an SFT
 step, a GRPO step (per-block activation checkpointing on; dapo over ranks of different token counts; sharded
-reference with CPU offload; mu=2; clipping active; the training pass shares each prompt's prefix), the same GRPO step under DDP, a GRPO step under LoRA and a
-contrastive encoder step end with the same loss and weights as 1 process on the same data; rollouts where one rank
-stops at its first token and the other runs to the length limit finish (synchronised decoding). The runs are
-tests/fsdp_run.py."""
+reference with CPU offload; mu=2; clipping active; the training pass shares each prompt's prefix), the same GRPO
+step under DDP, a GRPO step under LoRA and a contrastive encoder step end with the same loss and weights as 1 process
+on the same data; rollouts where one rank stops at its first token and the other runs to the length limit finish
+(synchronised decoding). The runs are tests/fsdp_run.py."""
 
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ class _Mesh:
     def __init__(self, dp: int, tp: int) -> None:
         self.sizes = {"data_parallel": dp, "tensor_parallel": tp}
 
-    def __getitem__(self, name: str) -> "_Dim":
+    def __getitem__(self, name: str) -> _Dim:
         return _Dim(self.sizes[name])
 
     def size(self) -> int:
@@ -163,7 +163,7 @@ class _Dim:
 def test_tensor_parallel_mesh_is_refused_and_no_mesh_is_not_sharded():
     assert data_parallel_mesh(None) is None  # single device / DDP: configure_model does nothing
     assert data_parallel_mesh(_Mesh(2, 1)).size() == 2
-    with pytest.raises(Geor1Error, match="data_parallel_size=2 .* tensor_parallel_size=1"):
+    with pytest.raises(Geor1Error, match=r"data_parallel_size=2 .* tensor_parallel_size=1"):
         data_parallel_mesh(_Mesh(1, 2))  # Lightning's default for ModelParallelStrategy on one node
 
 
@@ -189,5 +189,5 @@ def test_ranks_with_different_prompt_counts_and_micro_batches_equal_one_process(
     """Rank 0 holds 3 prompts, rank 1 one, in micro-batches of 1 prompt: rank 1 runs zero-weight passes so that both
     ranks run 3 forward/backward collectives, and the per-sequence mean is over both ranks' rows (12), not each
     rank's own: the update equals one process on the 4 prompts."""
-    two, one = _assert_same_step(runs, "grpo_uneven")
+    two, _ = _assert_same_step(runs, "grpo_uneven")
     assert [len(r["keys"]) for r in two] == [3, 1]

@@ -56,7 +56,7 @@ def test_tiled_token_logprobs_equal_full_logits(dtype, tol, bias, temperature, t
     torch.testing.assert_close(got * mask, ref.float() * mask, atol=1e-6, rtol=1e-6)
     g_ref = _grads(ref.to(weight.dtype), hidden, head, weight)
     g_got = _grads(got.to(weight.dtype), hidden, head, weight)
-    for a, b in zip(g_got, g_ref):
+    for a, b in zip(g_got, g_ref, strict=True):
         torch.testing.assert_close(a, b, atol=tol, rtol=tol)
 
 
@@ -119,7 +119,7 @@ def test_tiled_lm_loss_equals_masked_lm_loss(dtype, tol, bias, tile):
     # masked_lm_loss computes in float32 whatever the input dtype; so does the tiled loss
     torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-6)
     params = [hidden, *head.parameters()]
-    for a, b in zip(torch.autograd.grad(loss, params), torch.autograd.grad(ref_loss, params)):
+    for a, b in zip(torch.autograd.grad(loss, params), torch.autograd.grad(ref_loss, params), strict=True):
         torch.testing.assert_close(a, b, atol=tol, rtol=tol)
 
 
@@ -154,7 +154,8 @@ def test_sft_module_loss_equals_masked_lm_loss_on_the_tiny_policy():
     import numpy as np
     from PIL import Image
 
-    from geor1.model import ChatSample, Prompt, TinyPolicy
+    from geor1.data.sample import ChatSample, Prompt
+    from geor1.model import TinyPolicy
     from geor1.objectives.sft import SFTModule
 
     rng = np.random.default_rng(0)
@@ -162,10 +163,10 @@ def test_sft_module_loss_equals_masked_lm_loss_on_the_tiny_policy():
     def image(w: int, h: int) -> Image.Image:
         return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
 
-    batch = [ChatSample("a", Prompt("Where is this? <image>", [image(56, 56)]), "<think>coast</think><answer>A"
-                        "</answer>"),
+    batch = [ChatSample("a", Prompt("Where is this? <image>", [image(56, 56)]),
+                        response="<think>coast</think><answer>A</answer>"),
              ChatSample("b", Prompt("Ground: <image> tile: <image>", [image(84, 56), image(56, 112)]),
-                        "<think>desert, arid</think><answer>B</answer> and more words to pad")]
+                        response="<think>desert, arid</think><answer>B</answer> and more words to pad")]
     policy = TinyPolicy(seed=0, hidden_size=64)
     module = SFTModule(policy, loss_tile=5)
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -176,7 +177,7 @@ def test_sft_module_loss_equals_masked_lm_loss_on_the_tiny_policy():
     ref, ref_correct, ref_n = masked_lm_loss(policy(**inputs, use_cache=False).logits, labels)
     g_ref = torch.autograd.grad(ref, params)
     torch.testing.assert_close(tiled, ref, atol=1e-6, rtol=1e-6)
-    for a, b in zip(g_tiled, g_ref):
+    for a, b in zip(g_tiled, g_ref, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
     _, correct, n = tiled_lm_loss(policy.final_hidden(inputs), policy.lm_head, labels, tile=5)
     assert (int(correct), int(n)) == (int(ref_correct), int(ref_n)) and int(n) > 20

@@ -16,7 +16,8 @@ import pytest
 import torch
 from conftest import random_image
 
-from geor1.model import Policy, Prompt
+from geor1.data.sample import Prompt
+from geor1.model import Policy
 from geor1.model.real_shaped import save_real_shaped_qwen2_5_vl
 
 G = 3
@@ -59,7 +60,7 @@ def _generate_with_scores(policy: Policy, prompts: list[Prompt], **kw):
 
     policy.model.generate = spy
     try:
-        rollout = policy.generate(prompts, num_samples=G, max_new_tokens=T_NEW, **kw)
+        rollout = policy.generate(prompts, group_size=G, max_new_tokens=T_NEW, **kw)
     finally:
         del policy.model.generate  # back to the class's method
     return rollout, recorded["scores"]
@@ -115,7 +116,8 @@ def test_rollouts_sample_from_exactly_the_configured_distribution(policy, temper
         expected = _nucleus_logprobs(ref_logits, temperature, top_p, ~torch.isinf(got))  # [n, V]
         assert torch.equal(torch.isinf(got), torch.isinf(expected)), f"row {row}: different tokens cut"
         finite = ~torch.isinf(expected)
-        torch.testing.assert_close(got[finite], expected[finite], atol=2e-4, rtol=0, msg=lambda m: f"row {row}: {m}")
+        torch.testing.assert_close(got[finite], expected[finite], atol=2e-4, rtol=0,
+                                   msg=lambda m, row=row: f"row {row}: {m}")
     # ... and GRPO's log-probs of the sampled tokens are those of the sampling distribution
     if top_p == 1.0:
         with torch.no_grad():

@@ -9,7 +9,8 @@ from conftest import random_image
 from transformers import AutoModelForImageTextToText
 
 from geor1 import Geor1Error
-from geor1.model import Policy, Prompt, TinyPolicy
+from geor1.data.sample import Prompt
+from geor1.model import Policy, TinyPolicy
 from geor1.model.policy import IGNORE_INDEX, completion_mask
 
 
@@ -49,7 +50,7 @@ def test_generate_groups_and_logprobs_match_manual_forward(tiny_policy):
     assert int((enc["input_ids"] == tiny_policy.vision_start_id).sum()) == 5
     torch.manual_seed(1)
     g = 3
-    rollout = tiny_policy.generate(prompts, num_samples=g, max_new_tokens=10)
+    rollout = tiny_policy.generate(prompts, group_size=g, max_new_tokens=10)
     assert rollout.completion_ids.shape[0] == len(prompts) * g and len(rollout.texts) == 6
     assert rollout.completion_ids.shape[1] <= 10
     with torch.no_grad():
@@ -167,9 +168,9 @@ def test_bad_model_path_is_a_clear_error(tmp_path, kind):
 def test_shared_prefix_rollout_equals_naive_and_encodes_each_prompt_once(tiny_policy):
     prompts, g = _prompts(), 4
     torch.manual_seed(5)
-    shared = tiny_policy.generate(prompts, num_samples=g, max_new_tokens=10, share_prefix=True)
+    shared = tiny_policy.generate(prompts, group_size=g, max_new_tokens=10, share_prefix=True)
     torch.manual_seed(5)
-    naive = tiny_policy.generate(prompts, num_samples=g, max_new_tokens=10, share_prefix=False)
+    naive = tiny_policy.generate(prompts, group_size=g, max_new_tokens=10, share_prefix=False)
     assert torch.equal(shared.completion_ids, naive.completion_ids)  # same seed, same samples
     patches: list[int] = []  # image patches through the vision tower per call
     hook = Policy.vision_tower(tiny_policy.model).register_forward_hook(
@@ -255,7 +256,7 @@ def test_group_logprobs_equal_plain_forward_for_every_qwen_family(family_policy)
                 assert lp.dtype == torch.float32 and lp.shape == ids.shape
                 for r, ref in enumerate(refs):
                     torch.testing.assert_close(lp[r, :len(ref)], ref, atol=1e-5, rtol=0,
-                                               msg=lambda m: f"share={share} tile={tile} row={r}: {m}")
+                                               msg=lambda m, s=share, t=tile, r=r: f"share={s} tile={t} row={r}: {m}")
                     assert torch.all(lp[r, len(ref):] == 0)
     policy.logprob_tile = 32
 
@@ -286,7 +287,7 @@ def test_gradient_checkpointing_equals_no_checkpointing(family):
         ids, mask = _random_completions(policy, len(prompts) * g)
         calls: list[int] = []
         attn = policy.adapter.decoder_layers(policy.base_model())[0].self_attn
-        hook = attn.register_forward_hook(lambda *a: calls.append(1))
+        hook = attn.register_forward_hook(lambda *a, calls=calls: calls.append(1))
         try:
             lp = policy.token_logprobs(enc, ids, mask, g, share_prefix=True)
             forward_calls = len(calls)
@@ -302,7 +303,7 @@ def test_gradient_checkpointing_equals_no_checkpointing(family):
     torch.testing.assert_close(lp1, lp0, atol=1e-6, rtol=0)
     assert g0.keys() == g1.keys() and any("visual" in n for n in g0)  # gradient reaches the vision tower
     for name in g0:
-        torch.testing.assert_close(g1[name], g0[name], atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(g1[name], g0[name], atol=1e-5, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_tiled_logprobs_and_grads_equal_full_logits_path(tiny_policy):
@@ -362,7 +363,7 @@ def test_sampling_uses_only_the_configured_warpers(hub_config_policy, monkeypatc
 
     monkeypatch.setattr(gen_utils.GenerationMixin, "_get_logits_processor", spy)
     torch.manual_seed(0)
-    rollout = policy.generate(_prompts(), num_samples=3, max_new_tokens=8, temperature=1.3, share_prefix=share,
+    rollout = policy.generate(_prompts(), group_size=3, max_new_tokens=8, temperature=1.3, share_prefix=share,
                               output_logprobs=True)
     assert [type(p).__name__ for p in seen[-1]] == ["TemperatureLogitsWarper"]
     assert seen[-1][0].temperature == 1.3
@@ -372,7 +373,7 @@ def test_sampling_uses_only_the_configured_warpers(hub_config_policy, monkeypatc
     torch.testing.assert_close(rollout.sample_logprobs, lp, atol=1e-5, rtol=0)
     assert policy.base_model().generation_config.repetition_penalty == 1.05  # the checkpoint's config is untouched
 
-    policy.generate(_prompts()[:1], num_samples=2, max_new_tokens=2, temperature=0.7, top_p=0.9, top_k=20,
+    policy.generate(_prompts()[:1], group_size=2, max_new_tokens=2, temperature=0.7, top_p=0.9, top_k=20,
                     share_prefix=share)
     procs = {type(p).__name__: p for p in seen[-1]}
     assert sorted(procs) == ["TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper"]
@@ -410,7 +411,7 @@ def test_unsupported_family_is_a_clear_error(tmp_path):
                 intermediate_size=32).save_pretrained(tmp_path / "llama")
     with pytest.raises(Geor1Error, match=r"'llama'.*not supported.*Qwen2\.5-VL \(qwen2_5_vl\)"):
         Policy(str(tmp_path / "llama"))
-    with pytest.raises(Geor1Error, match="supported: .*Qwen3-VL"):
+    with pytest.raises(Geor1Error, match=r"supported: .*Qwen3-VL"):
         adapter_for(LlamaConfig())
 
 
@@ -418,7 +419,7 @@ def test_unknown_processor_output_is_a_clear_error(tiny_policy):
     enc = tiny_policy.encode(_prompts())
     enc["pixel_values_extra"] = enc["pixel_values"]
     ids, mask = _random_completions(tiny_policy, 4)
-    with pytest.raises(Geor1Error, match="'pixel_values_extra'.*Qwen2.5-VL"):
+    with pytest.raises(Geor1Error, match=r"'pixel_values_extra'.*Qwen2\.5-VL"):
         tiny_policy.token_logprobs(enc, ids, mask, 2, share_prefix=False)
 
 

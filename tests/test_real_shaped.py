@@ -13,8 +13,8 @@ from conftest import random_image, run_cli
 from safetensors import safe_open
 
 from geor1 import Geor1Error
-from geor1.model import Policy, Prompt
-from geor1.model import real_shaped
+from geor1.data.sample import Prompt
+from geor1.model import Policy, real_shaped
 
 # Published ids of Qwen2 / Qwen2.5-VL (tokenizer.json of Qwen/Qwen2.5-VL-7B-Instruct).
 REAL_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|object_ref_start|>": 151646,
@@ -111,7 +111,7 @@ def test_folder_has_the_hubs_files_settings_and_weight_names(real_dir):
     stored = {}
     for shard in set(weight_map.values()):
         with safe_open(real_dir / shard, "pt") as f:
-            stored.update({k: f.get_tensor(k) for k in f.keys()})
+            stored.update({k: f.get_tensor(k) for k in f.keys()})  # noqa: SIM118 (safe_open is no dict)
     assert stored["model.embed_tokens.weight"].shape == (151_936, 64)
     assert {t.dtype for t in stored.values()} == {torch.bfloat16}
     # plain transformers maps every stored tensor onto the model, nothing missing, nothing left over
@@ -135,7 +135,7 @@ def test_loads_through_policy_and_plain_transformers(real_dir):
     inputs = policy.encode([Prompt("Where? <image>", _images(1)), Prompt("A <image> or B <image>?", _images(2, 1))])
     with torch.no_grad():
         torch.testing.assert_close(policy.model(**inputs).logits, plain(**inputs).logits, atol=0, rtol=0)
-    rollout = policy.generate([Prompt("Where? <image>", _images(1))], num_samples=2, max_new_tokens=3)
+    rollout = policy.generate([Prompt("Where? <image>", _images(1))], group_size=2, max_new_tokens=3)
     assert rollout.completion_ids.shape == (2, 3) and len(rollout.texts) == 2
 
 
@@ -148,7 +148,7 @@ def test_cli_writes_the_same_folder(real_dir, tmp_path):
         assert (tmp_path / "cli" / name).read_bytes() == (real_dir / name).read_bytes(), name
     for shard in set(json.loads((real_dir / "model.safetensors.index.json").read_text())["weight_map"].values()):
         with safe_open(real_dir / shard, "pt") as a, safe_open(tmp_path / "cli" / shard, "pt") as b:
-            assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
+            assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())  # noqa: SIM118 (no dict)
 
 
 def test_missing_qwen_tokenizer_is_a_clear_error(monkeypatch, tmp_path):

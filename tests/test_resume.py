@@ -74,11 +74,13 @@ def episodes(tmp_path_factory):
 
 def _fit_grpo(episodes, root, max_steps: int, ckpt_path=None, every: int | None = None) -> Record:
     from geor1.objectives.grpo import GRPOModule
+    from geor1.objectives.grpo_settings import LossSettings, RolloutSettings
 
     L.seed_everything(0)
     record = Record()
-    module = GRPOModule(TinyPolicy(seed=0), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3), num_generations=2,
-                        max_new_tokens=6, beta=0.04, log_completions_every_n_steps=0,
+    module = GRPOModule(TinyPolicy(seed=0), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3),
+                        rollout=RolloutSettings(group_size=2, max_new_tokens=6), loss=LossSettings(beta=0.04),
+                        log_completions_every_n_steps=0,
                         rewards={"accuracy": 1.0, "format": 1.0, "repetition": 1.0})
     record.texts = []
     original = module.policy.generate

@@ -43,7 +43,7 @@ def test_approximate_indexes_recall_at_10(kind):
     x, q = data[:20000], data[20000:]  # queries from the same distribution, not in the index
     _, exact = build_faiss_index(x, IndexSpec("flat")).search(q, 10)
     _, approx = build_faiss_index(x, IndexSpec(kind, nprobe=16, ef_search=64)).search(q, 10)
-    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
     assert recall >= 0.95, recall
 
 
@@ -119,7 +119,7 @@ def test_info_nce_and_recall_by_hand():
     s = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
     scale = torch.tensor(10.0)
     # row 0: logits [10, 6]; row 1: [0, 8]; columns: [10, 0] and [6, 8]
-    lse = lambda a, b: math.log(math.exp(a) + math.exp(b))  # noqa: E731
+    lse = lambda a, b: math.log(math.exp(a) + math.exp(b))
     expected = 0.5 * ((lse(10, 6) - 10 + lse(0, 8) - 8) / 2 + (lse(10, 0) - 10 + lse(6, 8) - 8) / 2)
     assert float(info_nce(g, s, scale)) == pytest.approx(expected, rel=1e-6)
     q = torch.eye(3)

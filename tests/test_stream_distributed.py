@@ -13,7 +13,6 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-
 from stream_ddp_run import KeyModule, write_pairs  # tests/ is on sys.path, as for conftest
 
 from geor1.data.datamodule import PairShardDataModule

@@ -70,11 +70,12 @@ def _image_bytes(key: str, name: str, path: Path, max_side: int | None) -> bytes
     too_big = max_side is not None and max(im.size) > max_side
     if im.format == "JPEG" and im.mode == "RGB" and not too_big:
         return data  # already what the schema wants: keep the original bytes
-    im = im.convert("RGB")
-    if too_big:
-        scale = max_side / max(im.size)
-        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC)
-    return encode_jpeg(im)
+    rgb = im.convert("RGB")
+    if max_side is not None and too_big:
+        scale = max_side / max(rgb.size)
+        rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))),
+                         Image.Resampling.BICUBIC)
+    return encode_jpeg(rgb)
 
 
 def _fill_country(meta: dict[str, Any]) -> None:
@@ -131,13 +132,6 @@ def write_rows(rows: Iterable[Row], out: str | Path, source: str, licence: str, 
         log.warning("%d samples skipped while converting %s (listed in %s)", len(report.skipped), source,
                     out / f"skipped-{source}.json")
     return report
-
-
-def _float(key: str, name: str, value: object) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise SampleError(key, name, f"not a number: {value!r}") from None
 
 
 # ---------------------------------------------------------------------------------------------- CSV benchmarks
@@ -254,7 +248,7 @@ def cvusa_rows(root: str | Path, locations: str = "split_locations/all.csv",
     with open(loc_path, newline="") as f:
         for rec in csv.reader(f):
             if len(rec) >= len(cols):
-                entry = dict(zip(cols, (v.strip() for v in rec)))
+                entry = dict(zip(cols, (v.strip() for v in rec), strict=False))  # extra columns: unnamed, unused
                 where[Path(entry["id"]).stem] = entry
     for split_file, split in (("train-19zl.csv", "train"), ("val-19zl.csv", "test")):
         path = root / "splits" / split_file

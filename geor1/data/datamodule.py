@@ -23,14 +23,15 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 def to_uint8_tensor(image, size: tuple[int, int]) -> torch.Tensor:
     """PIL -> [H, W, 3] uint8 resized to size=(H, W). Channels-first and normalising wait for the batch
     (`collate_tensors`, `normalise`): a quarter of the bytes between processes, one vectorised op per batch."""
-    return torch.from_numpy(np.array(image.resize((size[1], size[0]), Image.BILINEAR), dtype=np.uint8))
+    return torch.from_numpy(np.array(image.resize((size[1], size[0]), Image.Resampling.BILINEAR), dtype=np.uint8))
 
 
 class PairToTensors:
     """PairSample -> {"key", "ground": [Hg, Wg, 3] uint8, "sat": [S, S, 3] uint8, "lat", "lon", "meta"}."""
 
     def __init__(self, ground_size: tuple[int, int], sat_size: int) -> None:
-        self.ground_size, self.sat_size = tuple(ground_size), sat_size
+        self.ground_size: tuple[int, int] = (int(ground_size[0]), int(ground_size[1]))  # a YAML list works too
+        self.sat_size = sat_size
 
     def __call__(self, s: PairSample) -> dict[str, Any]:
         return {"key": s.key, "ground": to_uint8_tensor(s.ground, self.ground_size),
@@ -92,13 +93,14 @@ class PairShardDataModule(StreamingDataModule):
         self.collate_fn = collate_tensors if item == "tensors" else collate_stream
 
     def stream(self, split: str, train: bool) -> ShardStream:
-        shards = split_shards(self.hparams.root, split)
+        hp = self.hparams
+        shards = split_shards(hp["root"], split)
         if not shards:
-            raise Geor1Error(f"no shards for split '{split}' in {Path(self.hparams.root)} "
-                             f"(build GeoWorld with `geor1 data world --out {self.hparams.root}`)")
-        return ShardStream(shards, self.to_item, shuffle_buffer=self.hparams.shuffle_buffer if train else 0,
-                           seed=self.hparams.seed, resampled=self.hparams.resampled and train,
-                           samples_per_epoch=self.hparams.samples_per_epoch if train else None)
+            raise Geor1Error(f"no shards for split '{split}' in {Path(hp['root'])} "
+                             f"(build GeoWorld with `geor1 data world --out {hp['root']}`)")
+        return ShardStream(shards, self.to_item, shuffle_buffer=hp["shuffle_buffer"] if train else 0, seed=hp["seed"],
+                           resampled=hp["resampled"] and train,
+                           samples_per_epoch=hp["samples_per_epoch"] if train else None)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Move tensors, keep the Batch type (and its skipped keys, which Lightning's generic move would drop)."""

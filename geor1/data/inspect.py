@@ -56,7 +56,8 @@ def pair_grid(samples: list[PairSample], height: int = 128, columns: int = 2) ->
     cells = []
     for s in samples:
         g = s.ground.resize((round(s.ground.width * height / s.ground.height), height))
-        t = s.sat.resize((height, height))
+        # a sample without a satellite view (converted benchmarks) gets a blank tile
+        t = s.sat.resize((height, height)) if s.sat is not None else Image.new("RGB", (height, height), "lightgrey")
         cell = Image.new("RGB", (g.width + t.width + 6, height + 18), "white")
         cell.paste(g, (0, 18))
         cell.paste(t, (g.width + 6, 18))

@@ -13,7 +13,6 @@ import numpy as np
 
 from geor1 import Geor1Error
 
-
 CONTINENTS = ("africa", "asia", "europe", "north_america", "oceania", "south_america")
 
 
@@ -64,8 +63,8 @@ def load_places() -> tuple[Place, ...]:
 
 
 def _unit_vectors(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    p, l = np.radians(lat), np.radians(lon)
-    return np.stack([np.cos(p) * np.cos(l), np.cos(p) * np.sin(l), np.sin(p)], -1)
+    phi, lam = np.radians(lat), np.radians(lon)
+    return np.stack([np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam), np.sin(phi)], -1)
 
 
 @lru_cache(maxsize=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ class TruncatedShard(tarfile.TarError):
     pass
 
 
-def iter_raw_samples(shards: list[str | Path], on_broken_shard: Callable[[dict[str, str]], Any] | None = None
+def iter_raw_samples(shards: Sequence[str | Path], on_broken_shard: Callable[[dict[str, str]], Any] | None = None
                      ) -> Iterator[dict[str, Any]]:
     """Yield {"__key__", "__url__", <ext>: bytes} per sample, in tar order (a sample's files are adjacent).
 
@@ -40,7 +40,10 @@ def iter_raw_samples(shards: list[str | Path], on_broken_shard: Callable[[dict[s
                             continue
                         stem, ext = base.split(".", 1)
                         key = member.name[: len(member.name) - len(base)] + stem
-                        data = tar.extractfile(member).read()
+                        content = tar.extractfile(member)
+                        if content is None:  # not reached: regular files (checked above) always extract
+                            continue
+                        data = content.read()
                         if current is not None and current["__key__"] != key:
                             yield current
                             current = None

@@ -36,18 +36,21 @@ class ShardWriter:
         self._in_shard = self._shard_bytes = 0
         self._keys: set[str] = set()
 
-    def _open_next(self) -> None:
+    def _open_next(self) -> tarfile.TarFile:
         self._close_current()
         name = f"{self.split}-{len(self.shards):06d}.tar"
         self.shards.append(name)
-        self._tar = tarfile.open(self.root / name, "w", format=tarfile.USTAR_FORMAT)
+        # open across write() calls, closed by _close_current (close() / __exit__)
+        self._tar = tarfile.open(self.root / name, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
         self._in_shard = self._shard_bytes = 0
+        return self._tar
 
-    def _add(self, name: str, data: bytes) -> None:
+    @staticmethod
+    def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
         info.uname = info.gname = ""
-        self._tar.addfile(info, io.BytesIO(data))
+        tar.addfile(info, io.BytesIO(data))
 
     def write(self, key: str, ground: bytes, sat: bytes | None, meta: dict[str, Any]) -> None:
         """Validate and append one pair sample; SampleError names the key and field of a bad one."""
@@ -67,11 +70,12 @@ class ShardWriter:
                 raise SampleError(key, name, "must be JPEG bytes")
         payload = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()
         size = sum(len(d) for d in files.values()) + len(payload)
-        if self._tar is None or self._in_shard >= self.max_count or self._shard_bytes + size > self.max_bytes:
-            self._open_next()
+        tar = self._tar
+        if tar is None or self._in_shard >= self.max_count or self._shard_bytes + size > self.max_bytes:
+            tar = self._open_next()
         for name, data in files.items():
-            self._add(f"{key}.{name}", data)
-        self._add(f"{key}.{META}", payload)
+            self._add(tar, f"{key}.{name}", data)
+        self._add(tar, f"{key}.{META}", payload)
         self._keys.add(key)
         self._in_shard += 1
         self._shard_bytes += size
@@ -87,7 +91,7 @@ class ShardWriter:
         self._close_current()
         return {"samples": self.count, "shards": list(self.shards), "bytes": self.total_bytes}
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +76,7 @@ class ShardStream(IterableDataset):
         decode: raw sample -> decoded sample, raising SampleError when corrupt (default: `decode_pair`).
     """
 
-    def __init__(self, shards: list[str | Path], to_item: Callable[[PairSample], Any] | None = None,
+    def __init__(self, shards: Sequence[str | Path], to_item: Callable[[PairSample], Any] | None = None,
                  shuffle_buffer: int = 0, seed: int = 0, resampled: bool = False,
                  samples_per_epoch: int | None = None, require_sat: bool = True,
                  decode: Callable[[dict], Any] | None = None) -> None:
@@ -148,9 +148,9 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[StreamItem]:
         slot, readers, epoch_seed = self._reader_slot()
         shards, stride = self.stage_shards(slot, readers, random.Random(epoch_seed))
-        stream = iter_raw_samples_lazy(shards)  # raw dicts
-        stream = self.stage_decode(stream, slot, stride)  # StreamItem(PairSample)
-        stream = self.stage_shuffle(stream, random.Random(epoch_seed * 31 + slot))
+        raws = iter_raw_samples_lazy(shards)  # raw dicts
+        decoded = self.stage_decode(raws, slot, stride)  # StreamItem(PairSample)
+        stream = self.stage_shuffle(decoded, random.Random(epoch_seed * 31 + slot))
         count = 0
         for element in stream:
             if element.item is not None:
@@ -206,6 +206,8 @@ class StreamLoader(DataLoader):
     least `skip` batches of that pass. `ended()` true at an iteration's start: the consumer re-enters an epoch
     that already ended (Lightning's restore from an end-of-epoch checkpoint), which reads nothing and starts no pass.
     """
+
+    dataset: ShardStream
 
     def __init__(self, dataset: ShardStream, start_pass: int = 0, skip: int = 0,
                  agree: Callable[[bool], bool] | None = None, on_pass_end: Callable[[PassStats], None] | None = None,
@@ -314,7 +316,9 @@ class StreamingDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None or not trainer.training:
             return False
-        epochs, batches = trainer.fit_loop.epoch_progress.current, trainer.fit_loop.epoch_loop.batch_progress
+        # Lightning annotates `current` with its base tracker class; these loops hold the processed-counting one
+        epochs: Any = trainer.fit_loop.epoch_progress.current
+        batches: Any = trainer.fit_loop.epoch_loop.batch_progress
         if (epochs.started == epochs.processed > 0 and batches.is_last_batch
                 and 0 < batches.current.ready == batches.current.processed):
             return True
@@ -331,7 +335,7 @@ class StreamingDataModule(L.LightningDataModule):
         loader = StreamLoader(self.stream(split, train), start_pass=start, skip=skip, agree=self._agree,
                               on_pass_end=self._record_pass(split), name=split,
                               ended=self._epoch_already_ended if train else None,
-                              batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers,
+                              batch_size=self.hparams["batch_size"], num_workers=self.hparams["num_workers"],
                               collate_fn=self.collate_fn)
         if train:
             self._train_loader = loader
@@ -353,7 +357,8 @@ class StreamingDataModule(L.LightningDataModule):
         # the pass and its batch count are the loader's: Lightning's epoch counter runs one ahead after an
         # end-of-epoch restore, and it ends an epoch (and its batch count) at `max_steps` even mid-pass
         stats = loader.stats
-        trained = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed - self._batches_before_pass
+        progress: Any = self.trainer.fit_loop.epoch_loop.batch_progress.current  # see _epoch_already_ended
+        trained = progress.processed - self._batches_before_pass
         done = stats.skip + int(trained)  # batches of the pass trained on: skipped on resume, then trained
         if stats.complete and done >= stats.skip + stats.batches:  # its last batch is trained: the next pass
             return {"epoch": stats.epoch + 1, "batches_done": 0}
@@ -364,13 +369,13 @@ class StreamingDataModule(L.LightningDataModule):
             self._resume = {"epoch": int(state_dict["epoch"]), "batches_done": int(state_dict["batches_done"])}
 
     def train_dataloader(self) -> StreamLoader:
-        return self._loader(self.hparams.train_split, True)
+        return self._loader(self.hparams["train_split"], True)
 
     def val_dataloader(self) -> StreamLoader | list:
-        return self._loader(self.hparams.val_split, False) if self.hparams.val_split else []
+        return self._loader(self.hparams["val_split"], False) if self.hparams["val_split"] else []
 
     def test_dataloader(self) -> StreamLoader:
-        return self._loader(self.hparams.test_split, False)
+        return self._loader(self.hparams["test_split"], False)
 
     def predict_dataloader(self) -> StreamLoader:
-        return self._loader(self.hparams.test_split, False)
+        return self._loader(self.hparams["test_split"], False)

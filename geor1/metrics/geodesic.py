@@ -17,6 +17,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from geor1.geo import GEOSCORE_SCALE_KM, haversine_km
+from geor1.metrics.intervals import wilson_interval
 
 THRESHOLDS_KM = (1.0, 25.0, 200.0, 750.0, 2500.0)
 
@@ -30,6 +31,13 @@ class GeodesicError(Metric):
     """
 
     full_state_update = False
+    # metric states (add_state), declared for the type checker
+    distances: list[Tensor]  # one tensor while compute() runs after a DDP sync: compute() handles both
+    total: Tensor
+    unparsed: Tensor
+    city_hits: Tensor
+    country_hits: Tensor
+    labelled: Tensor
 
     def __init__(self, thresholds_km: tuple[float, ...] = THRESHOLDS_KM) -> None:
         super().__init__()
@@ -75,6 +83,8 @@ class PairingAccuracy(Metric):
     """Pairing accuracy with a Wilson 95% interval. update(correct: [N] bool)."""
 
     full_state_update = False
+    correct: Tensor
+    total: Tensor
 
     def __init__(self, z: float = 1.959964) -> None:
         super().__init__()
@@ -87,8 +97,6 @@ class PairingAccuracy(Metric):
         self.total += correct.numel()
 
     def compute(self) -> dict[str, Tensor]:
-        from geor1.eval.runners import wilson_interval
-
         k, n = int(self.correct), int(self.total)
         lo, hi = wilson_interval(k, n, self.z)
         return {"pairing_acc": torch.tensor(k / n if n else 0.0, dtype=torch.float64), "ci95_low": torch.tensor(lo),

@@ -25,6 +25,8 @@ class CrossViewRecall(Metric):
     States are concatenated across processes under DDP, so the gallery is the full validation set."""
 
     full_state_update = False
+    query: list[Tensor]  # metric states (add_state), declared for the type checker
+    gallery: list[Tensor]
 
     def __init__(self, ks: tuple[int, ...] = (1, 5, 10)) -> None:
         super().__init__()

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from geor1 import Geor1Error
+
+if TYPE_CHECKING:
+    from geor1.model.policy import Policy
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +39,17 @@ def is_distributed_module(module: nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in module.parameters())
 
 
-def gather_full_state_dict(model: nn.Module) -> dict[str, Tensor]:
+def gather_full_state_dict(model: nn.Module) -> dict[str, Any]:
     """The full (unsharded) state dict of a sharded `model`, on CPU, on rank 0 (empty on the other ranks).
 
     A collective: every rank must call it, or the ranks that did wait forever."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # full_state_dict=True: plain tensors (the declared value type also allows DTensor / ShardedTensor)
+    return dict(get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
 
 
-def export_policy(policy: nn.Module, out: str | Path, is_writer: bool = True, merge_lora: bool = True
+def export_policy(policy: Policy, out: str | Path, is_writer: bool = True, merge_lora: bool = True
                   ) -> Path | None:
     """Write `policy` (a `geor1.model.Policy`) as a Hugging Face folder -> the folder on the writer, else None.
 
@@ -64,22 +68,24 @@ def export_policy(policy: nn.Module, out: str | Path, is_writer: bool = True, me
     return save_hf_folder(twin, policy.processor, policy.lora is not None, out, merge_lora)
 
 
-def unsharded_twin(policy: nn.Module) -> nn.Module:
+def unsharded_twin(policy: Policy) -> nn.Module:
     """A model of the same architecture as `policy.model` (the PEFT wrapper included) with its weights on the meta
     device: `load_state_dict(..., assign=True)` then gives it real tensors without allocating them twice."""
-    base = policy.base_model()
+    base: Any = policy.base_model()  # a transformers PreTrainedModel
     with torch.device("meta"):
         twin = type(base)._from_config(base.config, dtype=base.dtype)
     if policy.lora is not None:
         from peft import get_peft_model
 
-        twin = get_peft_model(twin, policy.model.peft_config["default"])
+        peft_model: Any = policy.model  # a peft PeftModel
+        twin = get_peft_model(twin, peft_model.peft_config["default"])
     return twin.eval()
 
 
-def save_hf_folder(model: nn.Module, processor: Any, is_lora: bool, out: Path, merge_lora: bool) -> Path:
+def save_hf_folder(model: Any, processor: Any, is_lora: bool, out: Path, merge_lora: bool) -> Path:
     """`Policy.save_pretrained`'s layout for any model: the merged weights and the processor in `out`, and with
-    LoRA the adapter in `out/adapter` (only it, with the processor, when not `merge_lora`)."""
+    LoRA the adapter in `out/adapter` (only it, with the processor, when not `merge_lora`). `model`: a transformers
+    PreTrainedModel, or a peft PeftModel when `is_lora`."""
     out.mkdir(parents=True, exist_ok=True)
     if is_lora:
         model.save_pretrained(out / "adapter")
@@ -93,7 +99,7 @@ def save_hf_folder(model: nn.Module, processor: Any, is_lora: bool, out: Path, m
 
 
 # ---------------------------------------------------------------------------------------------- offline export
-def policy_from_config(config: str | Path) -> nn.Module:
+def policy_from_config(config: str | Path) -> Policy:
     """The Policy that a LightningCLI config's `model.init_args.policy` describes, built by jsonargparse (the same
     parsing and class resolution as `geor1 fit`)."""
     import yaml
@@ -116,7 +122,8 @@ def policy_from_config(config: str | Path) -> nn.Module:
         cfg = parser.parse_object({"policy": node})
     except Exception as e:  # jsonargparse's ArgumentError: the message names the field
         raise Geor1Error(f"config '{path}': model.init_args.policy does not parse: {e}") from None
-    return parser.instantiate_classes(cfg).policy
+    policy: Policy = parser.instantiate_classes(cfg).policy
+    return policy
 
 
 def _check_shapes(ckpt: Path, wanted: dict[str, Tensor], found: dict[str, Any]) -> None:
@@ -131,7 +138,7 @@ def _check_shapes(ckpt: Path, wanted: dict[str, Tensor], found: dict[str, Any]) 
                              f"config's model has {tuple(t.shape)}")
 
 
-def load_policy_weights(policy: nn.Module, ckpt: str | Path) -> None:
+def load_policy_weights(policy: Policy, ckpt: str | Path) -> None:
     """Copy the policy's weights from a Lightning checkpoint into `policy`, in place: a distributed checkpoint folder
     (one `.distcp` file per rank, read without a process group) or a single `.ckpt` file."""
     path = Path(ckpt)
@@ -166,6 +173,6 @@ def export_checkpoint(ckpt: str | Path, config: str | Path, out: str | Path, mer
     """`geor1 model export`: the policy of `config` with the weights of `ckpt`, written to `out` (one process)."""
     policy = policy_from_config(config)
     load_policy_weights(policy, ckpt)
-    out = policy.save_pretrained(Path(out), merge_lora=merge_lora)
-    log.info("checkpoint %s exported to %s", ckpt, out)
-    return out
+    folder = policy.save_pretrained(Path(out), merge_lora=merge_lora)
+    log.info("checkpoint %s exported to %s", ckpt, folder)
+    return folder

@@ -1,8 +1,9 @@
 """Loading a vision-language model from a local folder: checks, dtype, attention, LoRA (PEFT), freezing.
 
-Everything loads with `local_files_only=True`: geor1 never reaches a model hub, whether or not `import geor1` set the
-offline environment variables first. The family adapter is resolved from config.json before any weight is read, so
-an unsupported family fails in a second with the list of supported ones.
+Everything loads with `local_files_only=True`: geor1 never reaches a model hub, whether or not the process is in
+Hugging Face offline mode (`load_pretrained` switches it on too, for whatever loads after it). The family adapter is
+resolved from config.json before any weight is read, so an unsupported family fails in a second with the list of
+supported ones.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 
-from geor1 import Geor1Error
+from geor1 import Geor1Error, set_offline_mode
 from geor1.model.adapters import ArchAdapter, adapter_for
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def torch_dtype(dtype: str) -> torch.dtype:
 def load_pretrained(path: str | Path, dtype: str = "float32", attn_implementation: str | None = "sdpa"
                     ) -> tuple[nn.Module, Any]:
     """(model, processor) from a local folder, never the network; Geor1Error for an unsupported family."""
+    set_offline_mode()
     p = check_model_dir(path)
     torch_dt = torch_dtype(dtype)
     config = AutoConfig.from_pretrained(p, local_files_only=True)
@@ -79,6 +81,8 @@ def prepare_model(model: nn.Module, adapter: ArchAdapter, lora: LoraSpec | None,
     """Checkpointing, vision freezing (through the adapter) and LoRA, in train mode; returns the model to train
     (a PEFT wrapper when `lora` is set)."""
     if gradient_checkpointing:
+        if not isinstance(model, PreTrainedModel):
+            raise Geor1Error(f"gradient checkpointing needs a transformers model, got {type(model).__name__}")
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if freeze_vision:
         for p in adapter.vision_tower(model).parameters():

@@ -55,7 +55,7 @@ def tiled_token_logprobs(hidden: Tensor, head: nn.Module, ids: Tensor, temperatu
     def fn(h_tile: Tensor, ids_tile: Tensor) -> Tensor:
         return _tile_logprobs(h_tile, ids_tile, head, temperature)
 
-    out = _run_tiles(fn, list(zip(h.split(tile), flat.split(tile))))
+    out = _run_tiles(fn, list(zip(h.split(tile), flat.split(tile), strict=True)))
     return torch.cat(out).view(n, t)
 
 
@@ -87,7 +87,7 @@ def tiled_lm_loss(hidden: Tensor, head: nn.Module, labels: Tensor, tile: int = 2
         correct = (logits.argmax(-1) == y_tile).sum()
         return nll, correct
 
-    parts = _run_tiles(fn, list(zip(h.split(tile), y.split(tile))))
+    parts = _run_tiles(fn, list(zip(h.split(tile), y.split(tile), strict=True)))
     loss = torch.stack([p[0] for p in parts]).sum() / m
     correct = torch.stack([p[1] for p in parts]).sum()
     return loss, correct, n

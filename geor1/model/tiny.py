@@ -9,11 +9,15 @@ and chat template, so nothing is downloaded. Training is deterministic: the same
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    PretrainedConfig,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -166,7 +170,7 @@ def build_tiny_model(
     vision_hidden_size: int = 64,
     vision_depth: int = 2,
     family: str = "qwen2_5_vl",
-) -> Qwen2VLForConditionalGeneration | Qwen2_5_VLForConditionalGeneration | Qwen3VLForConditionalGeneration:
+) -> PreTrainedModel:
     """A random-init model of `family` whose token ids agree with `processor`'s tokenizer."""
     _check_family(family)
     tok = processor.tokenizer
@@ -194,6 +198,8 @@ def build_tiny_model(
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
+    config: PretrainedConfig
+    cls: type[Qwen2VLForConditionalGeneration | Qwen2_5_VLForConditionalGeneration | Qwen3VLForConditionalGeneration]
     if family == "qwen2_5_vl":
         config = Qwen2_5_VLConfig(
             text_config=text,
@@ -223,13 +229,18 @@ def build_tiny_model(
             **token_ids,
         )
         cls = Qwen3VLForConditionalGeneration
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = cls(config)
+    model = _seeded_model(cls, config, seed)
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.bos_token_id = ids["<|endoftext|>"]
     return model
+
+
+def _seeded_model(cls: Callable[[Any], PreTrainedModel], config: PretrainedConfig, seed: int) -> PreTrainedModel:
+    """`cls(config)` with weights drawn from `seed`, leaving the global RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return cls(config)
 
 
 def save_tiny_checkpoint(out_dir: str | Path, seed: int = 0, family: str = "qwen2_5_vl", **model_kwargs: int) -> Path:

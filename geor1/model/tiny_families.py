@@ -89,8 +89,15 @@ def _tokenizer(special: list[str], named: dict[str, str], template: str, **kw: s
                                    chat_template=template, padding_side="left", model_max_length=32768, **kw)
 
 
+def _id(tok: PreTrainedTokenizerFast, token: str) -> int:
+    i = tok.convert_tokens_to_ids(token)
+    if not isinstance(i, int):  # one token in, one id out; the annotation also covers lists
+        raise TypeError(f"token {token!r} gave {i!r}, not one id")
+    return i
+
+
 def _ids(tok: PreTrainedTokenizerFast, *tokens: str) -> list[int]:
-    return [tok.convert_tokens_to_ids(t) for t in tokens]
+    return [_id(tok, t) for t in tokens]
 
 
 def _text_config(tok: PreTrainedTokenizerFast, hidden: int, layers: int, pad: str, eos: str, bos: str,
@@ -137,15 +144,25 @@ _IDEFICS_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fak
 def _idefics_like(smol: bool, seed: int, hidden_size: int, num_layers: int):
     """Idefics3 / SmolVLM: images are resized to a longest edge of 2 tiles and split into up to 2x2 tiles of 32 px
     plus a 32-px global view; each tile gives (32/8)^2 / 2^2 = 4 `<image>` tokens."""
-    from transformers import LlamaConfig
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+        LlamaConfig,
+        SmolVLMConfig,
+        SmolVLMForConditionalGeneration,
+        SmolVLMImageProcessor,
+        SmolVLMProcessor,
+        SmolVLMVideoProcessor,
+    )
 
-    if smol:
-        from transformers import (SmolVLMConfig as Config, SmolVLMForConditionalGeneration as Model,
-                                  SmolVLMImageProcessor as ImageProcessor, SmolVLMProcessor as Processor,
-                                  SmolVLMVideoProcessor)
-    else:
-        from transformers import (Idefics3Config as Config, Idefics3ForConditionalGeneration as Model,
-                                  Idefics3ImageProcessor as ImageProcessor, Idefics3Processor as Processor)
+    # SmolVLM's classes are Idefics3's, renamed (and a mandatory video processor)
+    Config: type[Idefics3Config | SmolVLMConfig] = SmolVLMConfig if smol else Idefics3Config
+    Model: type[Idefics3ForConditionalGeneration | SmolVLMForConditionalGeneration] = (
+        SmolVLMForConditionalGeneration if smol else Idefics3ForConditionalGeneration)
+    ImageProcessor: type[Idefics3ImageProcessor | SmolVLMImageProcessor] = (
+        SmolVLMImageProcessor if smol else Idefics3ImageProcessor)
     named = {"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
              "global_image_token": "<global-img>", "end_of_utterance_token": "<end_of_utterance>",
              "video_token": "<video>"}
@@ -157,14 +174,16 @@ def _idefics_like(smol: bool, seed: int, hidden_size: int, num_layers: int):
     if smol:
         # SmolVLM's video processor is mandatory in its processor; geor1 sends no video.
         vp = SmolVLMVideoProcessor(size={"longest_edge": TILE}, max_image_size={"longest_edge": TILE})
-        processor = Processor(image_processor=ImageProcessor(**ip_kw), tokenizer=tok, video_processor=vp,
-                              image_seq_len=seq_len, chat_template=_IDEFICS_TURNS)
+        processor: Idefics3Processor | SmolVLMProcessor = SmolVLMProcessor(
+            image_processor=ImageProcessor(**ip_kw), tokenizer=tok, video_processor=vp, image_seq_len=seq_len,
+            chat_template=_IDEFICS_TURNS)
     else:
-        processor = Processor(image_processor=ImageProcessor(**ip_kw), tokenizer=tok, image_seq_len=seq_len,
-                              chat_template=_IDEFICS_TURNS)
+        processor = Idefics3Processor(image_processor=ImageProcessor(**ip_kw), tokenizer=tok, image_seq_len=seq_len,
+                                      chat_template=_IDEFICS_TURNS)
     text = _text_config(tok, hidden_size, num_layers, "<|endoftext|>", "<end_of_utterance>", "<|im_start|>")
+    # the pad id lives in text_config (a top-level pad_token_id is deprecated in transformers 5)
     config = Config(text_config=LlamaConfig(**text), vision_config=_vision(), scale_factor=scale,
-                    image_token_id=tok.convert_tokens_to_ids("<image>"), pad_token_id=text["pad_token_id"])
+                    image_token_id=_id(tok, "<image>"))
     model = _seeded(Model, config, seed)
     return _generation(model, tok, ["<end_of_utterance>"], "<|endoftext|>", "<|im_start|>"), processor
 
@@ -201,7 +220,7 @@ def build_gemma3(seed: int = 0, hidden_size: int = 64, num_layers: int = 2):
     boi, eoi, img = _ids(tok, "<start_of_image>", "<end_of_image>", "<image_soft_token>")
     config = Gemma3Config(text_config=text, vision_config=_siglip(),
                           mm_tokens_per_image=tokens_per_image, boi_token_index=boi, eoi_token_index=eoi,
-                          image_token_index=img, pad_token_id=text["pad_token_id"])
+                          image_token_index=img)  # the pad id lives in text_config
     model = _seeded(Gemma3ForConditionalGeneration, config, seed)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         # transformers initialises the image projection to zeros: images would not change a single logit
@@ -220,8 +239,13 @@ def build_llava_onevision(seed: int = 0, hidden_size: int = 64, num_layers: int 
     """LLaVA-OneVision: a 32-px base view plus an any-resolution grid of 32-px tiles (1x1 .. 2x2), unpadded to the
     image's aspect ratio; 16 tokens per tile, one newline token per feature row. Prompts with several images use the
     base view only (the processor's multi-image rule)."""
-    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
-                              LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor)
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+    )
 
     named = {"image_token": "<image>", "video_token": "<video>"}
     template = _QWEN_TURNS.replace("IMAGE", "<image>\n")
@@ -248,8 +272,13 @@ def build_llava_onevision(seed: int = 0, hidden_size: int = 64, num_layers: int 
 def build_internvl(seed: int = 0, hidden_size: int = 64, num_layers: int = 2):
     """InternVL: images are cropped into 1-4 tiles of 32 px (+ a thumbnail when tiled); each tile gives
     (32/8)^2 * 0.5^2 = 4 `<IMG_CONTEXT>` tokens between `<img>` / `</img>`."""
-    from transformers import (GotOcr2ImageProcessor, InternVLConfig, InternVLForConditionalGeneration,
-                              InternVLProcessor, InternVLVideoProcessor)
+    from transformers import (
+        GotOcr2ImageProcessor,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+        InternVLVideoProcessor,
+    )
 
     named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
              "video_token": "<video>"}
@@ -266,7 +295,7 @@ def build_internvl(seed: int = 0, hidden_size: int = 64, num_layers: int = 2):
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                   image_size=[TILE, TILE], patch_size=[PATCH, PATCH])
     config = InternVLConfig(text_config={"model_type": "qwen2", **text}, vision_config=vision,
-                            image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"),
+                            image_token_id=_id(tok, "<IMG_CONTEXT>"),
                             image_seq_length=tokens_per_tile, downsample_ratio=0.5)
     model = _seeded(InternVLForConditionalGeneration, config, seed)
     return _generation(model, tok, ["<|im_end|>", "<|endoftext|>"], "<|endoftext|>", "<|endoftext|>"), processor

@@ -12,8 +12,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from geor1.model.export import export_policy
 from geor1.model.policy import Policy
-from geor1.objectives.sharding import ShardingSpec, data_parallel_mesh, is_sharded, shard_policy, \
-    warn_unused_sharding
+from geor1.objectives.sharding import ShardingSpec, data_parallel_mesh, is_sharded, shard_policy, warn_unused_sharding
 
 log = logging.getLogger(__name__)
 

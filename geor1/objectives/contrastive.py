@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import timm
@@ -24,8 +25,14 @@ from geor1.data.datamodule import normalise
 from geor1.metrics.retrieval import CrossViewRecall
 from geor1.objectives.base import skip_everywhere
 from geor1.objectives.memory import log_peak_memory
-from geor1.objectives.sharding import ShardingSpec, data_parallel_mesh, is_sharded, shard_modules, timm_blocks, \
-    warn_unused_sharding
+from geor1.objectives.sharding import (
+    ShardingSpec,
+    data_parallel_mesh,
+    is_sharded,
+    shard_modules,
+    timm_blocks,
+    warn_unused_sharding,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +53,8 @@ def make_backbone(name: str, checkpoint: str | None) -> nn.Module:
 
             state = load_file(path)
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state) if isinstance(state, dict) else state
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
         missing, unexpected = model.load_state_dict(state, strict=False)
         log.info("backbone %s from %s (%d missing, %d unexpected keys)", name, path, len(missing), len(unexpected))
     return model
@@ -67,7 +74,8 @@ class CrossViewEncoder(nn.Module):
         super().__init__()
         self.ground = make_backbone(backbone, checkpoint)
         self.sat = self.ground if shared else make_backbone(backbone, checkpoint)
-        width = self.ground.num_features
+        timm_model: Any = self.ground  # timm models share `num_features`, though no base class declares it
+        width = int(timm_model.num_features)
         self.ground_proj = nn.Linear(width, embed_dim)
         self.sat_proj = nn.Linear(width, embed_dim)
 
@@ -161,7 +169,8 @@ class ContrastiveModule(L.LightningModule):
         backbones = list({id(b): b for b in (self.encoder.ground, self.encoder.sat)}.values())  # shared: one
         if self.sharding.activation_checkpointing:
             for b in backbones:
-                b.set_grad_checkpointing(True)
+                timm_model: Any = b  # every timm model has set_grad_checkpointing (no base class declares it)
+                timm_model.set_grad_checkpointing(True)
         blocks = [blk for b in backbones for blk in timm_blocks(b)]
         # fully_shard takes no 0-d parameters: the scale becomes [1] (checkpoints load either way, see below)
         self.logit_scale = nn.Parameter(self.logit_scale.detach().reshape(1))

@@ -118,6 +118,9 @@ class RolloutRNG:
         pending, self._pending = self._pending, None
         if pending["rollout"] is not None:
             self.get(device).set_state(pending["rollout"])
-        torch.set_rng_state(pending["cpu"])
+        cpu = pending["cpu"]
+        if cpu is None:  # every saved state holds one (state_dict, and the older bare-tensor format)
+            raise ValueError("the checkpoint's rollout RNG state has no CPU generator state")
+        torch.set_rng_state(cpu)
         if pending["device"] is not None and device.type != "cpu":
             set_device_rng_state(device, pending["device"])

@@ -10,13 +10,13 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from geor1.answers import split_tags
-from geor1.model.chat import ChatSample
+from geor1.data.sample import ChatSample
 from geor1.model.logprobs import tiled_lm_loss
 from geor1.model.policy import IGNORE_INDEX, Policy
 from geor1.objectives.base import PolicyModule, skip_everywhere
-from geor1.objectives.sharding import ShardingSpec
 from geor1.objectives.memory import log_peak_memory
+from geor1.objectives.sharding import ShardingSpec
+from geor1.tasks import is_well_formed
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +77,11 @@ class SFTModule(PolicyModule):
         self.loss_tile = loss_tile
 
     def _step(self, batch: list[ChatSample], stage: str) -> Tensor:
-        missing = [s.key for s in batch if s.response is None]
-        if missing:
+        responses = [s.response for s in batch if s.response is not None]
+        if len(responses) < len(batch):
+            missing = [s.key for s in batch if s.response is None]
             raise ValueError(f"SFT needs a response for every sample; none for keys {missing[:5]}")
-        inputs, labels = self.policy.encode_sft([s.prompt for s in batch], [s.response for s in batch],
-                                                self.max_length)
+        inputs, labels = self.policy.encode_sft([s.prompt for s in batch], responses, self.max_length)
         hidden = self.policy.final_hidden(inputs)  # [B, L, H], normed: what the LM head reads
         loss, correct, n = tiled_lm_loss(hidden, self.policy.lm_head, labels, tile=self.loss_tile)
         bs = len(batch)
@@ -126,13 +126,13 @@ class SFTModule(PolicyModule):
     def _log_generations(self, samples: list[ChatSample]) -> None:
         """Greedy completions of a few validation prompts: `val/format_rate` (exact <think>/<answer> format) and a
         TensorBoard text table next to the targets."""
-        rollout = self.policy.generate([s.prompt for s in samples], num_samples=1,
+        rollout = self.policy.generate([s.prompt for s in samples], group_size=1,
                                        max_new_tokens=self.max_new_tokens, do_sample=False,
                                        synced_gpus=self.synced_decoding)
-        well_formed = [split_tags(t) is not None for t in rollout.texts]
+        well_formed = [is_well_formed(t) for t in rollout.texts]
         self.log("val/format_rate", sum(well_formed) / len(samples), batch_size=len(samples))
         rows = ["| key | target | generated |", "|---|---|---|"]
-        for s, text in zip(samples, rollout.texts):
+        for s, text in zip(samples, rollout.texts, strict=True):
             rows.append(f"| {s.key} | {_cell(s.response)} | {_cell(text)} |")
         for lg in self.loggers:
             if isinstance(lg, TensorBoardLogger):

@@ -18,11 +18,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from geor1 import Geor1Error
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FSDPModule
+
+    from geor1.model.policy import Policy
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +55,7 @@ class ShardingSpec:
     offload_reference: bool = False
 
 
-def _fsdp2_strategy_base():
-    from lightning.pytorch.strategies import ModelParallelStrategy
-
-    return ModelParallelStrategy
-
-
-class FSDP2Strategy(_fsdp2_strategy_base()):
+class FSDP2Strategy(ModelParallelStrategy):
     """Lightning's `ModelParallelStrategy` with every process in one data-parallel group, the shape geor1 shards over.
 
     Lightning's own default (`data_parallel_size: auto` = the number of nodes, `tensor_parallel_size: auto` = the
@@ -105,7 +106,7 @@ def warn_unused_sharding(spec: ShardingSpec) -> None:
                     "the policy's gradient_checkpointing instead", spec)
 
 
-def is_sharded(module: nn.Module) -> bool:
+def is_sharded(module: nn.Module) -> TypeGuard[FSDPModule]:
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(module, FSDPModule)
@@ -141,14 +142,14 @@ def policy_blocks(model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
-def shard_policy(policy: nn.Module, mesh, spec: ShardingSpec, offload: bool = False) -> None:
+def shard_policy(policy: Policy, mesh, spec: ShardingSpec, offload: bool = False) -> None:
     """`fully_shard` every block of `policy` (a `geor1.model.Policy`), then its root model, in place.
 
     Also marks the transformers model as FSDP-managed so that `generate` keeps decoding on a rank whose samples
     are all done until every rank is (`synced_gpus`): under sharding every forward is a collective."""
     from torch.distributed.fsdp import fully_shard
 
-    base = policy.base_model()
+    base: Any = policy.base_model()  # a transformers PreTrainedModel
     if spec.activation_checkpointing and not _checkpointing(base):
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     kw = _fsdp_kwargs(mesh, spec, offload)

@@ -8,6 +8,8 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
+from geor1.model.adapters.base import HFModel
+
 
 class VisionParts(nn.Module):
     """The modules (and loose parameters) that make up one family's vision side, held by reference so that
@@ -47,18 +49,18 @@ class InnerModelParts:
     vision_layers: ClassVar[str] = ""  # dotted path under model.model to the vision encoder blocks
     text_model: ClassVar[str] = ""  # attribute of model.model whose `layers` are the text decoder blocks
 
-    def vision_tower(self, model: nn.Module) -> nn.Module:
+    def vision_tower(self, model: HFModel) -> nn.Module:
         inner = model.model
         return VisionParts({name: getattr(inner, name) for name in self.vision_modules},
                            {name: getattr(inner, name) for name in self.vision_params})
 
-    def vision_blocks(self, model: nn.Module) -> list[nn.Module]:
+    def vision_blocks(self, model: HFModel) -> list[nn.Module]:
         return list(reduce(getattr, self.vision_layers.split("."), model.model))
 
-    def decoder_layers(self, model: nn.Module) -> list[nn.Module]:
+    def decoder_layers(self, model: HFModel) -> list[nn.Module]:
         return list(getattr(model.model, self.text_model).layers)
 
-    def lm_head(self, model: nn.Module) -> nn.Module:
+    def lm_head(self, model: HFModel) -> nn.Module:
         return model.lm_head
 
 
@@ -69,15 +71,15 @@ class TextRoPEPrefix:
 
     shared_prefix = True
 
-    def position_ids(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    def position_ids(self, model: HFModel, batch: dict[str, Tensor]) -> Tensor:
         """[N, L] positions from the attention mask: a left-padded row sees the positions of its prompt alone."""
         return text_positions(batch["attention_mask"])
 
-    def begin_prefill(self, model: nn.Module) -> None:
+    def begin_prefill(self, model: HFModel) -> None:
         return None  # nothing is cached on the model between forwards
 
-    def prefix_state(self, model: nn.Module, inputs, repeats: int) -> None:
+    def prefix_state(self, model: HFModel, inputs, group_size: int) -> None:
         return None
 
-    def tail_position_ids(self, model: nn.Module, state: None, attention_mask: Tensor, tail: int) -> Tensor:
+    def tail_position_ids(self, model: HFModel, state: None, attention_mask: Tensor, tail: int) -> Tensor:
         return text_positions(attention_mask)[:, -tail:]  # [N, tail]

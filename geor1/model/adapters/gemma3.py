@@ -12,11 +12,11 @@ inside the prompt, so a continuation over the prefilled cache is exact (tests/te
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import BatchFeature
 
-from geor1.model.adapters import ArchAdapter, register_adapter
 from geor1.model.adapters._parts import InnerModelParts, TextRoPEPrefix, token_runs
+from geor1.model.adapters.base import ArchAdapter, HFModel, register_adapter
 
 
 @register_adapter
@@ -35,6 +35,6 @@ class Gemma3Adapter(TextRoPEPrefix, InnerModelParts, ArchAdapter):
     vision_layers = "vision_tower.encoder.layers"
     text_model = "language_model"  # model.lm_head: Gemma3ForConditionalGeneration applies no final logit soft-capping
 
-    def images_per_row(self, inputs: BatchFeature, model: nn.Module) -> Tensor:
+    def images_per_row(self, inputs: BatchFeature, model: HFModel) -> Tensor:
         per_row, _ = token_runs(inputs["token_type_ids"], 1)  # [B]: one run of soft tokens per image
         return per_row

@@ -11,11 +11,11 @@ Shared prefix (`TextRoPEPrefix`): plain 1-D RoPE over mask-derived positions; ex
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import BatchFeature
 
-from geor1.model.adapters import ArchAdapter, register_adapter
 from geor1.model.adapters._parts import InnerModelParts, TextRoPEPrefix
+from geor1.model.adapters.base import ArchAdapter, HFModel, register_adapter
 
 
 class _IdeficsLike(TextRoPEPrefix, InnerModelParts, ArchAdapter):
@@ -32,7 +32,7 @@ class _IdeficsLike(TextRoPEPrefix, InnerModelParts, ArchAdapter):
     vision_layers = "vision_model.encoder.layers"
     text_model = "text_model"
 
-    def rows_with_images(self, inputs: BatchFeature, model: nn.Module) -> Tensor:
+    def rows_with_images(self, inputs: BatchFeature, model: HFModel) -> Tensor:
         """[B] bool: rows holding image tokens (a text-only row's tiles are all padding, which the model drops)."""
         return (inputs["input_ids"] == model.config.image_token_id).any(-1)
 

@@ -11,12 +11,12 @@ Shared prefix (`TextRoPEPrefix`): plain 1-D RoPE over mask-derived positions; ex
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import BatchFeature
 
 from geor1 import Geor1Error
-from geor1.model.adapters import ArchAdapter, register_adapter
 from geor1.model.adapters._parts import InnerModelParts, TextRoPEPrefix, token_runs
+from geor1.model.adapters.base import ArchAdapter, HFModel, register_adapter
 
 
 def _side(v: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
@@ -38,16 +38,16 @@ class InternVLAdapter(TextRoPEPrefix, InnerModelParts, ArchAdapter):
     vision_layers = "vision_tower.encoder.layer"
     text_model = "language_model"
 
-    def images_per_row(self, inputs: BatchFeature, model: nn.Module) -> Tensor:
+    def images_per_row(self, inputs: BatchFeature, model: HFModel) -> Tensor:
         per_row, _ = token_runs(inputs["input_ids"], model.config.image_token_id)
         return per_row  # [B]
 
-    def patches_per_image(self, inputs: BatchFeature, model: nn.Module) -> Tensor:
+    def patches_per_image(self, inputs: BatchFeature, model: HFModel) -> Tensor:
         cfg = model.config
         _, lengths = token_runs(inputs["input_ids"], cfg.image_token_id)  # [n_images] image tokens per image
         h, w = _side(cfg.vision_config.image_size)
         ph, pw = _side(cfg.vision_config.patch_size)
-        per_tile = int(round((h // ph) * (w // pw) * cfg.downsample_ratio ** 2))
+        per_tile = round((h // ph) * (w // pw) * cfg.downsample_ratio ** 2)
         if bool((lengths % per_tile).any()):
             raise Geor1Error(f"{self.name()}: image token runs {lengths.tolist()} are not multiples of the "
                              f"{per_tile} tokens per tile the vision config gives")

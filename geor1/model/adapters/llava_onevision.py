@@ -13,12 +13,12 @@ Shared prefix (`TextRoPEPrefix`): plain 1-D RoPE over mask-derived positions; ex
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import BatchFeature
 
 from geor1 import Geor1Error
-from geor1.model.adapters import ArchAdapter, register_adapter
 from geor1.model.adapters._parts import InnerModelParts, TextRoPEPrefix
+from geor1.model.adapters.base import ArchAdapter, HFModel, register_adapter
 
 
 @register_adapter
@@ -40,7 +40,7 @@ class LlavaOnevisionAdapter(TextRoPEPrefix, InnerModelParts, ArchAdapter):
     vision_layers = "vision_tower.encoder.layers"
     text_model = "language_model"
 
-    def images_per_row(self, inputs: BatchFeature, model: nn.Module) -> Tensor:
+    def images_per_row(self, inputs: BatchFeature, model: HFModel) -> Tensor:
         per_row = inputs["batch_num_images"]  # [B]
         n_images = inputs["image_sizes"].shape[0]
         if per_row.shape[0] != inputs["input_ids"].shape[0] or int(per_row.sum()) != n_images:
@@ -49,7 +49,7 @@ class LlavaOnevisionAdapter(TextRoPEPrefix, InnerModelParts, ArchAdapter):
                              f"prompt)")
         return per_row
 
-    def finish_inputs(self, inputs: BatchFeature, model: nn.Module) -> BatchFeature:
+    def finish_inputs(self, inputs: BatchFeature, model: HFModel) -> BatchFeature:
         """The processor leaves text-only prompts out of `batch_num_images`; make it one entry per prompt row (0 for
         a text-only row, which the model's multi-image rule ignores), so that it is a plain "row" key."""
         per = inputs.get("batch_num_images")

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from transformers import BatchFeature
 
 from geor1 import Geor1Error
-from geor1.model.adapters import ArchAdapter, register_adapter
 from geor1.model.adapters._parts import text_positions
+from geor1.model.adapters.base import ArchAdapter, HFModel, register_adapter
 
 
 class _QwenVL(ArchAdapter):
@@ -32,13 +32,13 @@ class _QwenVL(ArchAdapter):
     }
     seq_fill = {"attention_mask": 1, "mm_token_type_ids": 0}
 
-    def images_per_row(self, inputs: BatchFeature, model: nn.Module) -> Tensor:
+    def images_per_row(self, inputs: BatchFeature, model: HFModel) -> Tensor:
         cfg = model.config
         ids = inputs["input_ids"]  # [B, L]
         opens = (ids[:, :-1] == cfg.vision_start_token_id) & (ids[:, 1:] == cfg.image_token_id)
         return opens.sum(-1)  # [B]
 
-    def patches_per_image(self, inputs: BatchFeature, model: nn.Module) -> Tensor:
+    def patches_per_image(self, inputs: BatchFeature, model: HFModel) -> Tensor:
         return inputs["image_grid_thw"].prod(-1)  # [n_images]
 
     def set_pixel_bounds(self, processor: Any, min_pixels: int | None, max_pixels: int | None) -> None:
@@ -49,19 +49,19 @@ class _QwenVL(ArchAdapter):
             raise Geor1Error(f"min_pixels ({lo}) is larger than max_pixels ({hi})")
         ip.size = {"shortest_edge": lo, "longest_edge": hi}
 
-    def vision_tower(self, model: nn.Module) -> nn.Module:
+    def vision_tower(self, model: HFModel) -> nn.Module:
         return model.model.visual
 
-    def vision_blocks(self, model: nn.Module) -> list[nn.Module]:
+    def vision_blocks(self, model: HFModel) -> list[nn.Module]:
         return list(model.model.visual.blocks)
 
-    def decoder_layers(self, model: nn.Module) -> list[nn.Module]:
+    def decoder_layers(self, model: HFModel) -> list[nn.Module]:
         return list(model.model.language_model.layers)
 
-    def lm_head(self, model: nn.Module) -> nn.Module:
+    def lm_head(self, model: HFModel) -> nn.Module:
         return model.lm_head
 
-    def position_ids(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor | None:
+    def position_ids(self, model: HFModel, batch: dict[str, Tensor]) -> Tensor | None:
         """Text-only batches: positions from the attention mask on all three axes (so left padding does not shift
         them, as in `generate`); with images the model's own `get_rope_index` already does this."""
         if batch.get("image_grid_thw") is not None or batch.get("video_grid_thw") is not None:
@@ -69,18 +69,18 @@ class _QwenVL(ArchAdapter):
         pos = text_positions(batch["attention_mask"])  # [N, L]
         return pos.unsqueeze(0).expand(3, -1, -1)  # [3, N, L]
 
-    def begin_prefill(self, model: nn.Module) -> None:
+    def begin_prefill(self, model: HFModel) -> None:
         model.model.rope_deltas = None
 
-    def prefix_state(self, model: nn.Module, inputs: BatchFeature, repeats: int) -> Tensor:
+    def prefix_state(self, model: HFModel, inputs: BatchFeature, group_size: int) -> Tensor:
         deltas = model.model.rope_deltas  # [B, 1], None for text-only prompts (offset 0)
         if deltas is None:
             deltas = torch.zeros(inputs["input_ids"].shape[0], 1, dtype=torch.long, device=inputs["input_ids"].device)
-        deltas = deltas.repeat_interleave(repeats, 0)  # [B*G, 1]
+        deltas = deltas.repeat_interleave(group_size, 0)  # [B*G, 1]
         model.model.rope_deltas = deltas  # `generate` continues from it
         return deltas
 
-    def tail_position_ids(self, model: nn.Module, state: Any, attention_mask: Tensor, tail: int) -> Tensor:
+    def tail_position_ids(self, model: HFModel, state: Any, attention_mask: Tensor, tail: int) -> Tensor:
         pos = text_positions(attention_mask)[:, -tail:]  # [N, tail] text positions
         return (pos + state).unsqueeze(0).expand(3, -1, -1)  # [3, N, tail]
 
