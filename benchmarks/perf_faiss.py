@@ -27,7 +27,7 @@ def clustered(n: int, d: int, clusters: int, rng: np.random.Generator, noise: fl
     for start in range(0, n, 100_000):  # in chunks: bounded memory at 1M+
         m = min(100_000, n - start)
         x = centres[rng.integers(clusters, size=m)] + noise * rng.standard_normal((m, d), dtype=np.float32)
-        out[start:start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        out[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out
 
 
@@ -35,7 +35,7 @@ def torch_topk(x: torch.Tensor, q: torch.Tensor, k: int, chunk: int = 200_000) -
     """Exact top-k by inner product, the database in chunks (what a plain PyTorch user would write)."""
     best_s, best_i = None, None
     for start in range(0, len(x), chunk):
-        s = q @ x[start:start + chunk].T
+        s = q @ x[start : start + chunk].T
         top = torch.topk(s, min(k, s.shape[1]), dim=1)
         idx = top.indices + start
         if best_s is None:
@@ -58,11 +58,14 @@ def run(n: int, d: int, nq: int, k: int, rng: np.random.Generator, hnsw_max: int
     t = time.perf_counter()
     exact = torch_topk(xt, qt, k)
     brute_s = time.perf_counter() - t
-    rows = [{"n": n, "method": "torch matmul+topk (brute force)", "build_s": 0.0, "qps": nq / brute_s,
-             "recall@10": 1.0}]
-    specs = [("faiss flat (exact)", IndexSpec("flat")),
-             ("faiss IVF nlist=4*sqrt(N) nprobe=16", IndexSpec("ivf", nprobe=16)),
-             ("faiss IVF nlist=4*sqrt(N) nprobe=32", IndexSpec("ivf", nprobe=32))]
+    rows = [
+        {"n": n, "method": "torch matmul+topk (brute force)", "build_s": 0.0, "qps": nq / brute_s, "recall@10": 1.0}
+    ]
+    specs = [
+        ("faiss flat (exact)", IndexSpec("flat")),
+        ("faiss IVF nlist=4*sqrt(N) nprobe=16", IndexSpec("ivf", nprobe=16)),
+        ("faiss IVF nlist=4*sqrt(N) nprobe=32", IndexSpec("ivf", nprobe=32)),
+    ]
     if n <= hnsw_max:
         specs.append(("faiss HNSW M=32 efSearch=64", IndexSpec("hnsw", m=32, ef_construction=80, ef_search=64)))
     for name, spec in specs:
@@ -72,8 +75,15 @@ def run(n: int, d: int, nq: int, k: int, rng: np.random.Generator, hnsw_max: int
         index.search(q[:10], k)  # warm-up
         t = time.perf_counter()
         _, found = index.search(q, k)
-        rows.append({"n": n, "method": name, "build_s": build, "qps": nq / (time.perf_counter() - t),
-                     "recall@10": recall(found, exact)})
+        rows.append(
+            {
+                "n": n,
+                "method": name,
+                "build_s": build,
+                "qps": nq / (time.perf_counter() - t),
+                "recall@10": recall(found, exact),
+            }
+        )
         del index
     for r in rows:
         r["speedup_vs_brute"] = r["qps"] / rows[0]["qps"]
@@ -94,14 +104,19 @@ def main() -> None:
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         rows += run(n, args.dim, args.queries, 10, rng, args.hnsw_max)
-    lines = [f"perf_faiss: {args.dim}-d, {args.queries} queries, k=10, {torch.get_num_threads()} threads, "
-             f"faiss {faiss.__version__}, GPUs seen by faiss: {faiss.get_num_gpus()}",
-             "| vectors | method | build s | queries/s | x brute force | recall@10 |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"perf_faiss: {args.dim}-d, {args.queries} queries, k=10, {torch.get_num_threads()} threads, "
+        f"faiss {faiss.__version__}, GPUs seen by faiss: {faiss.get_num_gpus()}",
+        "| vectors | method | build s | queries/s | x brute force | recall@10 |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['n']:,} | {r['method']} | {r['build_s']:.1f} | {r['qps']:.0f} | "
-                     f"{r['speedup_vs_brute']:.1f} | {r['recall@10']:.3f} |")
+        lines.append(
+            f"| {r['n']:,} | {r['method']} | {r['build_s']:.1f} | {r['qps']:.0f} | "
+            f"{r['speedup_vs_brute']:.1f} | {r['recall@10']:.3f} |"
+        )
     print("\n".join(lines))
-    write_report(args.out, 'perf_faiss', rows, lines)
+    write_report(args.out, "perf_faiss", rows, lines)
 
 
 if __name__ == "__main__":

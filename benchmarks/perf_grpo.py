@@ -56,8 +56,14 @@ def run_trl(model_dir: Path, samples, args) -> dict:
                 content.append({"type": "text", "text": piece})
             if piece_i < len(s.prompt.images):
                 content.append({"type": "image"})  # TRL fills these from the "images" column, in order
-        rows.append({"prompt": [{"role": "user", "content": content}], "images": list(s.prompt.images),
-                     "answer": s.target.answer, "k": s.target.k})
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": content}],
+                "images": list(s.prompt.images),
+                "answer": s.target.answer,
+                "k": s.target.k,
+            }
+        )
     dataset = Dataset.from_list(rows).cast_column("images", Sequence(Image()))
 
     def reward(completions, answer, k, **_):
@@ -77,19 +83,41 @@ def run_trl(model_dir: Path, samples, args) -> dict:
         def on_step_end(self, a, state, control, **kw):
             times.append(time.perf_counter() - self.t)
 
-    cfg = GRPOConfig(output_dir=str(args.tmp / "trl"), per_device_train_batch_size=args.b * args.g,
-                     num_generations=args.g, max_completion_length=args.tokens, temperature=1.0, beta=args.beta,
-                     learning_rate=1e-6, max_steps=args.steps, logging_steps=1000, save_strategy="no",
-                     report_to="none", use_cpu=True, bf16=False, seed=0, dataloader_num_workers=0)
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=cfg, train_dataset=dataset,
-                          processing_class=processor, callbacks=[Clock()])
+    cfg = GRPOConfig(
+        output_dir=str(args.tmp / "trl"),
+        per_device_train_batch_size=args.b * args.g,
+        num_generations=args.g,
+        max_completion_length=args.tokens,
+        temperature=1.0,
+        beta=args.beta,
+        learning_rate=1e-6,
+        max_steps=args.steps,
+        logging_steps=1000,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        seed=0,
+        dataloader_num_workers=0,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[reward],
+        args=cfg,
+        train_dataset=dataset,
+        processing_class=processor,
+        callbacks=[Clock()],
+    )
     if getattr(trainer, "ref_model", None) is not None:
         counter.watch(trainer.ref_model)
     counter.patches = counter.calls = 0
     trainer.train()
-    steady = times[args.warmup:]
-    return {"s_per_step": float(np.mean(steady)), "vision_patches_per_step": counter.patches / len(times),
-            "vision_calls_per_step": counter.calls / len(times)}
+    steady = times[args.warmup :]
+    return {
+        "s_per_step": float(np.mean(steady)),
+        "vision_patches_per_step": counter.patches / len(times),
+        "vision_calls_per_step": counter.calls / len(times),
+    }
 
 
 def run_geor1(model_dir: Path, samples, args) -> dict:
@@ -102,10 +130,14 @@ def run_geor1(model_dir: Path, samples, args) -> dict:
     from geor1.objectives.grpo_settings import LossSettings, RolloutSettings
 
     policy = Policy(str(model_dir))
-    module = GRPOModule(policy, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-6),
-                        rewards={"accuracy": 1.0, "format": 1.0},
-                        rollout=RolloutSettings(group_size=args.g, max_new_tokens=args.tokens, temperature=1.0),
-                        loss=LossSettings(beta=args.beta, max_grad_norm=None), log_completions_every_n_steps=0)
+    module = GRPOModule(
+        policy,
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-6),
+        rewards={"accuracy": 1.0, "format": 1.0},
+        rollout=RolloutSettings(group_size=args.g, max_new_tokens=args.tokens, temperature=1.0),
+        loss=LossSettings(beta=args.beta, max_grad_norm=None),
+        log_completions_every_n_steps=0,
+    )
     counter = VisionCounter(policy.model)
     times: list[float] = []
     split: dict[str, list[float]] = {"rollout": [], "score": [], "update": []}
@@ -124,13 +156,23 @@ def run_geor1(model_dir: Path, samples, args) -> dict:
                 split[name].append(float(trainer.callback_metrics[f"time/{name}_s"]))
 
     loader = DataLoader(samples, batch_size=args.b, collate_fn=collate_samples, shuffle=False)
-    trainer = L.Trainer(max_steps=args.steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Clock()])
+    trainer = L.Trainer(
+        max_steps=args.steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Clock()],
+    )
     trainer.fit(module, train_dataloaders=loader)
     w = args.warmup
-    return {"s_per_step": float(np.mean(times[w:])), "vision_patches_per_step": counter.patches / len(times),
-            "vision_calls_per_step": counter.calls / len(times),
-            **{f"{k}_s": float(np.mean(v[w:])) for k, v in split.items()}}
+    return {
+        "s_per_step": float(np.mean(times[w:])),
+        "vision_patches_per_step": counter.patches / len(times),
+        "vision_calls_per_step": counter.calls / len(times),
+        **{f"{k}_s": float(np.mean(v[w:])) for k, v in split.items()},
+    }
 
 
 def main() -> None:
@@ -149,24 +191,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         args.tmp = Path(tmp)
         model_dir = save_tiny_checkpoint(args.tmp / "tiny", seed=0)
-        samples = [ToyPairing(args.b * args.steps, args.k, args.image_size, seed=0)[i]
-                   for i in range(args.b * args.steps)]
+        samples = [
+            ToyPairing(args.b * args.steps, args.k, args.image_size, seed=0)[i] for i in range(args.b * args.steps)
+        ]
         ours = run_geor1(model_dir, samples, args)
         trl = run_trl(model_dir, samples, args)
     ratio = ours["s_per_step"] / trl["s_per_step"]
-    lines = [f"perf_grpo: B={args.b} prompts x G={args.g} samples, {args.k + 1} images of {args.image_size} px, "
-             f"{args.tokens} completion tokens, beta={args.beta}, {torch.get_num_threads()} threads, "
-             f"mean of steps {args.warmup + 1}..{args.steps}",
-             "| trainer | s/step | rollout s | scoring s | update s (ref + policy) | vision patches/step "
-             "| vision calls/step |",
-             "|---|---|---|---|---|---|---|",
-             f"| geor1 GRPOModule | {ours['s_per_step']:.3f} | {ours['rollout_s']:.3f} | {ours['score_s']:.4f} | "
-             f"{ours['update_s']:.3f} | {ours['vision_patches_per_step']:.0f} | {ours['vision_calls_per_step']:.1f} |",
-             f"| TRL GRPOTrainer | {trl['s_per_step']:.3f} | - | - | - | {trl['vision_patches_per_step']:.0f} | "
-             f"{trl['vision_calls_per_step']:.1f} |",
-             f"geor1 / TRL time per step: {ratio:.2f}x"]
+    lines = [
+        f"perf_grpo: B={args.b} prompts x G={args.g} samples, {args.k + 1} images of {args.image_size} px, "
+        f"{args.tokens} completion tokens, beta={args.beta}, {torch.get_num_threads()} threads, "
+        f"mean of steps {args.warmup + 1}..{args.steps}",
+        "| trainer | s/step | rollout s | scoring s | update s (ref + policy) | vision patches/step "
+        "| vision calls/step |",
+        "|---|---|---|---|---|---|---|",
+        f"| geor1 GRPOModule | {ours['s_per_step']:.3f} | {ours['rollout_s']:.3f} | {ours['score_s']:.4f} | "
+        f"{ours['update_s']:.3f} | {ours['vision_patches_per_step']:.0f} | {ours['vision_calls_per_step']:.1f} |",
+        f"| TRL GRPOTrainer | {trl['s_per_step']:.3f} | - | - | - | {trl['vision_patches_per_step']:.0f} | "
+        f"{trl['vision_calls_per_step']:.1f} |",
+        f"geor1 / TRL time per step: {ratio:.2f}x",
+    ]
     print("\n".join(lines))
-    write_report(args.out, 'perf_grpo', {"geor1": ours, "trl": trl, "ratio": ratio}, lines)
+    write_report(args.out, "perf_grpo", {"geor1": ours, "trl": trl, "ratio": ratio}, lines)
 
 
 if __name__ == "__main__":

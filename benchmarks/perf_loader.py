@@ -60,15 +60,23 @@ def main() -> None:
     for item in ("pair", "tensors"):
         for workers in (0, 1, 2):
             loader_rate(root, workers, item)  # warm the page cache
-            rows.append({"pipeline": f"PairShardDataModule item={item}", "workers": workers,
-                         "samples_per_s": loader_rate(root, workers, item)})
-    lines = [f"perf_loader: {n} ground+sat pairs in {len(shards)} shards",
-             "| pipeline | workers | samples/s | ratio to decode bound |", "|---|---|---|---|"]
+            rows.append(
+                {
+                    "pipeline": f"PairShardDataModule item={item}",
+                    "workers": workers,
+                    "samples_per_s": loader_rate(root, workers, item),
+                }
+            )
+    lines = [
+        f"perf_loader: {n} ground+sat pairs in {len(shards)} shards",
+        "| pipeline | workers | samples/s | ratio to decode bound |",
+        "|---|---|---|---|",
+    ]
     for r in rows:
         r["ratio"] = r["samples_per_s"] / bound
         lines.append(f"| {r['pipeline']} | {r['workers']} | {r['samples_per_s']:.0f} | {r['ratio']:.2f} |")
     print("\n".join(lines))
-    write_report(args.out, 'perf_loader', rows, lines)
+    write_report(args.out, "perf_loader", rows, lines)
     if tmp is not None:
         tmp.cleanup()
 

@@ -102,13 +102,23 @@ def build_model(args, device):
     half = (h // 4) // 2
     section = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
     config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=args.vocab, hidden_size=h, intermediate_size=2 * h,
-                         num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=8192, tie_word_embeddings=False,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": section}),
+        text_config=dict(
+            vocab_size=args.vocab,
+            hidden_size=h,
+            intermediate_size=2 * h,
+            num_hidden_layers=args.layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=8192,
+            tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": section},
+        ),
         vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=h),
-        image_token_id=args.vocab - 5, video_token_id=args.vocab - 4, vision_start_token_id=args.vocab - 3,
-        vision_end_token_id=args.vocab - 2, tie_word_embeddings=False,
+        image_token_id=args.vocab - 5,
+        video_token_id=args.vocab - 4,
+        vision_start_token_id=args.vocab - 3,
+        vision_end_token_id=args.vocab - 2,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration._from_config(config, attn_implementation="sdpa")
@@ -121,8 +131,9 @@ def grpo_logprobs(variant: str, model, input_ids, attention, t: int, temperature
     if variant == "geor1_today":  # Policy.token_logprobs before tiling (no shared prefix)
         from geor1.model.policy import selective_log_softmax as full_logits_logprobs  # the full-logits reference
 
-        logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False,
-                       logits_to_keep=t + 1).logits[:, :-1]  # [N, T, V]
+        logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False, logits_to_keep=t + 1).logits[
+            :, :-1
+        ]  # [N, T, V]
         if temperature != 1.0:
             logits = logits / temperature
         return full_logits_logprobs(logits, ids)
@@ -130,12 +141,13 @@ def grpo_logprobs(variant: str, model, input_ids, attention, t: int, temperature
         from geor1.model.logprobs import tiled_token_logprobs
 
         hidden = model.model(input_ids=input_ids, attention_mask=attention, use_cache=False).last_hidden_state
-        return tiled_token_logprobs(hidden[:, -(t + 1):-1], model.lm_head, ids, temperature, tile)
+        return tiled_token_logprobs(hidden[:, -(t + 1) : -1], model.lm_head, ids, temperature, tile)
     if variant == "trl_selective":  # GRPOTrainer's full-logits path: logits[:, :-1][:, -T:] -> selective_log_softmax
         from trl.trainer.utils import selective_log_softmax
 
-        logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False,
-                       logits_to_keep=t + 1).logits[:, :-1][:, -t:]
+        logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False, logits_to_keep=t + 1).logits[
+            :, :-1
+        ][:, -t:]
         return selective_log_softmax(logits, ids, temperature=temperature)
     if variant == "trl_fused":  # GRPOTrainer 1.16: model(..., labels, fused_lm_head=True), log-probs + entropy
         labels = input_ids.masked_fill(attention == 0, -100)
@@ -235,8 +247,16 @@ def run_child(args) -> dict:
     grad_norm = float(torch.stack([q.grad.double().norm() for q in model.parameters() if q.grad is not None]).norm())
     seconds = time.perf_counter() - t0
     peak = probe.stop()
-    return {"task": args.task, "variant": args.variant, "peak_gb": peak, "seconds": seconds, "value": value,
-            "grad_norm": grad_norm, "device": str(device), "method": probe.method}
+    return {
+        "task": args.task,
+        "variant": args.variant,
+        "peak_gb": peak,
+        "seconds": seconds,
+        "value": value,
+        "grad_norm": grad_norm,
+        "device": str(device),
+        "method": probe.method,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- the parent
@@ -276,7 +296,7 @@ def main() -> None:
     passthrough = list(sys.argv[1:])
     if "--out" in passthrough:
         i = passthrough.index("--out")
-        del passthrough[i:i + 2]
+        del passthrough[i : i + 2]
     rows: list[dict] = []
     for task in args.tasks:
         full = args.tokens if task == "grpo" else args.sft_length
@@ -303,11 +323,19 @@ def run_variant(args, passthrough: list[str], task: str, variant: str, size: int
         rows.append({**base, "error": f"not run: needs about {need:.1f} GB, {avail:.1f} GB free"})
         print(f"{task} {variant} @{size}: {rows[-1]['error']}", flush=True)
         return False
-    size_arg = ["--tokens", str(size)] if task == "grpo" else [
-        "--sft-length", str(size), "--sft-prompt", str(args.sft_prompt * size // args.sft_length)]
+    size_arg = (
+        ["--tokens", str(size)]
+        if task == "grpo"
+        else ["--sft-length", str(size), "--sft-prompt", str(args.sft_prompt * size // args.sft_length)]
+    )
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # freed tensors leave the RSS at once (no heap reuse)
-    proc = subprocess.run([sys.executable, __file__, *passthrough, *size_arg, "--child", task, variant],
-                          capture_output=True, text=True, cwd=Path(__file__).parent, env=env)
+    proc = subprocess.run(
+        [sys.executable, __file__, *passthrough, *size_arg, "--child", task, variant],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+        env=env,
+    )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-2:]
@@ -315,7 +343,7 @@ def run_variant(args, passthrough: list[str], task: str, variant: str, size: int
         rows.append({**base, "error": f"exit code {proc.returncode}{killed}: {' | '.join(tail)}"})
         print(f"{task} {variant} @{size}: FAILED {rows[-1]['error']}", flush=True)
         return True
-    rows.append({**base, **json.loads(line[len("RESULT "):])})
+    rows.append({**base, **json.loads(line[len("RESULT ") :])})
     print(f"{task} {variant} @{size}: {rows[-1]['peak_gb']:.3f} GB, {rows[-1]['seconds']:.1f} s", flush=True)
     return True
 
@@ -340,42 +368,54 @@ def free_gb() -> float:
 def report(args, rows: list[dict]) -> None:
     device = next((r["device"] for r in rows if "device" in r), "?")
     method = next((r["method"] for r in rows if "method" in r), "?")
-    what = ("CUDA max_memory_allocated during the pass minus allocated before it" if device.startswith("cuda") else
-            f"peak RSS during the pass minus RSS after the model was built and a warm-up pass ({method}; "
-            f"MALLOC_MMAP_THRESHOLD_=65536 so freed tensors leave the RSS)")
-    lines = [f"Peak memory at vocab {args.vocab:,}, tiny body (hidden {args.hidden}, {args.layers} layers), float32, "
-             f"on {device}: {what}.",
-             f"GRPO update: 1 prompt of {args.prompt} tokens, G={args.group} completions of T tokens (reference "
-             f"pass + policy pass + loss + backward; tile {args.tile}). SFT step: {args.sft_batch} rows of L tokens, "
-             f"the first quarter prompt (masked; tile {args.sft_tile}).",
-             "",
-             "| task | T or L | full logits GB | variant | peak GB | seconds | mean log-prob (GRPO) / loss (SFT) | "
-             "grad norm |",
-             "|---|---|---|---|---|---|---|---|"]
+    what = (
+        "CUDA max_memory_allocated during the pass minus allocated before it"
+        if device.startswith("cuda")
+        else f"peak RSS during the pass minus RSS after the model was built and a warm-up pass ({method}; "
+        f"MALLOC_MMAP_THRESHOLD_=65536 so freed tensors leave the RSS)"
+    )
+    lines = [
+        f"Peak memory at vocab {args.vocab:,}, tiny body (hidden {args.hidden}, {args.layers} layers), float32, "
+        f"on {device}: {what}.",
+        f"GRPO update: 1 prompt of {args.prompt} tokens, G={args.group} completions of T tokens (reference "
+        f"pass + policy pass + loss + backward; tile {args.tile}). SFT step: {args.sft_batch} rows of L tokens, "
+        f"the first quarter prompt (masked; tile {args.sft_tile}).",
+        "",
+        "| task | T or L | full logits GB | variant | peak GB | seconds | mean log-prob (GRPO) / loss (SFT) | "
+        "grad norm |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         head = f"| {r['task']} | {r['size']} | {logits_gb(args, r['task'], r['size']):.2f} | {LABELS[r['variant']]} |"
         if "error" in r:
             lines.append(f"{head} {r['error'][:160]} | | | |")
         else:
-            lines.append(f"{head} {r['peak_gb']:.3f} | {r['seconds']:.1f} | {r['value']:.7f} | "
-                         f"{r['grad_norm']:.7f} |")
+            lines.append(f"{head} {r['peak_gb']:.3f} | {r['seconds']:.1f} | {r['value']:.7f} | {r['grad_norm']:.7f} |")
     ratios = {}
     for task in args.tasks:
         for size in sorted({r["size"] for r in rows if r["task"] == task}, reverse=True):
-            got = {r["variant"]: r["peak_gb"] for r in rows if r["task"] == task and r["size"] == size
-                   and "peak_gb" in r}
+            got = {
+                r["variant"]: r["peak_gb"] for r in rows if r["task"] == task and r["size"] == size and "peak_gb" in r
+            }
             if "geor1_tiled" not in got:
                 continue
-            for other, name in (("geor1_today", "today"), ("trl_selective", "TRL selective"),
-                                ("trl_fused", "TRL fused")):
+            for other, name in (
+                ("geor1_today", "today"),
+                ("trl_selective", "TRL selective"),
+                ("trl_fused", "TRL fused"),
+            ):
                 if other in got and got[other] > 0:
                     ratios[f"{task} @{size}: tiled / {name}"] = got["geor1_tiled"] / got[other]
     lines.append("")
     lines += [f"- {k}: {v:.3f}" for k, v in ratios.items()]
     lines.append("- targets: tiled / today <= 0.1; tiled / TRL < 1")
     print("\n" + "\n".join(lines))
-    write_report(args.out, "perf_memory", {"settings": {k: v for k, v in vars(args).items() if k != "child"},
-                                           "rows": rows, "ratios": ratios}, lines)
+    write_report(
+        args.out,
+        "perf_memory",
+        {"settings": {k: v for k, v in vars(args).items() if k != "child"}, "rows": rows, "ratios": ratios},
+        lines,
+    )
 
 
 if __name__ == "__main__":

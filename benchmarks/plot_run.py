@@ -47,7 +47,7 @@ def main() -> None:
         ax.plot(steps, values, alpha=0.25, lw=0.8)
         if len(values) >= args.window:
             smooth = np.convolve(values, np.ones(args.window) / args.window, mode="valid")
-            ax.plot(steps[args.window - 1:], smooth, lw=2, label=f"mean of {args.window} steps")
+            ax.plot(steps[args.window - 1 :], smooth, lw=2, label=f"mean of {args.window} steps")
             ax.legend(fontsize=8)
         ax.set_title(tag, fontsize=10)
         ax.set_xlabel("step")

@@ -55,26 +55,73 @@ import unicodedata
 from dataclasses import dataclass
 
 MAX_ANSWER_CHARS = 512
-_LETTER = re.compile(r"\s*(?:(?:the\s+)?answer\s*(?:is)?\s*[:=]?)?\s*(?:candidate|option|tile|choice)?\s*"
-                     r"[(\[]?([A-Za-z])[)\].:]?\s*", re.IGNORECASE)
+_LETTER = re.compile(
+    r"\s*(?:(?:the\s+)?answer\s*(?:is)?\s*[:=]?)?\s*(?:candidate|option|tile|choice)?\s*"
+    r"[(\[]?([A-Za-z])[)\].:]?\s*",
+    re.IGNORECASE,
+)
 _PLACE = re.compile(r"\(([^()]{1,100}),\s*([^(),]{1,60})\)\s*(?:\.\s*)?$")
 
 # coordinate tokens: a number (sign glued on), a run of letters, a run of whitespace, or any other single character
 _TOKEN = re.compile(r"(?P<num>[-+]?(?:\d+(?:\.\d+)?|\.\d+))|(?P<word>[^\W\d_]+)|(?P<space>\s+)|(?P<other>.)", re.S)
-_TYPOGRAPHY = str.maketrans({"\u2212": "-", "\ufe63": "-", "\uff0d": "-",  # minus signs
-                             "\u00ba": "°", "\u02da": "°",  # º ˚
-                             "\u2032": "'", "\u2018": "'", "\u2019": "'", "\u00b4": "'", "\u02b9": "'",  # ′ ‘ ’ ´ ʹ
-                             "\u2033": '"', "\u201c": '"', "\u201d": '"', "\u02ba": '"'})  # ″ “ ” ʺ
+_TYPOGRAPHY = str.maketrans(
+    {
+        "\u2212": "-",
+        "\ufe63": "-",
+        "\uff0d": "-",  # minus signs
+        "\u00ba": "°",
+        "\u02da": "°",  # º ˚
+        "\u2032": "'",
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u00b4": "'",
+        "\u02b9": "'",  # ′ ‘ ’ ´ ʹ
+        "\u2033": '"',
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u02ba": '"',
+    }
+)  # ″ “ ” ʺ
 _DASH_BEFORE_DIGIT = re.compile(r"[\u2010-\u2015\ufe58]\.?\d")  # ‐ ‑ ‒ – — ―: a minus or a range?
 _LOOSE_SIGN = re.compile(r"[-+]\s+\.?\d")  # "- 33.9": a minus or a dash?
 _HEMI = {"n": "N", "s": "S", "e": "E", "w": "W", "north": "N", "south": "S", "east": "E", "west": "W"}
 _LABEL = {"lat": "lat", "latitude": "lat", "lon": "lon", "lng": "lon", "long": "lon", "longitude": "lon"}
-_UNIT_WORDS = {"d": "deg", "deg": "deg", "degs": "deg", "degree": "deg", "degrees": "deg",
-               "m": "min", "min": "min", "mins": "min", "minute": "min", "minutes": "min",
-               "sec": "sec", "secs": "sec", "second": "sec", "seconds": "sec"}
+_UNIT_WORDS = {
+    "d": "deg",
+    "deg": "deg",
+    "degs": "deg",
+    "degree": "deg",
+    "degrees": "deg",
+    "m": "min",
+    "min": "min",
+    "mins": "min",
+    "minute": "min",
+    "minutes": "min",
+    "sec": "sec",
+    "secs": "sec",
+    "second": "sec",
+    "seconds": "sec",
+}
 _UNIT_MARKS = {"°": "deg", "'": "min", '"': "sec"}
-_FILLERS = {"is", "of", "about", "approximately", "approx", "around", "roughly", "circa", "ca", "near", "at",
-            "equals", "~", "≈", "=", ":", "."}
+_FILLERS = {
+    "is",
+    "of",
+    "about",
+    "approximately",
+    "approx",
+    "around",
+    "roughly",
+    "circa",
+    "ca",
+    "near",
+    "at",
+    "equals",
+    "~",
+    "≈",
+    "=",
+    ":",
+    ".",
+}
 _QUOTES = set("'\"")  # quotes that are no minute/second mark are skipped
 
 
@@ -113,11 +160,11 @@ def split_tags(text: str) -> tuple[str, str] | None:
     end_think = s.find("</think>")
     if end_think < 0:
         return None
-    think = s[len("<think>"):end_think]
-    rest = s[end_think + len("</think>"):].lstrip()
+    think = s[len("<think>") : end_think]
+    rest = s[end_think + len("</think>") :].lstrip()
     if not (rest.startswith("<answer>") and rest.endswith("</answer>")):
         return None
-    answer = rest[len("<answer>"):-len("</answer>")]
+    answer = rest[len("<answer>") : -len("</answer>")]
     if "<think>" in think or "</think>" in rest or "<answer>" in answer or "</answer>" in answer:
         return None
     return think, answer
@@ -129,7 +176,7 @@ def answer_text(text: str) -> str | None:
     if end < 0:
         return None
     start = text.rfind("<answer>", 0, end)
-    return None if start < 0 else text[start + len("<answer>"):end]
+    return None if start < 0 else text[start + len("<answer>") : end]
 
 
 def parse_letter(text: str, num_candidates: int) -> str | None:
@@ -156,7 +203,7 @@ def _split_place(text: str) -> tuple[str, str | None]:
     if not body.endswith(")"):
         return text, None
     start = body.rfind("(")
-    inside = body[start + 1:-1]
+    inside = body[start + 1 : -1]
     if start <= 0 or not body[:start].strip() or ")" in inside or not _is_place(inside):
         return text, None
     return body[:start], inside
@@ -247,8 +294,11 @@ def _group(toks: list[_Tok]) -> tuple[list[_Tok], list[_Value]] | None:
                     return None
                 magnitude += minutes / 60
                 minute_text, i = toks[i].text, i + 2
-                seconds_mark = i + 1 < n and toks[i].kind == "num" and (
-                    toks[i + 1].kind == "sec" or (toks[i + 1].kind == "hemi" and toks[i + 1].text == "s"))
+                seconds_mark = (
+                    i + 1 < n
+                    and toks[i].kind == "num"
+                    and (toks[i + 1].kind == "sec" or (toks[i + 1].kind == "hemi" and toks[i + 1].text == "s"))
+                )
                 if seconds_mark:
                     seconds = _number(toks[i].text, "." not in minute_text)
                     if seconds is None:
@@ -312,7 +362,7 @@ def _attach_labels(seq: list[_Tok], values: list[_Value], hemis: dict[int, int])
         while q < len(seq) and (seq[q].kind in ("sep", "paren") or seq[q].text.casefold() in ("and", "&", "-")):
             q += 1
         if q < len(seq) and seq[q].kind == "label" and seq[q].axis != seq[p].axis:
-            following = list(itertools.islice((t.value for t in seq[q + 1:] if t.kind == "val"), 2))  # "lat/lon: .."
+            following = list(itertools.islice((t.value for t in seq[q + 1 :] if t.kind == "val"), 2))  # "lat/lon: .."
             if len(following) < 2:
                 return False
             for v, axis in zip(following, (seq[p].axis, seq[q].axis), strict=True):

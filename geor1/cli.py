@@ -36,15 +36,21 @@ def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     from geor1.model import commands as model_commands
     from geor1.retrieval import commands as retrieval_commands
 
-    return [data_commands.add_commands, retrieval_commands.add_commands, cot_commands.add_commands,
-            eval_commands.add_commands, model_commands.add_commands, demo_commands.add_commands]
+    return [
+        data_commands.add_commands,
+        retrieval_commands.add_commands,
+        cot_commands.add_commands,
+        eval_commands.add_commands,
+        model_commands.add_commands,
+        demo_commands.add_commands,
+    ]
 
 
 def build_parser(prog: str = "geor1") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="geor1: Geo-R1 post-training of vision-language models (scaffolding SFT, GRPO elevating, "
-                    "geodesic evaluation). Training runs through LightningCLI; the rest are tools.",
+        "geodesic evaluation). Training runs through LightningCLI; the rest are tools.",
         epilog=f"`{prog} fit --help` lists every option of a training run. `lightning` is an alias of `geor1`.",
     )
     parser.add_argument("--version", action="version", version=f"geor1 {__version__}")

@@ -53,8 +53,9 @@ def check_lat_lon(lat: object, lon: object) -> str | None:
     return None
 
 
-def destination(lat: np.ndarray, lon: np.ndarray, bearing_rad: np.ndarray, angle_rad: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
+def destination(
+    lat: np.ndarray, lon: np.ndarray, bearing_rad: np.ndarray, angle_rad: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Point reached from (lat, lon) in degrees by travelling `angle_rad` (central angle) along `bearing_rad`
     (clockwise from north). Returns degrees, lon wrapped to [-180, 180)."""
     p1, l1 = np.radians(lat), np.radians(lon)

@@ -54,8 +54,11 @@ def random_image(rng: np.random.Generator, h: int, w: int) -> Image.Image:
 
 def run_cli(*args: str, timeout: int = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run `python -m geor1 ...` (or a console script when args[0] is one) in a subprocess."""
-    env = dict(os.environ, GEOR1_LOG_LEVEL="WARNING",
-               PYTHONPATH=os.pathsep.join([str(NETGUARD), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        GEOR1_LOG_LEVEL="WARNING",
+        PYTHONPATH=os.pathsep.join([str(NETGUARD), os.environ.get("PYTHONPATH", "")]),
+    )
     cmd = list(args) if args[0] in ("geor1", "lightning") else [sys.executable, "-m", "geor1", *args]
     if cmd[0] in ("geor1", "lightning"):
         cmd[0] = str(Path(sys.executable).parent / cmd[0])
@@ -86,11 +89,13 @@ def random_episodes(world: Path, out: Path, splits: tuple[str, ...] = ("train",)
     from geor1.retrieval.index import IndexSpec, SatIndex
     from geor1.retrieval.mining import Miner, MiningSpec, write_episodes
 
-    meta = [dict(json.loads(r["json"]), key=r["__key__"]) for split in ("train", "val", "test")
-            for r in iter_raw_samples(split_shards(world, split))]
+    meta = [
+        dict(json.loads(r["json"]), key=r["__key__"])
+        for split in ("train", "val", "test")
+        for r in iter_raw_samples(split_shards(world, split))
+    ]
     vecs = np.random.default_rng(0).normal(size=(len(meta), 8)).astype(np.float32)
-    index = SatIndex.build(vecs, vecs, [{k: m[k] for k in ("key", "lat", "lon", "split")} for m in meta],
-                           IndexSpec())
+    index = SatIndex.build(vecs, vecs, [{k: m[k] for k in ("key", "lat", "lon", "split")} for m in meta], IndexSpec())
     miner = Miner(index, MiningSpec(k=2, strategy="random", min_km=0.0, splits=splits))
     episodes, _ = miner.mine()
     write_episodes(miner, episodes, world, out)

@@ -30,12 +30,18 @@ class Record(L.Callback):
         pairs = zip(module.policy.parameters(), self.before, strict=True)
         delta = torch.cat([(p.detach() - b).flatten() for p, b in pairs])
         with open(f"{self.out}.rank{trainer.global_rank}.json", "w") as f:
-            json.dump({"keys": self.keys, "world": trainer.world_size, "delta_norm": float(delta.norm()),
-                       "delta_head": delta[:2000].tolist()}, f)
+            json.dump(
+                {
+                    "keys": self.keys,
+                    "world": trainer.world_size,
+                    "delta_norm": float(delta.norm()),
+                    "delta_head": delta[:2000].tolist(),
+                },
+                f,
+            )
 
 
-COMPLETIONS = ["<think>sea to the west</think><answer>A</answer>", "<think>green</think><answer>B</answer>",
-               "B B B"]
+COMPLETIONS = ["<think>sea to the west</think><answer>A</answer>", "<think>green</think><answer>B</answer>", "B B B"]
 
 
 def fixed_rollout(policy, prompts, group_size, **_):
@@ -51,14 +57,27 @@ def main(out: str, devices: int) -> None:
     samples = [ToyPairing(4, 2, seed=3)[i] for i in range(4)]
     # each rank takes its own prompts (DistributedSampler via Lightning); its G samples stay on that rank
     loader = DataLoader(samples, batch_size=4 // devices, collate_fn=collate_samples, shuffle=False)
-    module = GRPOModule(TinyPolicy(seed=0), optimizer=lambda p: torch.optim.SGD(p, lr=0.5),
-                        rewards={"accuracy": 1.0, "format": 1.0}, log_completions_every_n_steps=0,
-                        rollout=RolloutSettings(group_size=3, max_new_tokens=8),
-                        loss=LossSettings(beta=0.0, max_grad_norm=None))
+    module = GRPOModule(
+        TinyPolicy(seed=0),
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.5),
+        rewards={"accuracy": 1.0, "format": 1.0},
+        log_completions_every_n_steps=0,
+        rollout=RolloutSettings(group_size=3, max_new_tokens=8),
+        loss=LossSettings(beta=0.0, max_grad_norm=None),
+    )
     module.policy.generate = lambda prompts, group_size=1, **kw: fixed_rollout(module.policy, prompts, group_size)
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[Record(out)], use_distributed_sampler=True)
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Record(out)],
+        use_distributed_sampler=True,
+    )
     trainer.fit(module, train_dataloaders=loader)
 
 

@@ -38,8 +38,13 @@ class Record(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)  # every rank: a hard kill, no checkpoint on the way out
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        row = {"step": trainer.global_step, "keys": [s.key for s in batch], "texts": self.texts,
-               "loss": float(trainer.callback_metrics["train/loss"]), "world": trainer.world_size}
+        row = {
+            "step": trainer.global_step,
+            "keys": [s.key for s in batch],
+            "texts": self.texts,
+            "loss": float(trainer.callback_metrics["train/loss"]),
+            "world": trainer.world_size,
+        }
         with open(f"{self.path}.rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -56,11 +61,15 @@ def main() -> None:
     args = ap.parse_args()
     L.seed_everything(0)
     record = Record(os.path.join(args.out, args.tag), args.kill_at)
-    module = GRPOModule(TinyPolicy(seed=0, hidden_size=64), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2),
-                        rollout=RolloutSettings(group_size=2, max_new_tokens=6), loss=LossSettings(beta=0.04),
-                        log_completions_every_n_steps=0,
-                        rewards={"accuracy": 1.0, "format": 1.0, "repetition": 1.0},
-                        export_dir=os.path.join(args.out, f"{args.tag}_export"))
+    module = GRPOModule(
+        TinyPolicy(seed=0, hidden_size=64),
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2),
+        rollout=RolloutSettings(group_size=2, max_new_tokens=6),
+        loss=LossSettings(beta=0.04),
+        log_completions_every_n_steps=0,
+        rewards={"accuracy": 1.0, "format": 1.0, "repetition": 1.0},
+        export_dir=os.path.join(args.out, f"{args.tag}_export"),
+    )
     original = module.policy.generate
 
     def generate(*a, **kw):
@@ -70,13 +79,25 @@ def main() -> None:
 
     module.policy.generate = generate
     dm = ChatShardDataModule(args.episodes, task="pairing", batch_size=2, shuffle_buffer=4, val_split="", seed=1)
-    strategy = ModelParallelStrategy(data_parallel_size=args.devices, tensor_parallel_size=1,
-                                     process_group_backend="gloo")
-    trainer = L.Trainer(max_steps=args.max_steps, accelerator="cpu", devices=args.devices, strategy=strategy,
-                        logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=args.out,
-                        callbacks=[record, L.pytorch.callbacks.ModelCheckpoint(
-                            dirpath=os.path.join(args.out, "ckpt"), every_n_train_steps=2, save_top_k=-1)])
+    strategy = ModelParallelStrategy(
+        data_parallel_size=args.devices, tensor_parallel_size=1, process_group_backend="gloo"
+    )
+    trainer = L.Trainer(
+        max_steps=args.max_steps,
+        accelerator="cpu",
+        devices=args.devices,
+        strategy=strategy,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=args.out,
+        callbacks=[
+            record,
+            L.pytorch.callbacks.ModelCheckpoint(
+                dirpath=os.path.join(args.out, "ckpt"), every_n_train_steps=2, save_top_k=-1
+            ),
+        ],
+    )
     trainer.fit(module, datamodule=dm, ckpt_path=args.ckpt)
 
 

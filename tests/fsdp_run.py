@@ -31,8 +31,12 @@ from geor1.objectives.sft import SFTModule
 from geor1.objectives.sharding import FSDP2Strategy, ShardingSpec, _checkpointing, is_sharded
 
 N_PROMPTS = 4
-COMPLETIONS = ["<think>sea to the west</think><answer>A</answer>", "<think>green</think><answer>B</answer>",
-               "B B B", "<answer>A</answer>"]
+COMPLETIONS = [
+    "<think>sea to the west</think><answer>A</answer>",
+    "<think>green</think><answer>B</answer>",
+    "B B B",
+    "<answer>A</answer>",
+]
 
 
 def full_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -64,14 +68,21 @@ class Record(L.Callback):
 
     def on_train_end(self, trainer, module):
         state = full_state(module.policy.model)  # every rank joins the gather
-        info = {"world": trainer.world_size, "keys": getattr(self, "keys", []), "losses": self.losses,
-                "lengths": self.lengths, "grad_norms": self.grad_norms,
-                "prompt_images": self.prompt_images, "grad_images": self.grad_images,
-                "sharded": is_sharded(module.policy.model),
-                "checkpointing": _checkpointing(module.policy.base_model()),
-                "has_ref": getattr(module, "_reference", None) is not None,
-                "ref_sharded": module._reference is not None and is_sharded(module._reference.model)
-                if isinstance(module, GRPOModule) else None}
+        info = {
+            "world": trainer.world_size,
+            "keys": getattr(self, "keys", []),
+            "losses": self.losses,
+            "lengths": self.lengths,
+            "grad_norms": self.grad_norms,
+            "prompt_images": self.prompt_images,
+            "grad_images": self.grad_images,
+            "sharded": is_sharded(module.policy.model),
+            "checkpointing": _checkpointing(module.policy.base_model()),
+            "has_ref": getattr(module, "_reference", None) is not None,
+            "ref_sharded": module._reference is not None and is_sharded(module._reference.model)
+            if isinstance(module, GRPOModule)
+            else None,
+        }
         with open(f"{self.out}.rank{trainer.global_rank}.json", "w") as f:
             json.dump(info, f)
         if trainer.global_rank == 0:
@@ -92,8 +103,12 @@ def fixed_rollout(policy, prompts, group_size, **_):
 def samples(mode: str) -> list:
     data = [ToyPairing(N_PROMPTS, 2, seed=3, image_size=28 + 14 * i)[i] for i in range(N_PROMPTS)]
     if mode == "sft":  # responses of different token counts: rank 0 (samples 0, 3) holds more labelled tokens
-        data = [dataclasses.replace(s, response="<think>" + "sea " * (3 * i * i) + f"</think><answer>"
-                                    f"{s.target.letter}</answer>") for i, s in enumerate(data)]
+        data = [
+            dataclasses.replace(
+                s, response="<think>" + "sea " * (3 * i * i) + f"</think><answer>{s.target.letter}</answer>"
+            )
+            for i, s in enumerate(data)
+        ]
     return data
 
 
@@ -118,7 +133,7 @@ class HalvesContrastive(ContrastiveModule):
     negatives and batch-norm statistics), and the ranks' gradients are averaged."""
 
     def training_step(self, batch: dict, batch_idx: int):
-        halves = [{k: v[i:i + 2] for k, v in batch.items()} for i in (0, 2)]
+        halves = [{k: v[i : i + 2] for k, v in batch.items()} for i in (0, 2)]
         losses = [info_nce(*self(h)) for h in halves]
         for r, loss in enumerate(losses):
             self.losses[r] = float(loss)
@@ -130,29 +145,54 @@ class HalvesContrastive(ContrastiveModule):
 def contrastive(out: str, devices: int) -> None:
     """One contrastive step; rank r takes pairs 2r, 2r+1 (one process: all 4, as two halves)."""
     gen = torch.Generator().manual_seed(0)
-    pairs = [{"key": f"p{i}", "ground": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8, generator=gen),
-              "sat": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8, generator=gen)} for i in range(4)]
+    pairs = [
+        {
+            "key": f"p{i}",
+            "ground": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8, generator=gen),
+            "sat": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8, generator=gen),
+        }
+        for i in range(4)
+    ]
     rank = int(os.environ.get("LOCAL_RANK", "0"))
-    mine = pairs if devices == 1 else pairs[2 * rank:2 * rank + 2]
-    collate = lambda b: {"key": [x["key"] for x in b], "ground": torch.stack([x["ground"] for x in b]),
-                         "sat": torch.stack([x["sat"] for x in b])}
+    mine = pairs if devices == 1 else pairs[2 * rank : 2 * rank + 2]
+    collate = lambda b: {
+        "key": [x["key"] for x in b],
+        "ground": torch.stack([x["ground"] for x in b]),
+        "sat": torch.stack([x["sat"] for x in b]),
+    }
     loader = DataLoader(mine, batch_size=len(mine), collate_fn=collate)
     cls = HalvesContrastive if devices == 1 else ContrastiveModule
-    module = cls(backbone="regnetx_002", embed_dim=16, optimizer=lambda p: torch.optim.SGD(p, lr=0.05),
-                 sharding=ShardingSpec())
+    module = cls(
+        backbone="regnetx_002", embed_dim=16, optimizer=lambda p: torch.optim.SGD(p, lr=0.05), sharding=ShardingSpec()
+    )
     module.losses = {}
     before = {k: v.detach().clone() for k, v in module.named_parameters()}
     strategy = FSDP2Strategy() if devices > 1 else "auto"
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=devices, strategy=strategy, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        use_distributed_sampler=False)
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+    )
     trainer.fit(module, train_dataloaders=loader)
     names = set(before)
     state = {k: v for k, v in full_state(module).items() if k in names}  # parameters (ranks keep own BN stats)
     loss = float(trainer.callback_metrics["train/loss"])
     with open(f"{out}.rank{trainer.global_rank}.json", "w") as f:
-        json.dump({"world": trainer.world_size, "sharded": is_sharded(module), "losses": [loss],
-                   "halves": [module.losses.get(0), module.losses.get(1)]}, f)
+        json.dump(
+            {
+                "world": trainer.world_size,
+                "sharded": is_sharded(module),
+                "losses": [loss],
+                "halves": [module.losses.get(0), module.losses.get(1)],
+            },
+            f,
+        )
     if trainer.global_rank == 0:
         save_file({k: v.contiguous() for k, v in state.items()}, f"{out}.weights.safetensors")
         save_file({k: v.contiguous() for k, v in before.items()}, f"{out}.before.safetensors")
@@ -166,27 +206,38 @@ def main(out: str, devices: int, mode: str) -> None:
     policy = TinyPolicy(seed=0, hidden_size=64, vision_hidden_size=32, lora=lora)
     # 2 processes recompute every block in backward (activation checkpointing): the same values as 1 process without
     # (and the GRPO reference's shards live in CPU memory); rollout: bf16 compute, fp32 gradient reduction
-    spec = ShardingSpec(activation_checkpointing=devices > 1, offload_reference=devices > 1,
-                        mixed_precision=mode == "rollout")
+    spec = ShardingSpec(
+        activation_checkpointing=devices > 1, offload_reference=devices > 1, mixed_precision=mode == "rollout"
+    )
     record = Record(out)
     if mode == "sft":
-        module = SFTModule(policy, optimizer=lambda p: torch.optim.SGD(p, lr=0.5), max_length=512,
-                           num_val_generations=0, sharding=spec)
+        module = SFTModule(
+            policy, optimizer=lambda p: torch.optim.SGD(p, lr=0.5), max_length=512, num_val_generations=0, sharding=spec
+        )
     else:
         # grpo_uneven: rank 0 holds 3 prompts and rank 1 one, in micro-batches of 1 prompt (3 backward passes
         # against 1: rank 1 adds zero-weight passes), aggregated per sequence over all ranks' rows
         uneven = mode == "grpo_uneven"
-        module = GRPOModule(policy, optimizer=lambda p: torch.optim.SGD(p, lr=0.5),
-                            rewards={"accuracy": 1.0, "format": 1.0},
-                            rollout=RolloutSettings(group_size=3, max_new_tokens=12),
-                            loss=LossSettings(beta=0.1, mu=1 if uneven else 2, aggregation="grpo" if uneven else "dapo",
-                                              max_grad_norm=None if uneven else 0.05,
-                                              micro_batch_prompts=1 if uneven else None),
-                            log_completions_every_n_steps=0, sharding=spec)
+        module = GRPOModule(
+            policy,
+            optimizer=lambda p: torch.optim.SGD(p, lr=0.5),
+            rewards={"accuracy": 1.0, "format": 1.0},
+            rollout=RolloutSettings(group_size=3, max_new_tokens=12),
+            loss=LossSettings(
+                beta=0.1,
+                mu=1 if uneven else 2,
+                aggregation="grpo" if uneven else "dapo",
+                max_grad_norm=None if uneven else 0.05,
+                micro_batch_prompts=1 if uneven else None,
+            ),
+            log_completions_every_n_steps=0,
+            sharding=spec,
+        )
         if mode == "rollout":
             force_eos(policy, int(os.environ.get("LOCAL_RANK", "0")))
             sample = policy.generate
         else:
+
             def sample(prompts, group_size=1, **kw):
                 return fixed_rollout(policy, prompts, group_size)
 
@@ -205,8 +256,9 @@ def main(out: str, devices: int, mode: str) -> None:
         policy.generate = generate
         policy.vision_tower(policy.model).register_forward_pre_hook(count_images, with_kwargs=True)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # the weights before the step, unsharded
-        save_file({k: v.detach().contiguous() for k, v in policy.model.state_dict().items()},
-                  f"{out}.before.safetensors")
+        save_file(
+            {k: v.detach().contiguous() for k, v in policy.model.state_dict().items()}, f"{out}.before.safetensors"
+        )
     data, per_rank, split = samples(mode), N_PROMPTS // devices, True
     if mode == "grpo_uneven" and devices > 1:  # rank 0: prompts 0-2, rank 1: prompt 3
         rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -215,9 +267,18 @@ def main(out: str, devices: int, mode: str) -> None:
     strategy = FSDP2Strategy() if devices > 1 else "auto"
     if mode == "grpo_ddp":  # the same GRPO step under DDP (dapo's token count all-reduced there too)
         strategy = "ddp" if devices > 1 else "auto"
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=devices, strategy=strategy, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[record], use_distributed_sampler=split)
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[record],
+        use_distributed_sampler=split,
+    )
     trainer.fit(module, train_dataloaders=loader)
 
 

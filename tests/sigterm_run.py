@@ -28,15 +28,23 @@ class Preempt(L.Callback):
 
 def main(exemplars: str, out: str, sig: int) -> None:
     L.seed_everything(0)
-    module = SFTModule(TinyPolicy(seed=0), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3), max_length=512,
-                       num_val_generations=0)
+    module = SFTModule(
+        TinyPolicy(seed=0), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3), max_length=512, num_val_generations=0
+    )
     dm = ChatShardDataModule(exemplars, batch_size=3, shuffle_buffer=4, val_split="", seed=1)
-    trainer = L.Trainer(max_steps=7, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False,
-                        callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=out, every_n_train_steps=2,
-                                                                       save_last=True),
-                                   Preempt(sig), CheckpointOnSigterm(out)],
-                        default_root_dir=out)
+    trainer = L.Trainer(
+        max_steps=7,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[
+            L.pytorch.callbacks.ModelCheckpoint(dirpath=out, every_n_train_steps=2, save_last=True),
+            Preempt(sig),
+            CheckpointOnSigterm(out),
+        ],
+        default_root_dir=out,
+    )
     trainer.fit(module, datamodule=dm)
 
 

@@ -28,8 +28,9 @@ def write_pairs(root, splits: dict[str, int], max_count: int) -> None:
     for split, n in splits.items():
         with ShardWriter(root, split, max_count=max_count) as w:
             for i in range(n):
-                images = [encode_jpeg(Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)))
-                          for _ in range(2)]
+                images = [
+                    encode_jpeg(Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))) for _ in range(2)
+                ]
                 w.write(f"{split}{i:04d}", images[0], images[1], META)
         stats[split] = w.close()
     write_manifest(root, stats, "t", "CC0")
@@ -64,9 +65,17 @@ def main(root: str, out: str, devices: int) -> None:
     L.seed_everything(0)
     module = KeyModule()
     dm = PairShardDataModule(root, batch_size=2, shuffle_buffer=0, val_split="val")
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=-1)
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=-1,
+    )
     trainer.fit(module, datamodule=dm)
     # a plain loop under torch.distributed (no trainer): the same agreement, through torch.distributed itself
     plain = PairShardDataModule(root, batch_size=2, shuffle_buffer=0, val_split="val")
@@ -76,9 +85,18 @@ def main(root: str, out: str, devices: int) -> None:
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(torch.ones(1))  # a collective per batch: an extra batch would hang here
     with open(f"{out}.rank{trainer.global_rank}.json", "w") as f:
-        json.dump({"world": trainer.world_size, "keys": module.keys, "epochs": module.epochs,
-                   "val_keys": module.val_keys, "stats": dm.stream_stats, "loop_keys": loop_keys,
-                   "loop_stats": plain.stream_stats}, f)
+        json.dump(
+            {
+                "world": trainer.world_size,
+                "keys": module.keys,
+                "epochs": module.epochs,
+                "val_keys": module.val_keys,
+                "stats": dm.stream_stats,
+                "loop_keys": loop_keys,
+                "loop_stats": plain.stream_stats,
+            },
+            f,
+        )
 
 
 if __name__ == "__main__":

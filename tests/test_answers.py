@@ -69,8 +69,11 @@ COORDS = [  # (answer as a VLM writes it, expected (lat, lon) within 0.01 degree
     ("33°52'S 151°12'E", (-33.866667, 151.2), "degrees and minutes (40°42'N style)"),
     ("40º42'N 74˚0'W", (40.7, -74.0), "degree sign variants º and ˚"),
     ("40 deg 42 min N, 74 deg 0 min W", (40.7, -74.0), "deg/min words (were read as (40, 42))"),
-    ("40 degrees 42 minutes 46 seconds north, 74 degrees 0 minutes 22 seconds west", (40.712778, -74.006111),
-     "degrees/minutes/seconds spelled out"),
+    (
+        "40 degrees 42 minutes 46 seconds north, 74 degrees 0 minutes 22 seconds west",
+        (40.712778, -74.006111),
+        "degrees/minutes/seconds spelled out",
+    ),
     ("40d 42m 30s N, 74d 0m 0s W", (40.708333, -74.0), "d m s letters"),
     ("48°51'24''N, 2°21'0''E", (48.856667, 2.35), "two apostrophes for seconds"),
     ("40°42'46\"N 74°0'22\"W (40.7128, -74.0060)", (40.712778, -74.006111), "the same pair written twice"),

@@ -19,8 +19,10 @@ def _prompts() -> list[Prompt]:
     return [
         Prompt("A <image> B <image>", [random_image(rng, 64, 64), random_image(rng, 80, 150)]),
         Prompt("text only", []),
-        Prompt("C <image> D <image> E <image>",
-               [random_image(rng, 140, 90), random_image(rng, 56, 56), random_image(rng, 100, 100)]),
+        Prompt(
+            "C <image> D <image> E <image>",
+            [random_image(rng, 140, 90), random_image(rng, 56, 56), random_image(rng, 100, 100)],
+        ),
     ]
 
 
@@ -88,8 +90,13 @@ class _Rows(ArchAdapter):
 
     family = "TestRows"
     model_types = ("test_rows",)
-    key_layouts = {"input_ids": "seq", "attention_mask": "seq", "token_type_ids": "seq", "pixel_values": "row",
-                   "image_sizes": "image"}
+    key_layouts = {
+        "input_ids": "seq",
+        "attention_mask": "seq",
+        "token_type_ids": "seq",
+        "pixel_values": "row",
+        "image_sizes": "image",
+    }
     seq_fill = {"attention_mask": 1, "token_type_ids": 0}
 
     def images_per_row(self, inputs, model):
@@ -97,13 +104,15 @@ class _Rows(ArchAdapter):
 
 
 def test_row_and_image_layouts_of_another_family():
-    inputs = BatchFeature({
-        "input_ids": torch.tensor([[9, 1, 9], [0, 9, 2]]),
-        "attention_mask": torch.tensor([[1, 1, 1], [0, 1, 1]]),
-        "token_type_ids": torch.tensor([[1, 0, 1], [0, 1, 0]]),
-        "pixel_values": torch.arange(2 * 2 * 3).view(2, 2, 3),
-        "image_sizes": torch.tensor([[10, 10], [20, 20], [30, 30]]),
-    })
+    inputs = BatchFeature(
+        {
+            "input_ids": torch.tensor([[9, 1, 9], [0, 9, 2]]),
+            "attention_mask": torch.tensor([[1, 1, 1], [0, 1, 1]]),
+            "token_type_ids": torch.tensor([[1, 0, 1], [0, 1, 0]]),
+            "pixel_values": torch.arange(2 * 2 * 3).view(2, 2, 3),
+            "image_sizes": torch.tensor([[10, 10], [20, 20], [30, 30]]),
+        }
+    )
     out = select_rows(inputs, [1, 0, 1], _Rows(), None)
     assert out["pixel_values"].tolist() == inputs["pixel_values"][[1, 0, 1]].tolist()
     assert out["image_sizes"].tolist() == [[30, 30], [10, 10], [20, 20], [30, 30]]
@@ -121,13 +130,15 @@ class _RowsWithImageRows(_Rows):
 def test_selection_without_images_drops_every_image_key():
     """Rows holding no image: "image" keys and the adapter's image "row" keys are left out; a selection with one
     image keeps them all."""
-    inputs = BatchFeature({
-        "input_ids": torch.tensor([[9, 1, 9], [0, 3, 2], [4, 5, 6]]),
-        "attention_mask": torch.tensor([[1, 1, 1], [0, 1, 1], [1, 1, 1]]),
-        "token_type_ids": torch.tensor([[1, 0, 1], [0, 0, 0], [0, 0, 0]]),
-        "pixel_values": torch.arange(3 * 2).view(3, 2),
-        "image_sizes": torch.tensor([[10, 10], [20, 20]]),
-    })
+    inputs = BatchFeature(
+        {
+            "input_ids": torch.tensor([[9, 1, 9], [0, 3, 2], [4, 5, 6]]),
+            "attention_mask": torch.tensor([[1, 1, 1], [0, 1, 1], [1, 1, 1]]),
+            "token_type_ids": torch.tensor([[1, 0, 1], [0, 0, 0], [0, 0, 0]]),
+            "pixel_values": torch.arange(3 * 2).view(3, 2),
+            "image_sizes": torch.tensor([[10, 10], [20, 20]]),
+        }
+    )
     out = select_rows(inputs, [2, 1, 2], _RowsWithImageRows(), None)
     assert set(out) == {"input_ids", "attention_mask", "token_type_ids"}
     assert out["input_ids"].tolist() == [[4, 5, 6], [0, 3, 2], [4, 5, 6]]

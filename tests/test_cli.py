@@ -39,8 +39,16 @@ def test_every_config_parses():
 def test_fit_tiny_config_with_both_entry_points(tmp_path):
     for entry in ("geor1", "lightning"):
         out = tmp_path / entry
-        res = run_cli(entry, "fit", "--config", "configs/debug/tiny_sft.yaml", "--trainer.max_steps", "2",
-                      f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}")
+        res = run_cli(
+            entry,
+            "fit",
+            "--config",
+            "configs/debug/tiny_sft.yaml",
+            "--trainer.max_steps",
+            "2",
+            f"--trainer.default_root_dir={out}",
+            f"--trainer.logger.init_args.save_dir={out}",
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         events = list(Path(out).rglob("events.out.tfevents.*"))
         assert events, f"{entry}: no TensorBoard log"
@@ -48,8 +56,14 @@ def test_fit_tiny_config_with_both_entry_points(tmp_path):
 
 
 def test_user_errors_are_one_line(tmp_path):
-    res = run_cli("fit", "--config", "configs/debug/tiny_sft.yaml", "--model.init_args.policy.class_path",
-                  "geor1.model.Policy", f"--model.init_args.policy.init_args.path={tmp_path / 'nope'}")
+    res = run_cli(
+        "fit",
+        "--config",
+        "configs/debug/tiny_sft.yaml",
+        "--model.init_args.policy.class_path",
+        "geor1.model.Policy",
+        f"--model.init_args.policy.init_args.path={tmp_path / 'nope'}",
+    )
     assert res.returncode != 0
     assert "Traceback" not in res.stderr
     assert f"model path '{tmp_path / 'nope'}' does not exist" in res.stderr

@@ -31,17 +31,69 @@ def test_user_errors_are_one_line(tmp_path):
     (tmp_path / "shards" / "train-000000.tar").write_bytes(b"")
     cases = [
         (["data", "inspect", str(tmp_path / "nowhere")], ["not a folder of shards"]),
-        (["data", "convert", "csv", "--csv", str(tmp_path / "x.csv"), "--images", ".", "--out", str(tmp_path / "o")],
-         ["CSV not found"]),
-        (["mine", "episodes", "--index", str(tmp_path / "idx"), "--shards", str(tmp_path), "--out",
-          str(tmp_path / "ep"), "--k", "8", "--strategy", "random", "--min-km", "0"], ["no episode could be mined"]),
-        (["mine", "episodes", "--index", str(tmp_path / "empty_idx"), "--shards", str(tmp_path), "--out",
-          str(tmp_path / "ep")], ["is empty"]),
+        (
+            ["data", "convert", "csv", "--csv", str(tmp_path / "x.csv"), "--images", ".", "--out", str(tmp_path / "o")],
+            ["CSV not found"],
+        ),
+        (
+            [
+                "mine",
+                "episodes",
+                "--index",
+                str(tmp_path / "idx"),
+                "--shards",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "ep"),
+                "--k",
+                "8",
+                "--strategy",
+                "random",
+                "--min-km",
+                "0",
+            ],
+            ["no episode could be mined"],
+        ),
+        (
+            [
+                "mine",
+                "episodes",
+                "--index",
+                str(tmp_path / "empty_idx"),
+                "--shards",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "ep"),
+            ],
+            ["is empty"],
+        ),
         (["index", "search", "--index", str(tmp_path / "shards"), "--key", "k0"], ["not a geor1 index folder"]),
-        (["eval", "pairing", "--model", str(tmp_path / "shards"), "--episodes", str(tmp_path / "shards"), "--out",
-          str(tmp_path / "ev")], ["has no config.json"]),  # a data folder given as a model
-        (["index", "build", "--ckpt", str(tmp_path / "none.ckpt"), "--shards", str(tmp_path), "--out",
-          str(tmp_path / "i2")], ["does not exist"]),
+        (
+            [
+                "eval",
+                "pairing",
+                "--model",
+                str(tmp_path / "shards"),
+                "--episodes",
+                str(tmp_path / "shards"),
+                "--out",
+                str(tmp_path / "ev"),
+            ],
+            ["has no config.json"],
+        ),  # a data folder given as a model
+        (
+            [
+                "index",
+                "build",
+                "--ckpt",
+                str(tmp_path / "none.ckpt"),
+                "--shards",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "i2"),
+            ],
+            ["does not exist"],
+        ),
     ]
     for args, needles in cases:
         _one_line_error(run_cli(*args), *needles)
@@ -49,8 +101,9 @@ def test_user_errors_are_one_line(tmp_path):
 
 def test_config_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(json.dumps({"model": {"class_path": "geor1.objectives.SFTModule",
-                                         "init_args": {"max_length": 8}}}))  # no policy
+    bad.write_text(
+        json.dumps({"model": {"class_path": "geor1.objectives.SFTModule", "init_args": {"max_length": 8}}})
+    )  # no policy
     res = run_cli("fit", "--config", str(bad))
     assert res.returncode != 0 and "Traceback" not in res.stderr and "policy" in res.stderr
     res = run_cli("fit", "--config", str(tmp_path / "missing.yaml"))

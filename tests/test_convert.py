@@ -47,8 +47,9 @@ def test_csv_im2gps_style_with_a_missing_image_and_iso_fill(tmp_path):
         w.writerow(["bad_lat.jpg", "x", "north", 10, 1])
     for name, *_ in places + [("bad_lat.jpg",)]:
         _img(tmp_path / "img" / name)
-    report = write_rows(csv_rows(tmp_path / "im2gps3k_places365.csv", tmp_path / "img"), tmp_path / "out",
-                        "im2gps3k", "CC")
+    report = write_rows(
+        csv_rows(tmp_path / "im2gps3k_places365.csv", tmp_path / "img"), tmp_path / "out", "im2gps3k", "CC"
+    )
     assert report.written == {"test": 3}
     assert {s["key"]: s["field"] for s in report.skipped} == {"missing": "ground.jpg", "bad_lat": "lat"}
     samples = _read(tmp_path / "out")
@@ -59,8 +60,20 @@ def test_csv_im2gps_style_with_a_missing_image_and_iso_fill(tmp_path):
 
 def test_csv_swapped_header_is_detected(tmp_path):
     # an old im2gps3k copy: header says LON,LAT over lat,lon values
-    pts = [(48.85, 2.35), (40.71, -74.0), (35.68, 139.69), (-23.55, -46.63), (55.75, 37.62), (19.43, -99.13),
-           (-1.29, 36.82), (28.61, 77.21), (-34.6, -58.38), (51.5, -0.12), (39.9, 116.4), (30.04, 31.24)]
+    pts = [
+        (48.85, 2.35),
+        (40.71, -74.0),
+        (35.68, 139.69),
+        (-23.55, -46.63),
+        (55.75, 37.62),
+        (19.43, -99.13),
+        (-1.29, 36.82),
+        (28.61, 77.21),
+        (-34.6, -58.38),
+        (51.5, -0.12),
+        (39.9, 116.4),
+        (30.04, 31.24),
+    ]
     path = tmp_path / "swapped.csv"
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -79,8 +92,16 @@ def test_csv_imageo_style_columns_and_country_names(tmp_path):
         w.writerow(["image_path", "city", "country", "continent", "latitude", "longitude"])
         w.writerow(["x/p1.png", "Paris", "France", "Europe", 48.8566, 2.3522])
     _img(tmp_path / "imgs" / "x" / "p1.png", fmt="PNG")
-    rows = csv_rows(tmp_path / "dataset1_info.csv", tmp_path / "imgs", id_col="image_path", lat_col="latitude",
-                    lon_col="longitude", path_col="image_path", city_col="city", country_col="country")
+    rows = csv_rows(
+        tmp_path / "dataset1_info.csv",
+        tmp_path / "imgs",
+        id_col="image_path",
+        lat_col="latitude",
+        lon_col="longitude",
+        path_col="image_path",
+        city_col="city",
+        country_col="country",
+    )
     write_rows(rows, tmp_path / "out", "imageo_gss", "CC")
     (s,) = _read(tmp_path / "out").values()
     assert s["json"]["country"] == "FR" and s["json"]["country_name"] == "France" and s["json"]["city"] == "Paris"
@@ -114,12 +135,16 @@ def test_cvusa(tmp_path):
         _img(tmp_path / "bingmap" / "19" / f"000000{i}.jpg")
         _img(tmp_path / "streetview" / "panos" / f"000000{i}.jpg", 20, 60)
         (tmp_path / "splits" / f"{split}-19zl.csv").write_text(
-            f"bingmap/19/000000{i}.jpg,streetview/panos/000000{i}.jpg,annotations/000000{i}.png\n")
+            f"bingmap/19/000000{i}.jpg,streetview/panos/000000{i}.jpg,annotations/000000{i}.png\n"
+        )
     (tmp_path / "split_locations" / "all.csv").write_text(
-        "38.01,-90.01,38.0,-90.0,0000001\n45.01,-100.01,45.0,-100.0,0000002\n")
+        "38.01,-90.01,38.0,-90.0,0000001\n45.01,-100.01,45.0,-100.0,0000002\n"
+    )
     rows = list(cvusa_rows(tmp_path))
     assert [(r.key, r.split, r.meta["lat"], r.meta["lon"]) for r in rows] == [
-        ("cvusa_0000001", "train", 38.0, -90.0), ("cvusa_0000002", "test", 45.0, -100.0)]
+        ("cvusa_0000001", "train", 38.0, -90.0),
+        ("cvusa_0000002", "test", 45.0, -100.0),
+    ]
     assert write_rows(rows, tmp_path / "out", "cvusa", "research").written == {"train": 1, "test": 1}
 
 
@@ -142,9 +167,15 @@ def test_cvact(tmp_path):
     for pid in ids:
         _img(tmp_path / "streetview" / f"{pid}_grdView.jpg", 20, 60)
         _img(tmp_path / "satview_polish" / f"{pid}_satView_polish.jpg")
-    savemat(tmp_path / "ACT_data.mat", {
-        "panoIds": np.array(ids, dtype=object), "utm": np.array([[693000.0, 6090000.0]] * 3),
-        "trainSet": {"trainInd": np.array([[1], [3]])}, "valSet": {"valInd": np.array([[2]])}})
+    savemat(
+        tmp_path / "ACT_data.mat",
+        {
+            "panoIds": np.array(ids, dtype=object),
+            "utm": np.array([[693000.0, 6090000.0]] * 3),
+            "trainSet": {"trainInd": np.array([[1], [3]])},
+            "valSet": {"valInd": np.array([[2]])},
+        },
+    )
     rows = list(cvact_rows(tmp_path))
     assert [(r.key, r.split) for r in rows] == [("cvact_idA", "train"), ("cvact_idC", "train"), ("cvact_idB", "val")]
     assert -36 < rows[0].meta["lat"] < -35 and 149 < rows[0].meta["lon"] < 150  # Canberra
@@ -160,8 +191,17 @@ def test_cvcities_and_cli(tmp_path):
     assert [(r.meta["city"], r.split) for r in rows] == [("Paris", "train"), ("Tokyo", "test")]
     with pytest.raises(Geor1Error, match="Rome"):
         list(cvcities_rows(tmp_path / "cvc", test_cities=["Rome"]))
-    res = run_cli("data", "convert", "cvcities", "--root", str(tmp_path / "cvc"), "--out", str(tmp_path / "out"),
-                  "--test-cities", "Tokyo")
+    res = run_cli(
+        "data",
+        "convert",
+        "cvcities",
+        "--root",
+        str(tmp_path / "cvc"),
+        "--out",
+        str(tmp_path / "out"),
+        "--test-cities",
+        "Tokyo",
+    )
     assert res.returncode == 0, res.stderr
     res = run_cli("data", "inspect", str(tmp_path / "out"))
     assert res.returncode == 0 and "train: 1 valid, 0 corrupt" in res.stdout and "test: 1 valid" in res.stdout

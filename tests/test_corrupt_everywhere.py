@@ -76,9 +76,17 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     trainer.strategy.connect(module)
     ckpt = tmp_path / "enc.ckpt"
     trainer.save_checkpoint(ckpt)
-    res = run_cli("fit", "--config", "configs/debug/tiny_sft.yaml", "--trainer.max_steps", "1", "--ckpt_path",
-                  str(ckpt), f"--trainer.default_root_dir={tmp_path}",
-                  f"--trainer.logger.init_args.save_dir={tmp_path}")
+    res = run_cli(
+        "fit",
+        "--config",
+        "configs/debug/tiny_sft.yaml",
+        "--trainer.max_steps",
+        "1",
+        "--ckpt_path",
+        str(ckpt),
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    )
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert "ckpt_path hyperparameters failed" in res.stderr or "does not fit this config" in res.stderr
     state = torch.load(ckpt, weights_only=True)

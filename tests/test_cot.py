@@ -13,26 +13,41 @@ from geor1.cot.factcheck import fact_check
 from geor1.cot.synthesize import geolocate_exemplar, pairing_exemplar
 from geor1.tasks import GeoTarget, PairingTarget
 
-META = {"lat": -33.9249, "lon": 18.4241, "city": "Cape Town", "country": "ZA", "admin1": "Western Cape",
-        "continent": "africa"}
+META = {
+    "lat": -33.9249,
+    "lon": 18.4241,
+    "city": "Cape Town",
+    "country": "ZA",
+    "admin1": "Western Cape",
+    "continent": "africa",
+}
 TARGET = GeoTarget(META["lat"], META["lon"], META["city"], META["country"])
-GOOD = ("<think>The view shows water. Geographic priors: the southern hemisphere and the eastern hemisphere. "
-        "My estimate is -33.9249, 18.4241.</think><answer>-33.92490, 18.42410 (Cape Town, ZA)</answer>")
+GOOD = (
+    "<think>The view shows water. Geographic priors: the southern hemisphere and the eastern hemisphere. "
+    "My estimate is -33.9249, 18.4241.</think><answer>-33.92490, 18.42410 (Cape Town, ZA)</answer>"
+)
 
 
-@pytest.mark.parametrize("text, reason", [
-    (GOOD, None),
-    (GOOD.replace("(Cape Town, ZA)", "(Cape Town, NA)"), "wrong_country"),
-    (GOOD.replace("(Cape Town, ZA)", "(Durban, ZA)"), "wrong_city"),
-    (GOOD.replace("southern hemisphere", "northern hemisphere"), "wrong_hemisphere"),
-    (GOOD.replace("eastern hemisphere", "western hemisphere"), "wrong_hemisphere"),
-    (GOOD.replace("<answer>-33.92490, 18.42410", "<answer>-29.85790, 31.02920"), "coordinates_off"),
-    (GOOD.replace("My estimate is -33.9249, 18.4241", "My estimate is 33.9249, 18.4241"),
-     "wrong_coordinates_in_reasoning"),
-    (GOOD.replace("<answer>-33.92490, 18.42410 (Cape Town, ZA)", "<answer>somewhere in Africa"),
-     "unparseable_answer"),
-    (GOOD.replace("</think>", ""), "format"),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        (GOOD, None),
+        (GOOD.replace("(Cape Town, ZA)", "(Cape Town, NA)"), "wrong_country"),
+        (GOOD.replace("(Cape Town, ZA)", "(Durban, ZA)"), "wrong_city"),
+        (GOOD.replace("southern hemisphere", "northern hemisphere"), "wrong_hemisphere"),
+        (GOOD.replace("eastern hemisphere", "western hemisphere"), "wrong_hemisphere"),
+        (GOOD.replace("<answer>-33.92490, 18.42410", "<answer>-29.85790, 31.02920"), "coordinates_off"),
+        (
+            GOOD.replace("My estimate is -33.9249, 18.4241", "My estimate is 33.9249, 18.4241"),
+            "wrong_coordinates_in_reasoning",
+        ),
+        (
+            GOOD.replace("<answer>-33.92490, 18.42410 (Cape Town, ZA)", "<answer>somewhere in Africa"),
+            "unparseable_answer",
+        ),
+        (GOOD.replace("</think>", ""), "format"),
+    ],
+)
 def test_planted_wrong_geolocation_facts_are_caught(text, reason):
     failures = fact_check(text, TARGET, tolerance_km=25.0)
     assert failures == ([] if reason is None else [reason]) or (reason in failures)
@@ -87,8 +102,9 @@ def test_synthesize_and_import_write_sft_shards(tmp_path):
     assert report.kept == 12 and report.total == 12
     summary = json.loads((tmp_path / "sft" / "factcheck_summary.json").read_text())
     assert summary == {"total": 12, "kept": 12, "dropped": {}}
-    samples = list(wds.WebDataset(sorted(str(p) for p in (tmp_path / "sft").glob("train-*.tar")),
-                                  shardshuffle=False).decode("pil"))
+    samples = list(
+        wds.WebDataset(sorted(str(p) for p in (tmp_path / "sft").glob("train-*.tar")), shardshuffle=False).decode("pil")
+    )
     assert len(samples) == 8 and samples[0]["json"]["task"] == "geolocate"
     assert samples[0]["json"]["response"].startswith("<think>") and "<image>" in samples[0]["json"]["prompt"]
     dm = ChatShardDataModule(str(tmp_path / "sft"), batch_size=4, shuffle_buffer=0)
@@ -100,10 +116,16 @@ def test_synthesize_and_import_write_sft_shards(tmp_path):
     for i, s in enumerate(samples[:2]):
         m = s["json"]
         cc = m["country"] if i == 0 else ("ZZ" if m["country"] != "ZZ" else "YY")
-        lines.append({"key": keys[i], "reasoning": "teacher reasoning",
-                      "answer": f"{m['lat']:.4f}, {m['lon']:.4f} ({m['city']}, {cc})"})
+        lines.append(
+            {
+                "key": keys[i],
+                "reasoning": "teacher reasoning",
+                "answer": f"{m['lat']:.4f}, {m['lon']:.4f} ({m['city']}, {cc})",
+            }
+        )
     lines.append({"key": "nope", "reasoning": "r", "answer": "1, 2"})
     (tmp_path / "teacher.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
-    report = synthesize(world, tmp_path / "imp", "geolocate", imported=read_import(tmp_path / "teacher.jsonl"),
-                        splits=("train",))
+    report = synthesize(
+        world, tmp_path / "imp", "geolocate", imported=read_import(tmp_path / "teacher.jsonl"), splits=("train",)
+    )
     assert report.kept == 1 and report.dropped["wrong_country"] == 1 and report.dropped["not_in_import"] == 6

@@ -25,16 +25,19 @@ def _jpeg(seed: int, h: int = 24, w: int = 32) -> bytes:
     return encode_jpeg(random_image(np.random.default_rng(seed), h, w))
 
 
-@pytest.mark.parametrize("meta, field", [
-    ({"lon": 2.0}, "lat"),
-    ({"lat": 91.0, "lon": 0.0}, "lat"),
-    ({"lat": 0.0, "lon": -180.5}, "lon"),
-    ({"lat": math.nan, "lon": 0.0}, "lat"),
-    ({"lat": "48", "lon": 0.0}, "lat"),
-    ({"lat": 0.0, "lon": 0.0, "country": "France"}, "country"),
-    ({"lat": 0.0, "lon": 0.0, "heading": 360.0}, "heading"),
-    ({"lat": 0.0, "lon": 0.0, "city": 3}, "city"),
-])
+@pytest.mark.parametrize(
+    "meta, field",
+    [
+        ({"lon": 2.0}, "lat"),
+        ({"lat": 91.0, "lon": 0.0}, "lat"),
+        ({"lat": 0.0, "lon": -180.5}, "lon"),
+        ({"lat": math.nan, "lon": 0.0}, "lat"),
+        ({"lat": "48", "lon": 0.0}, "lat"),
+        ({"lat": 0.0, "lon": 0.0, "country": "France"}, "country"),
+        ({"lat": 0.0, "lon": 0.0, "heading": 360.0}, "heading"),
+        ({"lat": 0.0, "lon": 0.0, "city": 3}, "city"),
+    ],
+)
 def test_bad_metadata_names_the_field(meta, field):
     with pytest.raises(SampleError) as err:
         validate_meta("k1", meta)
@@ -86,6 +89,7 @@ def plant_corrupt_shard(path, start: int = 100) -> tuple[list[str], list[str]]:
     """A shard with valid samples and one of each kind of corrupt sample; returns (valid keys, corrupt keys)."""
     valid, corrupt = [], []
     with tarfile.open(path, "w") as tar:
+
         def good(i):
             key = f"g{i}"
             _add(tar, f"{key}.ground.jpg", _jpeg(i))
@@ -111,7 +115,6 @@ def plant_corrupt_shard(path, start: int = 100) -> tuple[list[str], list[str]]:
             corrupt.append(key)
             good(start + len(valid))
     return valid, corrupt
-
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -201,8 +204,14 @@ def test_fit_logs_skipped_samples(tmp_path):
     health = DataHealth()
     probe = Probe()
     dm = PairShardDataModule(str(tmp_path / "shards"), batch_size=2, val_split="")
-    trainer = L.Trainer(max_epochs=1, callbacks=[health], logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, accelerator="cpu")
+    trainer = L.Trainer(
+        max_epochs=1,
+        callbacks=[health],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+    )
     trainer.fit(probe, datamodule=dm)
     assert sorted(probe.seen) == sorted(valid)
     assert health.total == len(corrupt) and sorted(health.skipped_keys) == sorted(corrupt)

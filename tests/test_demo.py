@@ -31,10 +31,19 @@ def test_miniature_demo_from_an_installed_package_runs_every_stage_and_resumes(t
     site = tmp_path / "site"
     shutil.copytree(REPO / "geor1", site / "geor1", ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setenv("PYTHONPATH", str(site))  # run_cli puts the network guard first
-    probe = subprocess.run([sys.executable, "-c", "import sys, geor1.demo; print(geor1.demo.__file__); "
-                            "print(sorted(m for m in sys.modules if m.startswith('geor1.cli')))"],
-                           capture_output=True, text=True, cwd=tmp_path, timeout=120,
-                           env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(NETGUARD), str(site)])))
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, geor1.demo; print(geor1.demo.__file__); "
+            "print(sorted(m for m in sys.modules if m.startswith('geor1.cli')))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(NETGUARD), str(site)])),
+    )
     assert probe.returncode == 0, probe.stderr
     where, cli_modules = probe.stdout.splitlines()
     assert where.startswith(str(site)), where
@@ -55,8 +64,9 @@ def test_miniature_demo_from_an_installed_package_runs_every_stage_and_resumes(t
     for name in ("sft", "grpo", "zero"):
         assert (paths.model(name) / "config.json").is_file()
         assert paths.config(name).is_file()
-        assert results[{"sft": "SFT only", "grpo": "SFT+GRPO", "zero": "GRPO only (Zero)"}[name]]["path"] == \
-            str(paths.model(name))
+        assert results[{"sft": "SFT only", "grpo": "SFT+GRPO", "zero": "GRPO only (Zero)"}[name]]["path"] == str(
+            paths.model(name)
+        )
     assert list((out / "grpo").rglob("events.out.tfevents.*"))
     assert (out / "eval" / "world_map.png").is_file() and (out / "eval" / "error_cdf.png").is_file()
 
@@ -74,8 +84,9 @@ def test_miniature_demo_from_an_installed_package_runs_every_stage_and_resumes(t
 def _flat(node, prefix: str = "") -> dict[str, object]:
     """Dotted keys -> leaf values; a list of components is keyed by class name (not position)."""
     if isinstance(node, dict):
-        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()} \
-            or {prefix.rstrip("."): {}}
+        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()} or {
+            prefix.rstrip("."): {}
+        }
     if isinstance(node, list) and node and all(isinstance(c, dict) and "class_path" in c for c in node):
         return {k: v for c in node for k, v in _flat(c, f"{prefix}{c['class_path'].rsplit('.', 1)[-1]}.").items()}
     return {prefix.rstrip("."): node}
@@ -85,31 +96,59 @@ def _flat(node, prefix: str = "") -> dict[str, object]:
 CHECKPOINT = "trainer.callbacks.ModelCheckpoint.init_args.dirpath"
 FOLDERS = {"trainer.default_root_dir", "trainer.logger.init_args.save_dir", CHECKPOINT}
 DEMO_SETS = {
-    "retrieval": FOLDERS | {"seed_everything", "trainer.max_epochs", "data.init_args.root",
-                            "data.init_args.ground_size", "data.init_args.sat_size",
-                            "model.init_args.scheduler.init_args.T_max"},
-    "sft": FOLDERS | {"seed_everything", "trainer.max_steps", "trainer.val_check_interval",
-                      "model.init_args.scheduler.init_args.total_steps", "model.init_args.export_dir",
-                      "model.init_args.max_new_tokens", "data.init_args.roots", "data.init_args.root_weights"},
-    "grpo": FOLDERS | {"seed_everything", "trainer.max_steps", "trainer.val_check_interval",
-                       "model.init_args.export_dir", "model.init_args.policy.init_args.path", "data.init_args.roots",
-                       "data.init_args.batch_size", "model.init_args.reward_kwargs.length.max_len",
-                       "model.init_args.rollout.group_size", "model.init_args.rollout.max_new_tokens"},
+    "retrieval": FOLDERS
+    | {
+        "seed_everything",
+        "trainer.max_epochs",
+        "data.init_args.root",
+        "data.init_args.ground_size",
+        "data.init_args.sat_size",
+        "model.init_args.scheduler.init_args.T_max",
+    },
+    "sft": FOLDERS
+    | {
+        "seed_everything",
+        "trainer.max_steps",
+        "trainer.val_check_interval",
+        "model.init_args.scheduler.init_args.total_steps",
+        "model.init_args.export_dir",
+        "model.init_args.max_new_tokens",
+        "data.init_args.roots",
+        "data.init_args.root_weights",
+    },
+    "grpo": FOLDERS
+    | {
+        "seed_everything",
+        "trainer.max_steps",
+        "trainer.val_check_interval",
+        "model.init_args.export_dir",
+        "model.init_args.policy.init_args.path",
+        "data.init_args.roots",
+        "data.init_args.batch_size",
+        "model.init_args.reward_kwargs.length.max_len",
+        "model.init_args.rollout.group_size",
+        "model.init_args.rollout.max_new_tokens",
+    },
 }
 
 
 def test_demo_fit_configs_are_the_shipped_recipes_but_for_the_demos_own_settings(tmp_path):
     cfg, paths = DemoConfig(), DemoPaths(tmp_path)
-    built = {"retrieval": recipes.retrieval(cfg, paths), "sft": recipes.sft(cfg, paths),
-             "grpo": recipes.grpo(cfg, paths, "grpo", paths.model("sft"), cfg.grpo_steps)}
+    built = {
+        "retrieval": recipes.retrieval(cfg, paths),
+        "sft": recipes.sft(cfg, paths),
+        "grpo": recipes.grpo(cfg, paths, "grpo", paths.model("sft"), cfg.grpo_steps),
+    }
     for name, config in built.items():
         shipped = _flat(yaml.safe_load((REPO / "configs" / name / "geoworld_tiny.yaml").read_text()))
         ours = _flat(yaml.safe_load(yaml.safe_dump(config)))  # as written to <out>/configs/<stage>.yaml
         assert DEMO_SETS[name] <= set(ours), f"{name}: not set by the demo: {DEMO_SETS[name] - set(ours)}"
-        assert {k: v for k, v in ours.items() if k not in DEMO_SETS[name]} == \
-            {k: v for k, v in shipped.items() if k not in DEMO_SETS[name]}, name
+        assert {k: v for k, v in ours.items() if k not in DEMO_SETS[name]} == {
+            k: v for k, v in shipped.items() if k not in DEMO_SETS[name]
+        }, name
         assert ours[CHECKPOINT] == str(tmp_path / name / "checkpoints")
     zero = recipes.grpo(cfg, paths, "zero", None, cfg.zero_steps)
-    assert zero["model"]["init_args"]["policy"] == {"class_path": "geor1.model.TinyPolicy",
-                                                     "init_args": {"seed": 0, "max_pixels": recipes.MAX_PIXELS}}
-
+    assert zero["model"]["init_args"]["policy"] == {
+        "class_path": "geor1.model.TinyPolicy",
+        "init_args": {"seed": 0, "max_pixels": recipes.MAX_PIXELS},
+    }

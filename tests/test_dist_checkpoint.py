@@ -37,9 +37,15 @@ def episodes(tmp_path_factory) -> Path:
 def _launch(episodes: Path, out: Path, tag: str, max_steps: int, *extra: str) -> subprocess.CompletedProcess:
     """The runner on 2 processes (Lightning starts rank 1); its own session, so a stuck run is killed whole."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(NETGUARD), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(episodes), str(out), tag, str(max_steps), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=out,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(episodes), str(out), tag, str(max_steps), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=out,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=240)
     except subprocess.TimeoutExpired:
@@ -62,8 +68,7 @@ def test_killed_fsdp2_run_resumes_exactly_and_exports(episodes, tmp_path):
     a = _launch(episodes, tmp_path, "a", 5, "--kill-at", "4")
     assert a.returncode != 0, "run A was to be killed"
     ckpt2, ckpt4 = tmp_path / "ckpt" / "epoch=0-step=2.ckpt", tmp_path / "ckpt" / "epoch=1-step=4.ckpt"
-    assert ckpt2.is_dir() and ckpt4.is_dir(), (sorted(p.name for p in (tmp_path / "ckpt").iterdir()),
-                                               a.stderr[-3000:])
+    assert ckpt2.is_dir() and ckpt4.is_dir(), (sorted(p.name for p in (tmp_path / "ckpt").iterdir()), a.stderr[-3000:])
     # each rank wrote its own shard; rank 0 the metadata (with every rank's sampling generator)
     assert sorted(p.name for p in ckpt2.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
     meta = torch.load(ckpt2 / "meta.pt", weights_only=True)
@@ -85,8 +90,10 @@ def test_killed_fsdp2_run_resumes_exactly_and_exports(episodes, tmp_path):
 
     # offline export of run A's step-4 distributed checkpoint, on one process, with plain transformers on top
     config = tmp_path / "policy.yaml"
-    config.write_text("model:\n  class_path: geor1.objectives.GRPOModule\n  init_args:\n    policy:\n"
-                      "      class_path: geor1.model.TinyPolicy\n      init_args: {seed: 1, hidden_size: 64}\n")
+    config.write_text(
+        "model:\n  class_path: geor1.objectives.GRPOModule\n  init_args:\n    policy:\n"
+        "      class_path: geor1.model.TinyPolicy\n      init_args: {seed: 1, hidden_size: 64}\n"
+    )
     res = run_cli("model", "export", "--ckpt", str(ckpt4), "--config", str(config), "--out", str(tmp_path / "hf"))
     assert res.returncode == 0, res.stderr[-3000:]
     offline = AutoModelForImageTextToText.from_pretrained(tmp_path / "hf", local_files_only=True).state_dict()
@@ -113,8 +120,10 @@ def test_export_refuses_a_checkpoint_of_another_model(tmp_path):
     state[key] = torch.zeros(3, 3)
     torch.save({"state_dict": state, "global_step": 1}, tmp_path / "bad.ckpt")
     config = tmp_path / "c.yaml"
-    config.write_text("model:\n  class_path: geor1.objectives.SFTModule\n  init_args:\n    policy:\n"
-                      "      class_path: geor1.model.TinyPolicy\n      init_args: {hidden_size: 64}\n")
+    config.write_text(
+        "model:\n  class_path: geor1.objectives.SFTModule\n  init_args:\n    policy:\n"
+        "      class_path: geor1.model.TinyPolicy\n      init_args: {hidden_size: 64}\n"
+    )
     with pytest.raises(Geor1Error, match=r"bad\.ckpt.*" + key.replace(".", r"\.") + r".*\(3, 3\)"):
         export_checkpoint(tmp_path / "bad.ckpt", config, tmp_path / "o")
     del state[key]
@@ -150,19 +159,34 @@ def test_export_of_a_single_file_checkpoint_loads_with_transformers(tmp_path, lo
         for p in policy.parameters():
             if p.requires_grad:
                 p.add_(0.01 * torch.randn_like(p))
-    torch.save({"state_dict": {f"policy.{k}": v for k, v in policy.state_dict().items()}, "global_step": 3},
-               tmp_path / "last.ckpt")
+    torch.save(
+        {"state_dict": {f"policy.{k}": v for k, v in policy.state_dict().items()}, "global_step": 3},
+        tmp_path / "last.ckpt",
+    )
     lora_args = "{r: 4, alpha: 8, dropout: 0.0}" if lora else "null"
     config = tmp_path / "config.yaml"
-    config.write_text("model:\n  class_path: geor1.objectives.SFTModule\n  init_args:\n    policy:\n"
-                      "      class_path: geor1.model.TinyPolicy\n"
-                      f"      init_args: {{hidden_size: 64, lora: {lora_args}}}\n")
+    config.write_text(
+        "model:\n  class_path: geor1.objectives.SFTModule\n  init_args:\n    policy:\n"
+        "      class_path: geor1.model.TinyPolicy\n"
+        f"      init_args: {{hidden_size: 64, lora: {lora_args}}}\n"
+    )
     parser = argparse.ArgumentParser()
     add_commands(parser.add_subparsers(dest="command"))
 
     def export(*extra: str) -> Path:
-        ns = parser.parse_args(["model", "export", "--ckpt", str(tmp_path / "last.ckpt"), "--config", str(config),
-                                "--out", str(tmp_path / ("out" + "".join(extra))), *extra])
+        ns = parser.parse_args(
+            [
+                "model",
+                "export",
+                "--ckpt",
+                str(tmp_path / "last.ckpt"),
+                "--config",
+                str(config),
+                "--out",
+                str(tmp_path / ("out" + "".join(extra))),
+                *extra,
+            ]
+        )
         ns.handler(ns)
         return tmp_path / ("out" + "".join(extra))
 
@@ -235,9 +259,16 @@ def _keep_first(root: Path, split: str, n: int) -> None:
 def _recipe_fit(root: Path, stage: str, max_steps: int, *extra: str) -> subprocess.CompletedProcess:
     from conftest import REPO
 
-    overrides = ["--trainer.accelerator", "cpu", "--trainer.devices", "2",
-                 "--trainer.max_steps", str(max_steps),
-                 "--model.init_args.policy.init_args.path", str(root / "model")]
+    overrides = [
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.max_steps",
+        str(max_steps),
+        "--model.init_args.policy.init_args.path",
+        str(root / "model"),
+    ]
     if stage == "sft":
         overrides += ["--model.init_args.max_new_tokens", "8", "--model.init_args.max_length", "384"]
     else:
@@ -266,14 +297,17 @@ def test_7b_recipe_on_two_processes_trains_checkpoints_resumes_exports(recipe_di
     assert torch.load(last4 / "meta.pt", weights_only=True)["global_step"] == 4
     exported = run / "model"  # the recipe's export_dir, written at fit end of the resumed run
     config = run / "tb" / "version_1" / "config.yaml"  # what LightningCLI logged, overrides included
-    res = run_cli("model", "export", "--ckpt", str(last4), "--config", str(config), "--out",
-                  str(recipe_dir / f"{stage}_offline"))
+    res = run_cli(
+        "model", "export", "--ckpt", str(last4), "--config", str(config), "--out", str(recipe_dir / f"{stage}_offline")
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     fit_end = AutoModelForImageTextToText.from_pretrained(exported, local_files_only=True).state_dict()
-    offline = AutoModelForImageTextToText.from_pretrained(recipe_dir / f"{stage}_offline",
-                                                          local_files_only=True).state_dict()
-    initial = AutoModelForImageTextToText.from_pretrained(recipe_dir / "model", local_files_only=True,
-                                                          dtype=torch.float32).state_dict()
+    offline = AutoModelForImageTextToText.from_pretrained(
+        recipe_dir / f"{stage}_offline", local_files_only=True
+    ).state_dict()
+    initial = AutoModelForImageTextToText.from_pretrained(
+        recipe_dir / "model", local_files_only=True, dtype=torch.float32
+    ).state_dict()
     assert fit_end.keys() == offline.keys() == initial.keys()
     for k in fit_end:
         assert torch.equal(fit_end[k], offline[k]), k

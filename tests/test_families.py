@@ -38,14 +38,21 @@ def _image(w: int, h: int, seed: int) -> Image.Image:
 def _prompts() -> list[Prompt]:
     """Two prompts with 1 and 2 images of different sizes and aspect ratios (28-64 px)."""
     return [
-        Prompt("Ground view: <image> Where on Earth was this picture taken?", [_image(40, 56, 1)],
-               system="You are a helpful assistant."),
+        Prompt(
+            "Ground view: <image> Where on Earth was this picture taken?",
+            [_image(40, 56, 1)],
+            system="You are a helpful assistant.",
+        ),
         Prompt("Candidates: A <image> B <image> Which one?", [_image(64, 28, 2), _image(30, 30, 3)]),
     ]
 
 
-COMPLETIONS = ["<think>The ground view shows water.</think><answer>A</answer>", "So B.",
-               "The answer is C", "<answer>D</answer> Rule out candidate A; keep B."]
+COMPLETIONS = [
+    "<think>The ground view shows water.</think><answer>A</answer>",
+    "So B.",
+    "The answer is C",
+    "<answer>D</answer> Rule out candidate A; keep B.",
+]
 
 
 @pytest.fixture(scope="module", params=ALL_FAMILIES)
@@ -83,8 +90,12 @@ _REFERENCE: dict[tuple, torch.Tensor] = {}
 def _single_forward_logprobs(model, processor, prompt: Prompt, completion: torch.Tensor) -> torch.Tensor:
     """Reference: the processor on this prompt alone, prompt + completion in one plain forward, full logits,
     log_softmax, gather -> [k] log-probs of the k completion tokens."""
-    key = (model.config.model_type, prompt.text, tuple(im.tobytes() for im in prompt.images),
-           tuple(completion.tolist()))
+    key = (
+        model.config.model_type,
+        prompt.text,
+        tuple(im.tobytes() for im in prompt.images),
+        tuple(completion.tolist()),
+    )
     if key in _REFERENCE:
         return _REFERENCE[key]
     text = processor.apply_chat_template(prompt.messages(), tokenize=False, add_generation_prompt=True)
@@ -97,7 +108,7 @@ def _single_forward_logprobs(model, processor, prompt: Prompt, completion: torch
         if name in enc:
             batch[name] = torch.cat([enc[name], torch.zeros(1, k, dtype=enc[name].dtype)], 1)
     with torch.no_grad():
-        logits = model(**batch, use_cache=False).logits[0, -k - 1:-1].float()  # [k, V]
+        logits = model(**batch, use_cache=False).logits[0, -k - 1 : -1].float()  # [k, V]
     _REFERENCE[key] = torch.log_softmax(logits, -1).gather(-1, completion[:, None])[:, 0]
     return _REFERENCE[key]
 
@@ -142,8 +153,10 @@ def test_group_logprobs_equal_single_prompt_forwards(family, built):
     assert float((other - same).abs().max()) > 1e-3
 
 
-TEXT_ONLY = [Prompt("No image here. Where on Earth was this picture taken?", []),
-             Prompt("Text only, a longer prompt: which candidate matches the ground view best?", [])]
+TEXT_ONLY = [
+    Prompt("No image here. Where on Earth was this picture taken?", []),
+    Prompt("Text only, a longer prompt: which candidate matches the ground view best?", []),
+]
 
 
 @pytest.mark.parametrize("path", ["shared_tiled", "per_row_tiled"])
@@ -165,8 +178,10 @@ def test_text_only_micro_batch_out_of_an_image_batch(family, built):
         patches = type(policy.adapter)().patches_per_image(enc, base)
         assert int(patches.sum()) == enc["pixel_values"].shape[0] and patches.shape[0] == 3
     sub = policy.select_prompts(enc, [3, 2])
-    alone = processor(text=[processor.apply_chat_template(TEXT_ONLY[0].messages(), tokenize=False,
-                                                          add_generation_prompt=True)], return_tensors="pt")
+    alone = processor(
+        text=[processor.apply_chat_template(TEXT_ONLY[0].messages(), tokenize=False, add_generation_prompt=True)],
+        return_tensors="pt",
+    )
     assert set(sub) == {k for k, v in alone.items() if v is not None}, f"{family}: {sorted(sub)}"
     ids, mask = _completions(policy.tokenizer, policy.eos_ids[0])
     for share in (True, False):
@@ -204,8 +219,11 @@ def test_shared_prefix_gradients_equal_per_row_gradients(family):
         policy.model.zero_grad()
         lp = policy.token_logprobs(inputs, ids, mask, group_size=G, share_prefix=share)
         (lp * weights).sum().backward()
-        grads.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
-                                for p in policy.model.parameters()]))  # (LLaVA-OV never reads post_layernorm)
+        grads.append(
+            torch.cat(
+                [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in policy.model.parameters()]
+            )
+        )  # (LLaVA-OV never reads post_layernorm)
     vision = sum(p.numel() for p in policy.adapter.vision_tower(policy.base_model()).parameters())
     assert vision > 0 and bool(grads[0].abs().gt(0).any())
     torch.testing.assert_close(grads[1], grads[0], atol=2e-5, rtol=1e-4)
@@ -213,17 +231,24 @@ def test_shared_prefix_gradients_equal_per_row_gradients(family):
 
 # ---------------------------------------------------------------------------------------------- training steps
 
+
 @register("families_test_length")
 def _length_reward(completions: list[str], samples: list[dict], **_: object) -> list[float]:
     """A reward that differs between samples of a group (so advantages, hence gradients, are non-zero)."""
     return [len(c) / 10.0 for c in completions]
 
 
-
 def _samples(n: int) -> list[ChatSample]:
     prompts = _prompts()
-    return [ChatSample(key=f"s{i}", prompt=prompts[i % 2], response=COMPLETIONS[i % len(COMPLETIONS)],
-                       target=PairingTarget(k=2, answer=0)) for i in range(n)]
+    return [
+        ChatSample(
+            key=f"s{i}",
+            prompt=prompts[i % 2],
+            response=COMPLETIONS[i % len(COMPLETIONS)],
+            target=PairingTarget(k=2, answer=0),
+        )
+        for i in range(n)
+    ]
 
 
 def _snapshot(policy) -> dict[str, dict[str, torch.Tensor]]:
@@ -238,9 +263,17 @@ def _moved(before: dict[str, torch.Tensor], module_params) -> bool:
 
 
 def _fit_one_step(module, samples: list[ChatSample], tmp_path) -> L.Trainer:
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
-                        default_root_dir=tmp_path, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        enable_model_summary=False,
+    )
     trainer.fit(module, train_dataloaders=DataLoader(samples, batch_size=2, collate_fn=collate_samples))
     assert trainer.global_step == 1
     return trainer
@@ -259,8 +292,7 @@ def test_one_sft_step_trains_text_and_vision(family, tmp_path):
     L.seed_everything(0)
     policy = tiny_family_policy(family, seed=0)
     before = _snapshot(policy)
-    module = SFTModule(policy, optimizer=lambda p: torch.optim.SGD(p, lr=0.1), max_length=512,
-                       num_val_generations=0)
+    module = SFTModule(policy, optimizer=lambda p: torch.optim.SGD(p, lr=0.1), max_length=512, num_val_generations=0)
     _fit_one_step(module, _samples(2), tmp_path)
     _assert_trained(policy, before)
 
@@ -272,9 +304,14 @@ def test_one_grpo_step_trains_text_and_vision(family, tmp_path):
     L.seed_everything(0)
     policy = tiny_family_policy(family, seed=0)
     before = _snapshot(policy)
-    module = GRPOModule(policy, optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
-                        rollout=RolloutSettings(group_size=G, max_new_tokens=6), loss=LossSettings(beta=0.0),
-                        rewards={"families_test_length": 1.0}, log_completions_every_n_steps=0)
+    module = GRPOModule(
+        policy,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+        rollout=RolloutSettings(group_size=G, max_new_tokens=6),
+        loss=LossSettings(beta=0.0),
+        rewards={"families_test_length": 1.0},
+        log_completions_every_n_steps=0,
+    )
     _fit_one_step(module, _samples(2), tmp_path)
     _assert_trained(policy, before)
 
@@ -290,8 +327,18 @@ def test_default_lora_targets_the_text_projections_only(family):
     expected = set()
     for layer in policy.adapter.decoder_layers(base):
         prefix = next(n for n, m in policy.model.named_modules() if m is layer)
-        expected |= {f"{prefix}.{sub}" for sub in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                                  "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
+        expected |= {
+            f"{prefix}.{sub}"
+            for sub in (
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.o_proj",
+                "mlp.gate_proj",
+                "mlp.up_proj",
+                "mlp.down_proj",
+            )
+        }
     assert adapted == expected, f"{family}: {sorted(adapted ^ expected)}"
     vision = {id(p) for p in policy.adapter.vision_tower(base).parameters()}
     trainable = [n for n, p in policy.model.named_parameters() if p.requires_grad]
@@ -327,11 +374,16 @@ def test_saved_folder_loads_back_through_policy(family, built, tmp_path):
     a, b = policy.encode(_prompts()), loaded.encode(_prompts())
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with torch.no_grad():
-        torch.testing.assert_close(loaded.token_logprobs(b, ids, mask, group_size=G),
-                                   policy.token_logprobs(a, ids, mask, group_size=G), atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            loaded.token_logprobs(b, ids, mask, group_size=G),
+            policy.token_logprobs(a, ids, mask, group_size=G),
+            atol=1e-6,
+            rtol=0,
+        )
 
 
 # ---------------------------------------------------------------------------------------------- refusal
+
 
 def test_unsupported_family_is_one_line_listing_the_supported(tmp_path):
     from transformers import LlavaConfig

@@ -29,15 +29,25 @@ TIMEOUT = 420  # a rank that stops stepping hangs the other: the run fails inste
 def runs(tmp_path_factory) -> Path:
     """One 2-process launch and one 1-process launch, side by side (one Trainer per mode in each)."""
     tmp = tmp_path_factory.mktemp("fsdp")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "netguard"),
-                                                       os.environ.get("PYTHONPATH", "")]))
-    launches = {2: "sft,grpo,grpo_ddp,grpo_lora,grpo_uneven,rollout,contrastive",
-                1: "sft,grpo,grpo_lora,grpo_uneven,contrastive"}
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "netguard"), os.environ.get("PYTHONPATH", "")]),
+    )
+    launches = {
+        2: "sft,grpo,grpo_ddp,grpo_lora,grpo_uneven,rollout,contrastive",
+        1: "sft,grpo,grpo_lora,grpo_uneven,contrastive",
+    }
     procs = {}
     for n, modes in launches.items():
         with open(tmp / f"log{n}.txt", "w") as log:
-            procs[n] = subprocess.Popen([sys.executable, str(SCRIPT), str(tmp / f"d{n}"), str(n), modes], cwd=tmp,
-                                        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            procs[n] = subprocess.Popen(
+                [sys.executable, str(SCRIPT), str(tmp / f"d{n}"), str(n), modes],
+                cwd=tmp,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
     try:
         for p in procs.values():
             p.wait(timeout=TIMEOUT)
@@ -58,8 +68,7 @@ def _weights(tmp: Path, devices: int, mode: str) -> dict[str, torch.Tensor]:
     return load_file(str(tmp / f"d{devices}.{mode}.weights.safetensors"))
 
 
-def _assert_same_step(tmp: Path, mode: str, one_mode: str | None = None, fsdp: bool = True
-                      ) -> tuple[list[dict], dict]:
+def _assert_same_step(tmp: Path, mode: str, one_mode: str | None = None, fsdp: bool = True) -> tuple[list[dict], dict]:
     one_mode = one_mode or mode
     two, (one,) = _ranks(tmp, 2, mode), _ranks(tmp, 1, one_mode)
     assert all(r["world"] == 2 and r["sharded"] == fsdp for r in two) and not one["sharded"]

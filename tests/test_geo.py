@@ -13,14 +13,17 @@ from geor1.geo import EARTH_RADIUS_KM, check_lat_lon, destination, geoscore, hav
 HALF = math.pi * EARTH_RADIUS_KM  # 20015.0868 km
 
 
-@pytest.mark.parametrize("a, b, km", [
-    ((0.0, 0.0), (0.0, 0.0), 0.0),
-    ((0.0, 0.0), (0.0, 180.0), HALF),  # antipodes on the equator
-    ((90.0, 0.0), (-90.0, 0.0), HALF),  # pole to pole
-    ((90.0, 10.0), (90.0, -170.0), 0.0),  # the same pole, any longitude
-    ((0.0, 179.5), (0.0, -179.5), math.radians(1.0) * EARTH_RADIUS_KM),  # across the dateline: 1 degree
-    ((0.0, 0.0), (1.0, 0.0), math.radians(1.0) * EARTH_RADIUS_KM),
-])
+@pytest.mark.parametrize(
+    "a, b, km",
+    [
+        ((0.0, 0.0), (0.0, 0.0), 0.0),
+        ((0.0, 0.0), (0.0, 180.0), HALF),  # antipodes on the equator
+        ((90.0, 0.0), (-90.0, 0.0), HALF),  # pole to pole
+        ((90.0, 10.0), (90.0, -170.0), 0.0),  # the same pole, any longitude
+        ((0.0, 179.5), (0.0, -179.5), math.radians(1.0) * EARTH_RADIUS_KM),  # across the dateline: 1 degree
+        ((0.0, 0.0), (1.0, 0.0), math.radians(1.0) * EARTH_RADIUS_KM),
+    ],
+)
 def test_haversine_by_hand(a, b, km):
     assert float(haversine_km(*a, *b)) == pytest.approx(km, abs=1e-6)
     got = haversine_km(torch.tensor([a[0]]), torch.tensor([a[1]]), torch.tensor([b[0]]), torch.tensor([b[1]]))

@@ -62,7 +62,7 @@ def test_ground_view_is_a_geometric_rendering_not_a_crop():
 
     def water_share(heading):
         img = np.asarray(render_ground(surface, *lisbon, heading, spec), dtype=float)
-        ground = img[spec.ground_height // 2 + 8:]  # below the horizon
+        ground = img[spec.ground_height // 2 + 8 :]  # below the horizon
         return float(np.mean(ground[..., 2] > ground[..., 0] + 15))
 
     assert water_share(270.0) > water_share(90.0) + 0.25  # looking west: the sea; looking east: land

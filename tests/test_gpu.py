@@ -29,8 +29,10 @@ def exact_float32():
 def _prompts() -> list[Prompt]:
     rng = np.random.default_rng(0)
     return [
-        Prompt("Ground view: <image>\nCandidates: A <image> B <image>\nWhich?",
-               [random_image(rng, 112, 112), random_image(rng, 80, 150), random_image(rng, 64, 64)]),
+        Prompt(
+            "Ground view: <image>\nCandidates: A <image> B <image>\nWhich?",
+            [random_image(rng, 112, 112), random_image(rng, 80, 150), random_image(rng, 64, 64)],
+        ),
         Prompt("Where is this? <image>", [random_image(rng, 200, 100)]),
     ]
 
@@ -46,12 +48,18 @@ def test_tiny_policy_logprobs_on_cuda_equal_cpu(exact_float32, share_prefix):
     torch.manual_seed(1)
     rollout = cpu.generate(_prompts(), group_size=g, max_new_tokens=8)
     with torch.no_grad():
-        lp_cpu = cpu.token_logprobs(rollout.inputs, rollout.completion_ids, rollout.completion_mask, g,
-                                    share_prefix=share_prefix)
+        lp_cpu = cpu.token_logprobs(
+            rollout.inputs, rollout.completion_ids, rollout.completion_mask, g, share_prefix=share_prefix
+        )
     gpu = TinyPolicy(seed=0).eval().to("cuda")
     with torch.no_grad():
-        lp_gpu = gpu.token_logprobs(rollout.inputs.to("cuda"), rollout.completion_ids.cuda(),
-                                    rollout.completion_mask.cuda(), g, share_prefix=share_prefix)
+        lp_gpu = gpu.token_logprobs(
+            rollout.inputs.to("cuda"),
+            rollout.completion_ids.cuda(),
+            rollout.completion_mask.cuda(),
+            g,
+            share_prefix=share_prefix,
+        )
     assert lp_gpu.device.type == "cuda" and lp_gpu.dtype == torch.float32
     torch.testing.assert_close(lp_gpu.cpu(), lp_cpu, atol=1e-4, rtol=1e-4)
 
@@ -78,9 +86,19 @@ def test_sft_fit_two_steps_bf16_mixed_on_cuda(tmp_path):
     module = SFTModule(TinyPolicy(seed=0), optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3), max_length=512)
     before = {k: v.detach().clone() for k, v in module.policy.state_dict().items()}
     dm = ChatShardDataModule(str(tmp_path / "sft"), batch_size=4, shuffle_buffer=8)
-    trainer = L.Trainer(max_steps=2, accelerator="cuda", devices=1, precision="bf16-mixed", logger=False,
-                        enable_progress_bar=False, enable_checkpointing=False, callbacks=[Record()],
-                        default_root_dir=tmp_path, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cuda",
+        devices=1,
+        precision="bf16-mixed",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        callbacks=[Record()],
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     trainer.fit(module, datamodule=dm)
     assert len(losses) == 2 and all(np.isfinite(losses)), losses
     after = module.policy.state_dict()

@@ -19,17 +19,31 @@ from geor1.objectives.grpo import GRPOModule
 from geor1.objectives.grpo_math import aggregate
 from geor1.objectives.grpo_settings import LossSettings, RolloutSettings
 
-SCALARS = ["train/loss", "train/kl", "train/clip_ratio", "train/pairing_acc", "rewards/total/mean",
-           "rewards/total/std", "rewards/accuracy/mean", "rewards/format/mean", "rewards/length/mean",
-           "rewards/repetition/mean", "completions/mean_length", "completions/clipped_ratio"]
+SCALARS = [
+    "train/loss",
+    "train/kl",
+    "train/clip_ratio",
+    "train/pairing_acc",
+    "rewards/total/mean",
+    "rewards/total/std",
+    "rewards/accuracy/mean",
+    "rewards/format/mean",
+    "rewards/length/mean",
+    "rewards/repetition/mean",
+    "completions/mean_length",
+    "completions/clipped_ratio",
+]
 
 
 def _module(policy=None, rollout: dict | None = None, loss: dict | None = None, **kw) -> GRPOModule:
     """GRPOModule on the tiny policy with G=3, 12 new tokens, beta 0.04; `rollout` / `loss` override settings."""
     args = {"log_completions_every_n_steps": 1, "optimizer": lambda p: torch.optim.AdamW(p, lr=1e-3), **kw}
-    return GRPOModule(policy or TinyPolicy(seed=0),
-                      rollout=RolloutSettings(**{"group_size": 3, "max_new_tokens": 12, **(rollout or {})}),
-                      loss=LossSettings(**{"beta": 0.04, **(loss or {})}), **args)
+    return GRPOModule(
+        policy or TinyPolicy(seed=0),
+        rollout=RolloutSettings(**{"group_size": 3, "max_new_tokens": 12, **(rollout or {})}),
+        loss=LossSettings(**{"beta": 0.04, **(loss or {})}),
+        **args,
+    )
 
 
 def test_grpo_fit_moves_parameters_and_logs_every_scalar(tmp_path):
@@ -38,9 +52,17 @@ def test_grpo_fit_moves_parameters_and_logs_every_scalar(tmp_path):
     before = [p.detach().clone() for p in module.policy.parameters()]
     dm = ToyPairingDataModule(num_train=8, num_val=4, num_candidates=2, batch_size=2)
     logger = L.pytorch.loggers.TensorBoardLogger(str(tmp_path), name="tb")
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=logger, enable_progress_bar=False,
-                        enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=1,
-                        val_check_interval=3, log_every_n_steps=1)
+    trainer = L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=logger,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1,
+        val_check_interval=3,
+        log_every_n_steps=1,
+    )
     trainer.fit(module, datamodule=dm)
     assert trainer.global_step == 3
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, module.policy.parameters(), strict=True))
@@ -70,8 +92,12 @@ def test_reference_is_the_adapter_disabled_base_under_lora():
     assert not torch.allclose(lp, ref_lp)
 
 
-COMPLETIONS = ["<think>sea to the west</think><answer>A</answer>", "<answer>B</answer>", "B B B",
-               "<think>green ground</think><answer>A</answer>"]
+COMPLETIONS = [
+    "<think>sea to the west</think><answer>A</answer>",
+    "<answer>B</answer>",
+    "B B B",
+    "<think>green ground</think><answer>A</answer>",
+]
 
 
 def _fixed_rollout(policy, prompts, group_size, **_):
@@ -84,14 +110,24 @@ def _one_step(micro: int | None, aggregation: str) -> list[torch.Tensor]:
     """Weights after one real `fit` step (the real `_update`, SGD lr 1, no clipping) on 4 fixed prompts."""
     L.seed_everything(0)
     loss = {"micro_batch_prompts": micro, "aggregation": aggregation, "beta": 0.1, "max_grad_norm": None}
-    module = _module(policy=TinyPolicy(seed=0, hidden_size=64, vision_hidden_size=32), loss=loss,
-                     log_completions_every_n_steps=0,
-                     rewards={"accuracy": 1.0, "format": 1.0}, optimizer=lambda p: torch.optim.SGD(p, lr=1.0))
+    module = _module(
+        policy=TinyPolicy(seed=0, hidden_size=64, vision_hidden_size=32),
+        loss=loss,
+        log_completions_every_n_steps=0,
+        rewards={"accuracy": 1.0, "format": 1.0},
+        optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
+    )
     module.policy.generate = lambda prompts, group_size=1, **kw: _fixed_rollout(module.policy, prompts, group_size)
     samples = [ToyPairing(4, 2, seed=3, image_size=28)[i] for i in range(4)]
     loader = DataLoader(samples, batch_size=4, collate_fn=collate_samples)
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_checkpointing=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, train_dataloaders=loader)
     return [p.detach().clone() for p in module.policy.parameters()]
 
@@ -115,8 +151,10 @@ def test_aggregate_shares_of_micro_batches_add_up(mode):
     per_token, mask = torch.randn(6, 5), torch.rand(6, 5) > 0.3
     whole = aggregate(per_token, mask, mode, max_len=8)
     tokens = mask.sum()
-    parts = sum(aggregate(per_token[r], mask[r], mode, max_len=8, num_rows=6, num_tokens=tokens)
-                for r in (slice(0, 2), slice(2, 3), slice(3, 6)))
+    parts = sum(
+        aggregate(per_token[r], mask[r], mode, max_len=8, num_rows=6, num_tokens=tokens)
+        for r in (slice(0, 2), slice(2, 3), slice(3, 6))
+    )
     torch.testing.assert_close(parts, whole)
     if mode == "dr_grpo":  # a constant normaliser: N * max_len, whatever the padded width
         torch.testing.assert_close(whole, (per_token * mask).sum() / (6 * 8))
@@ -128,8 +166,7 @@ def test_dropout_is_off_in_the_policy_by_default():
     sample = ToyPairing(2, 2)[0]
     lps = {}
     for disable in (True, False):
-        module = _module(policy=TinyPolicy(seed=0, lora=LoraSpec(r=4, alpha=8, dropout=0.5)),
-                         disable_dropout=disable)
+        module = _module(policy=TinyPolicy(seed=0, lora=LoraSpec(r=4, alpha=8, dropout=0.5)), disable_dropout=disable)
         with torch.no_grad():  # LoRA B starts at zero: give the adapter (and its dropout) an effect
             for n, p in module.policy.named_parameters():
                 if "lora_B" in n:
@@ -149,14 +186,29 @@ def test_dropout_is_off_in_the_policy_by_default():
     assert not torch.allclose(first, second)  # dropout on: the same weights give other log-probs
 
 
-@pytest.mark.parametrize(("group", "field", "value"), [
-    ("rollout", "group_size", 1), ("rollout", "max_new_tokens", 0), ("rollout", "temperature", 0.0),
-    ("rollout", "top_p", 0.0), ("rollout", "top_p", 1.5), ("rollout", "top_k", 0), ("rollout", "backend", "sglang"),
-    ("rollout", "vllm_is_cap", 2.0),  # the hf backend has no other sampler to correct for
-    ("loss", "beta", -0.1), ("loss", "kl_estimator", "k2"), ("loss", "epsilon", 0.0), ("loss", "epsilon", 1.0),
-    ("loss", "epsilon_high", 0.0), ("loss", "aggregation", "mean"), ("loss", "advantage_eps", -1e-4),
-    ("loss", "mu", 0), ("loss", "micro_batch_prompts", 0), ("loss", "max_grad_norm", 0.0),
-])
+@pytest.mark.parametrize(
+    ("group", "field", "value"),
+    [
+        ("rollout", "group_size", 1),
+        ("rollout", "max_new_tokens", 0),
+        ("rollout", "temperature", 0.0),
+        ("rollout", "top_p", 0.0),
+        ("rollout", "top_p", 1.5),
+        ("rollout", "top_k", 0),
+        ("rollout", "backend", "sglang"),
+        ("rollout", "vllm_is_cap", 2.0),  # the hf backend has no other sampler to correct for
+        ("loss", "beta", -0.1),
+        ("loss", "kl_estimator", "k2"),
+        ("loss", "epsilon", 0.0),
+        ("loss", "epsilon", 1.0),
+        ("loss", "epsilon_high", 0.0),
+        ("loss", "aggregation", "mean"),
+        ("loss", "advantage_eps", -1e-4),
+        ("loss", "mu", 0),
+        ("loss", "micro_batch_prompts", 0),
+        ("loss", "max_grad_norm", 0.0),
+    ],
+)
 def test_bad_settings_are_refused_naming_their_field(group, field, value):
     """Every setting is validated once, in its dataclass, with an error that names `group.field`."""
     cls = RolloutSettings if group == "rollout" else LossSettings

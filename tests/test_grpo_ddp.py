@@ -17,10 +17,18 @@ SCRIPT = Path(__file__).with_name("ddp_grpo_run.py")
 
 def _run(tmp_path: Path, devices: int) -> list[dict]:
     out = tmp_path / f"d{devices}"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "netguard"),
-                                                       os.environ.get("PYTHONPATH", "")]))
-    res = subprocess.run([sys.executable, str(SCRIPT), str(out), str(devices)], capture_output=True, text=True,
-                         timeout=300, env=env, cwd=tmp_path)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "netguard"), os.environ.get("PYTHONPATH", "")]),
+    )
+    res = subprocess.run(
+        [sys.executable, str(SCRIPT), str(out), str(devices)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return [json.loads(Path(f"{out}.rank{r}.json").read_text()) for r in range(devices)]
 

@@ -41,8 +41,9 @@ def test_kl_estimators_by_hand():
     logp, ref = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.0]])
     torch.testing.assert_close(kl_estimate(logp, ref, "k1"), torch.tensor([[0.5, -1.0]]))
     d = ref - logp  # [-0.5, 1.0]
-    torch.testing.assert_close(kl_estimate(logp, ref, "k3"),
-                               torch.tensor([[math.exp(-0.5) + 0.5 - 1, math.exp(1.0) - 1.0 - 1]]))
+    torch.testing.assert_close(
+        kl_estimate(logp, ref, "k3"), torch.tensor([[math.exp(-0.5) + 0.5 - 1, math.exp(1.0) - 1.0 - 1]])
+    )
     assert torch.all(kl_estimate(logp, ref, "k3") >= 0) and torch.equal(d, torch.tensor([[-0.5, 1.0]]))
     assert float(kl_estimate(logp, logp, "k3").abs().max()) == 0.0
 

@@ -16,8 +16,23 @@ from geor1.tasks import GeoTarget, PairingTarget
 
 PAIR = PairingTarget(k=4, answer=1)
 GEO = GeoTarget(48.85, 2.35, "Paris", "FR")
-TAGS = st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", "B", "48.85, 2.35", "°N", "(Paris, FR)",
-                        " ", "\n", "A or B", "−", "''"])
+TAGS = st.sampled_from(
+    [
+        "<think>",
+        "</think>",
+        "<answer>",
+        "</answer>",
+        "B",
+        "48.85, 2.35",
+        "°N",
+        "(Paris, FR)",
+        " ",
+        "\n",
+        "A or B",
+        "−",
+        "''",
+    ]
+)
 HOSTILE = st.one_of(st.text(max_size=400), st.lists(TAGS, max_size=60).map("".join))
 
 
@@ -52,8 +67,13 @@ def test_megabyte_inputs_are_fast():
         "degrees": "48°51'24\"N " * 90_000,
     }
     for name, text in cases.items():
-        calls = [lambda t=text: parse_letter(t, 26), lambda t=text: parse_coordinates(t),
-                 lambda t=text: split_tags(t), lambda t=text: parse_place(t), lambda t=text: answer_text(t)]
+        calls = [
+            lambda t=text: parse_letter(t, 26),
+            lambda t=text: parse_coordinates(t),
+            lambda t=text: split_tags(t),
+            lambda t=text: parse_place(t),
+            lambda t=text: answer_text(t),
+        ]
         for call in calls:
             start = time.perf_counter()
             call()
@@ -68,8 +88,23 @@ def test_megabyte_inputs_are_fast():
 
 def test_coordinate_parser_is_fast_on_the_longest_answers_it_reads():
     # answers over MAX_ANSWER_CHARS are refused at once, so the worst case is a hostile answer just under the limit
-    units = ["N 1 ", "1°1'1\" ", "lat lon ", "- ", "(", "((1, 2) ", "1.", "S-1 ", "\u2212" * 3 + "1", "North ",
-             " " * 7 + "9", "lat/lon: ", "1 deg 2 min 3 s ", "'\"", "(a, b) "]
+    units = [
+        "N 1 ",
+        "1°1'1\" ",
+        "lat lon ",
+        "- ",
+        "(",
+        "((1, 2) ",
+        "1.",
+        "S-1 ",
+        "\u2212" * 3 + "1",
+        "North ",
+        " " * 7 + "9",
+        "lat/lon: ",
+        "1 deg 2 min 3 s ",
+        "'\"",
+        "(a, b) ",
+    ]
     for unit in units:
         text = (unit * (MAX_ANSWER_CHARS // len(unit) + 1))[:MAX_ANSWER_CHARS]
         for t in (text, text + "48.85, 2.35", "48.85, 2.35 " + text, text[:-12] + " (Paris, FR)"):

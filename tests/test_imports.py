@@ -117,7 +117,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
                 state[path.pop()] = 2
                 iters.pop()
             elif state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             elif not state.get(nxt):
                 state[nxt] = 1
                 path.append(nxt)
@@ -128,13 +128,19 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_graph_reader_sees_function_level_relative_and_lazy_imports(tmp_path):
     """The reader itself: a cycle through a function-level import, a relative import and a lazy export is found;
     a TYPE_CHECKING import is not an edge."""
-    modules = {"geor1": tmp_path / "__init__.py", "geor1.a": tmp_path / "a.py", "geor1.b": tmp_path / "b.py",
-               "geor1.c": tmp_path / "c.py"}
-    modules["geor1"].write_text("from geor1._lazy import lazy_exports\n_E = {'X': 'geor1.c'}\n"
-                                "__getattr__ = lazy_exports('geor1', _E)\n")
+    modules = {
+        "geor1": tmp_path / "__init__.py",
+        "geor1.a": tmp_path / "a.py",
+        "geor1.b": tmp_path / "b.py",
+        "geor1.c": tmp_path / "c.py",
+    }
+    modules["geor1"].write_text(
+        "from geor1._lazy import lazy_exports\n_E = {'X': 'geor1.c'}\n__getattr__ = lazy_exports('geor1', _E)\n"
+    )
     modules["geor1.a"].write_text("def f():\n    from . import b\n")
-    modules["geor1.b"].write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import geor1.c\n"
-                                  "import geor1.a\n")
+    modules["geor1.b"].write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import geor1.c\nimport geor1.a\n"
+    )
     modules["geor1.c"].write_text("from geor1.a import f\n")
     graph = {n: imports_of(n, p, modules) for n, p in modules.items()}
     assert graph == {"geor1": {"geor1.c"}, "geor1.a": {"geor1.b"}, "geor1.b": {"geor1.a"}, "geor1.c": {"geor1.a"}}
@@ -177,10 +183,14 @@ def test_importing_geor1_changes_no_process_setting():
     """Importing any geor1 module leaves the Hugging Face offline switches, PIL's decompression-bomb limit and the
     matplotlib backend as they were: those are set where they are needed (the CLI, model loading, the one big
     image, the plotting functions), not by an import. A fresh interpreter, so nothing earlier set them."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "MPLBACKEND")}
-    proc = subprocess.run([sys.executable, "-c", _SIDE_EFFECT_PROBE], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=300)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "MPLBACKEND")
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIDE_EFFECT_PROBE], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(report["imported"]) > 40
@@ -191,9 +201,11 @@ def test_importing_geor1_changes_no_process_setting():
 def test_cli_sets_offline_mode():
     """The offline contract is kept by the entry point: `geor1 ...` switches Hugging Face offline before any
     command runs (and before any of them imports transformers)."""
-    probe = ("import os, sys\nfrom geor1.cli import main\nsys.argv = ['geor1']\ntry:\n    main(['--help'])\n"
-             "except SystemExit:\n    pass\n"
-             "print(os.environ.get('HF_HUB_OFFLINE'), os.environ.get('TRANSFORMERS_OFFLINE'))")
+    probe = (
+        "import os, sys\nfrom geor1.cli import main\nsys.argv = ['geor1']\ntry:\n    main(['--help'])\n"
+        "except SystemExit:\n    pass\n"
+        "print(os.environ.get('HF_HUB_OFFLINE'), os.environ.get('TRANSFORMERS_OFFLINE'))"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

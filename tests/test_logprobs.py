@@ -19,7 +19,7 @@ def _setup(dtype: torch.dtype, bias: bool, n: int = 3, t: int = 11, seed: int = 
     g = torch.Generator().manual_seed(seed)
     head = nn.Linear(H, V, bias=bias).to(dtype)
     with torch.no_grad():
-        head.weight.copy_(torch.randn(V, H, generator=g, dtype=dtype) * 2 / H ** 0.5)  # logits ~ N(0, 4)
+        head.weight.copy_(torch.randn(V, H, generator=g, dtype=dtype) * 2 / H**0.5)  # logits ~ N(0, 4)
         if bias:
             head.bias.copy_(torch.randn(V, generator=g, dtype=dtype))
     hidden = torch.randn(n, t, H, generator=g, dtype=dtype, requires_grad=True)
@@ -91,7 +91,7 @@ def test_tiled_token_logprobs_never_computes_more_than_a_tile_of_logits():
     got.sum().backward()
     assert forward_rows == [8, 8, 8, 8, 1]  # 33 positions
     # recomputed tile by tile in backward (last tile first), through the module (hooks fire)
-    assert rows[len(forward_rows):] == forward_rows[::-1]
+    assert rows[len(forward_rows) :] == forward_rows[::-1]
     assert head.weight.grad is not None and hidden.grad is not None
 
 
@@ -163,10 +163,16 @@ def test_sft_module_loss_equals_masked_lm_loss_on_the_tiny_policy():
     def image(w: int, h: int) -> Image.Image:
         return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
 
-    batch = [ChatSample("a", Prompt("Where is this? <image>", [image(56, 56)]),
-                        response="<think>coast</think><answer>A</answer>"),
-             ChatSample("b", Prompt("Ground: <image> tile: <image>", [image(84, 56), image(56, 112)]),
-                        response="<think>desert, arid</think><answer>B</answer> and more words to pad")]
+    batch = [
+        ChatSample(
+            "a", Prompt("Where is this? <image>", [image(56, 56)]), response="<think>coast</think><answer>A</answer>"
+        ),
+        ChatSample(
+            "b",
+            Prompt("Ground: <image> tile: <image>", [image(84, 56), image(56, 112)]),
+            response="<think>desert, arid</think><answer>B</answer> and more words to pad",
+        ),
+    ]
     policy = TinyPolicy(seed=0, hidden_size=64)
     module = SFTModule(policy, loss_tile=5)
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -190,9 +196,11 @@ def test_peak_memory_gb_grows_with_an_allocation_and_is_logged_every_step(tmp_pa
 
     # ru_maxrss is a lifetime peak, which earlier tests may have raised: measure in a fresh process
     # (imports may have peaked above the current RSS: allocate 2 GiB on top of the current RSS, above that peak)
-    code = ("import torch; from geor1.objectives.memory import peak_memory_gb as p; "
-            "rss = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS:')][0] * 1024 / 1e9; "
-            "big = torch.ones(512, 1024, 1024); print(rss, p('cpu'), float(big.sum()))")
+    code = (
+        "import torch; from geor1.objectives.memory import peak_memory_gb as p; "
+        "rss = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS:')][0] * 1024 / 1e9; "
+        "big = torch.ones(512, 1024, 1024); print(rss, p('cpu'), float(big.sum()))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     current, after, total = map(float, out)
     # 2 GiB = 2.15 GB, touched: the peak is the RSS before it plus the tensor
@@ -220,7 +228,14 @@ def test_peak_memory_gb_grows_with_an_allocation_and_is_logged_every_step(tmp_pa
 
     logged: list[float] = []
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(6, 2)), batch_size=2)
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[Record()])
+    trainer = L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        callbacks=[Record()],
+    )
     trainer.fit(Tiny(), data)
     assert len(logged) == 3 and logged == pytest.approx(seen) and min(seen) >= after  # logged: float32

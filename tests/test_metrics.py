@@ -19,8 +19,9 @@ R = 6371.0088
 def _great_circle(lat1, lon1, lat2, lon2) -> float:
     """An independent formula (atan2 form of the spherical law), for checking the haversine."""
     p1, p2, dl = math.radians(lat1), math.radians(lat2), math.radians(lon2 - lon1)
-    y = math.hypot(math.cos(p2) * math.sin(dl),
-                   math.cos(p1) * math.sin(p2) - math.sin(p1) * math.cos(p2) * math.cos(dl))
+    y = math.hypot(
+        math.cos(p2) * math.sin(dl), math.cos(p1) * math.sin(p2) - math.sin(p1) * math.cos(p2) * math.cos(dl)
+    )
     x = math.sin(p1) * math.sin(p2) + math.cos(p1) * math.cos(p2) * math.cos(dl)
     return R * math.atan2(y, x)
 
@@ -72,7 +73,8 @@ def test_pairing_accuracy_wilson():
     out = m.compute()
     assert float(out["pairing_acc"]) == pytest.approx(0.8)
     assert float(out["ci95_low"]) == pytest.approx(0.4902, abs=1e-3) and float(out["ci95_high"]) == pytest.approx(
-        0.9433, abs=1e-3)
+        0.9433, abs=1e-3
+    )
 
 
 def _ddp_worker(rank: int, port: int, path: str) -> None:
@@ -106,10 +108,17 @@ def test_ddp_reduction_equals_single_process(tmp_path):
 def test_model_free_scoring_matches_independent_haversine(tmp_path):
     from geor1.cli import main
 
-    truth = [("a", 48.8566, 2.3522, "Paris", "FR"), ("b", 40.7128, -74.0060, "New York City", "US"),
-             ("c", -33.8688, 151.2093, "Sydney", "AU"), ("d", 35.6762, 139.6503, "Tokyo", "JP")]
-    preds = {"a": "<think>x</think><answer>48.80, 2.30 (Paris, FR)</answer>", "b": "40.0 N, 75.0 W",
-             "c": "<answer>no idea</answer>"}  # "d" has no prediction at all
+    truth = [
+        ("a", 48.8566, 2.3522, "Paris", "FR"),
+        ("b", 40.7128, -74.0060, "New York City", "US"),
+        ("c", -33.8688, 151.2093, "Sydney", "AU"),
+        ("d", 35.6762, 139.6503, "Tokyo", "JP"),
+    ]
+    preds = {
+        "a": "<think>x</think><answer>48.80, 2.30 (Paris, FR)</answer>",
+        "b": "40.0 N, 75.0 W",
+        "c": "<answer>no idea</answer>",
+    }  # "d" has no prediction at all
     with open(tmp_path / "truth.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "lat", "lon", "city", "country"])
@@ -118,8 +127,18 @@ def test_model_free_scoring_matches_independent_haversine(tmp_path):
         w = csv.writer(f)
         w.writerow(["id", "text"])
         w.writerows(preds.items())
-    main(["eval", "geolocate", "--predictions", str(tmp_path / "pred.csv"), "--truth", str(tmp_path / "truth.csv"),
-          "--out", str(tmp_path / "out")])
+    main(
+        [
+            "eval",
+            "geolocate",
+            "--predictions",
+            str(tmp_path / "pred.csv"),
+            "--truth",
+            str(tmp_path / "truth.csv"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     da = _great_circle(48.80, 2.30, 48.8566, 2.3522)
     db = _great_circle(40.0, -75.0, 40.7128, -74.0060)
@@ -150,8 +169,24 @@ def test_eval_geolocate_runs_a_model_on_a_csv_of_images(tmp_path):
         w.writerow(["id", "lat", "lon"])
         w.writerows(rows)
     out = tmp_path / "out"
-    main(["eval", "geolocate", "--model", str(model), "--data", str(tmp_path / "bench.csv"), "--images",
-          str(images), "--out", str(out), "--max-new-tokens", "4", "--max-pixels", "12544"])
+    main(
+        [
+            "eval",
+            "geolocate",
+            "--model",
+            str(model),
+            "--data",
+            str(tmp_path / "bench.csv"),
+            "--images",
+            str(images),
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "4",
+            "--max-pixels",
+            "12544",
+        ]
+    )
     with open(out / "predictions.csv") as f:
         preds = list(csv.DictReader(f))
     assert sorted(p["id"] for p in preds) == ["a", "b", "c"]  # the row without an image is skipped ...

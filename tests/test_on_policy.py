@@ -38,9 +38,13 @@ def policy(tmp_path_factory):
 
 def _prompts() -> list[Prompt]:
     rng = np.random.default_rng(0)
-    return [Prompt("Ground view: <image> Candidate A: <image> Which one?", [random_image(rng, 56, 84),
-                                                                           random_image(rng, 28, 28)]),
-            Prompt("Where was this taken? <image>", [random_image(rng, 56, 56)])]
+    return [
+        Prompt(
+            "Ground view: <image> Candidate A: <image> Which one?",
+            [random_image(rng, 56, 84), random_image(rng, 28, 28)],
+        ),
+        Prompt("Where was this taken? <image>", [random_image(rng, 56, 56)]),
+    ]
 
 
 def _generate_with_scores(policy: Policy, prompts: list[Prompt], **kw):
@@ -79,12 +83,13 @@ def _reference_logits(policy: Policy, prompts: list[Prompt], rollout) -> list[to
             enc["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(ids[None])], 1)
         with torch.no_grad():
             logits = policy.base_model()(**enc, use_cache=False).logits[0].float()
-        out.append(logits[p - 1: p - 1 + len(ids)])
+        out.append(logits[p - 1 : p - 1 + len(ids)])
     return out
 
 
-def _nucleus_logprobs(logits: torch.Tensor, temperature: float, top_p: float, kept_at_boundary: torch.Tensor
-                      ) -> torch.Tensor:
+def _nucleus_logprobs(
+    logits: torch.Tensor, temperature: float, top_p: float, kept_at_boundary: torch.Tensor
+) -> torch.Tensor:
     """log of softmax(logits / T) restricted to the smallest set of most probable tokens whose mass reaches top_p
     (a token stays when the mass strictly above it is below top_p), renormalised; -inf elsewhere. [L, V].
     A token whose mass above is within float32 rounding (1e-4) of top_p follows `kept_at_boundary` [L, V]."""
@@ -105,8 +110,9 @@ def test_rollouts_sample_from_exactly_the_configured_distribution(policy, temper
     assert policy.base_model().generation_config.repetition_penalty == 1.05  # the checkpoint's, loaded as shipped
     prompts = _prompts()
     torch.manual_seed(0)
-    rollout, scores = _generate_with_scores(policy, prompts, temperature=temperature, top_p=top_p,
-                                            share_prefix=share_prefix)
+    rollout, scores = _generate_with_scores(
+        policy, prompts, temperature=temperature, top_p=top_p, share_prefix=share_prefix
+    )
     mask = rollout.completion_mask
     assert scores.shape[:2] == mask.shape and mask.sum() > G
     sampled = torch.log_softmax(scores, -1)  # [N, T, V] the distribution each token was drawn from
@@ -116,13 +122,15 @@ def test_rollouts_sample_from_exactly_the_configured_distribution(policy, temper
         expected = _nucleus_logprobs(ref_logits, temperature, top_p, ~torch.isinf(got))  # [n, V]
         assert torch.equal(torch.isinf(got), torch.isinf(expected)), f"row {row}: different tokens cut"
         finite = ~torch.isinf(expected)
-        torch.testing.assert_close(got[finite], expected[finite], atol=2e-4, rtol=0,
-                                   msg=lambda m, row=row: f"row {row}: {m}")
+        torch.testing.assert_close(
+            got[finite], expected[finite], atol=2e-4, rtol=0, msg=lambda m, row=row: f"row {row}: {m}"
+        )
     # ... and GRPO's log-probs of the sampled tokens are those of the sampling distribution
     if top_p == 1.0:
         with torch.no_grad():
-            lp = policy.token_logprobs(rollout.inputs, rollout.completion_ids, mask, G, temperature=temperature,
-                                       share_prefix=share_prefix)
+            lp = policy.token_logprobs(
+                rollout.inputs, rollout.completion_ids, mask, G, temperature=temperature, share_prefix=share_prefix
+            )
         picked = sampled.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1) * mask
         torch.testing.assert_close(lp, picked, atol=2e-4, rtol=0)
         assert len({tuple(r) for r in rollout.completion_ids.tolist()}) > 1  # sampled, not top_k=1 greedy

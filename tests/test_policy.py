@@ -18,9 +18,15 @@ def _prompts() -> list[Prompt]:
     rng = np.random.default_rng(0)
     return [
         # 1 ground + 3 candidates of different sizes, interleaved with text
-        Prompt("Ground view: <image>\nCandidates: A <image> B <image> C <image>\nWhich?",
-               [random_image(rng, 112, 112), random_image(rng, 80, 150), random_image(rng, 64, 64),
-                random_image(rng, 140, 90)]),
+        Prompt(
+            "Ground view: <image>\nCandidates: A <image> B <image> C <image>\nWhich?",
+            [
+                random_image(rng, 112, 112),
+                random_image(rng, 80, 150),
+                random_image(rng, 64, 64),
+                random_image(rng, 140, 90),
+            ],
+        ),
         Prompt("Where is this? <image>", [random_image(rng, 200, 100)]),
     ]
 
@@ -30,10 +36,15 @@ def _manual_logprobs(policy: Policy, prompt: Prompt, completion: torch.Tensor) -
     enc = policy.encode([prompt])
     ids = torch.cat([enc["input_ids"], completion[None]], 1)
     mm = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(completion)[None]], 1)
-    logits = policy.model(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=mm,
-                          pixel_values=enc["pixel_values"], image_grid_thw=enc["image_grid_thw"]).logits
+    logits = policy.model(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        mm_token_type_ids=mm,
+        pixel_values=enc["pixel_values"],
+        image_grid_thw=enc["image_grid_thw"],
+    ).logits
     p = enc["input_ids"].shape[1]
-    return logits[0, p - 1:-1].log_softmax(-1).gather(-1, completion[:, None]).squeeze(-1)
+    return logits[0, p - 1 : -1].log_softmax(-1).gather(-1, completion[:, None]).squeeze(-1)
 
 
 def test_prompt_interleaves_images_and_checks_count():
@@ -98,8 +109,8 @@ def test_sft_labels_mask_everything_but_the_response(tiny_policy):
         assert tok.decode(kept) == response + "<|im_end|>"
         n_real = int(inputs["attention_mask"][b].sum())
         # the labelled span is the last tokens of the real (unpadded) sequence, right after the assistant header
-        assert torch.equal(inputs["input_ids"][b, n_real - len(kept):n_real], kept)
-        assert tok.decode(inputs["input_ids"][b, :n_real - len(kept)]).endswith("<|im_start|>assistant\n")
+        assert torch.equal(inputs["input_ids"][b, n_real - len(kept) : n_real], kept)
+        assert tok.decode(inputs["input_ids"][b, : n_real - len(kept)]).endswith("<|im_start|>assistant\n")
         assert torch.all(labels[b, n_real:] == IGNORE_INDEX)
     image_positions = inputs["input_ids"] == tiny_policy.image_token_id
     assert torch.all(labels[image_positions] == IGNORE_INDEX)
@@ -174,13 +185,16 @@ def test_shared_prefix_rollout_equals_naive_and_encodes_each_prompt_once(tiny_po
     assert torch.equal(shared.completion_ids, naive.completion_ids)  # same seed, same samples
     patches: list[int] = []  # image patches through the vision tower per call
     hook = Policy.vision_tower(tiny_policy.model).register_forward_hook(
-        lambda module, args, out: patches.append(args[0].shape[0]))
+        lambda module, args, out: patches.append(args[0].shape[0])
+    )
     try:
-        lp_shared = tiny_policy.token_logprobs(shared.inputs, shared.completion_ids, shared.completion_mask, g,
-                                               share_prefix=True)
+        lp_shared = tiny_policy.token_logprobs(
+            shared.inputs, shared.completion_ids, shared.completion_mask, g, share_prefix=True
+        )
         shared_patches, patches[:] = sum(patches), []
-        lp_naive = tiny_policy.token_logprobs(shared.inputs, shared.completion_ids, shared.completion_mask, g,
-                                              share_prefix=False)
+        lp_naive = tiny_policy.token_logprobs(
+            shared.inputs, shared.completion_ids, shared.completion_mask, g, share_prefix=False
+        )
         naive_patches = sum(patches)
     finally:
         hook.remove()
@@ -191,8 +205,9 @@ def test_shared_prefix_rollout_equals_naive_and_encodes_each_prompt_once(tiny_po
     grads = []
     for share in (True, False):
         tiny_policy.zero_grad()
-        tiny_policy.token_logprobs(shared.inputs, shared.completion_ids, shared.completion_mask, g,
-                                   share_prefix=share).sum().backward()
+        tiny_policy.token_logprobs(
+            shared.inputs, shared.completion_ids, shared.completion_mask, g, share_prefix=share
+        ).sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in tiny_policy.parameters() if p.grad is not None]))
     tiny_policy.zero_grad()
     torch.testing.assert_close(grads[0], grads[1], atol=1e-4, rtol=1e-4)
@@ -206,8 +221,10 @@ def _family_prompts() -> list[Prompt]:
     """Prompts with different numbers and sizes of images, and one without any."""
     rng = np.random.default_rng(3)
     return [
-        Prompt("Ground view: <image>\nCandidates: A <image> B <image>\nWhich?",
-               [random_image(rng, 64, 64), random_image(rng, 100, 60), random_image(rng, 90, 120)]),
+        Prompt(
+            "Ground view: <image>\nCandidates: A <image> B <image>\nWhich?",
+            [random_image(rng, 64, 64), random_image(rng, 100, 60), random_image(rng, 90, 120)],
+        ),
         Prompt("Where is this? <image>", [random_image(rng, 120, 90)]),
         Prompt("Give the latitude and longitude in decimal degrees.", []),
     ]
@@ -233,7 +250,7 @@ def _plain_logprobs(policy: Policy, prompt: Prompt, completion: torch.Tensor) ->
     batch["attention_mask"] = torch.ones_like(batch["input_ids"])
     batch["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(completion)[None]], 1)
     logits = policy.model(**batch).logits
-    return logits[0, p - 1:-1].log_softmax(-1).gather(-1, completion[:, None]).squeeze(-1)
+    return logits[0, p - 1 : -1].log_softmax(-1).gather(-1, completion[:, None]).squeeze(-1)
 
 
 @pytest.fixture(scope="module", params=QWEN_FAMILIES)
@@ -248,16 +265,21 @@ def test_group_logprobs_equal_plain_forward_for_every_qwen_family(family_policy)
     enc = policy.encode(prompts)
     ids, mask = _random_completions(policy, len(prompts) * g)
     with torch.no_grad():
-        refs = [_plain_logprobs(policy, prompts[r // g], ids[r, :int(mask[r].sum())]) for r in range(len(ids))]
+        refs = [_plain_logprobs(policy, prompts[r // g], ids[r, : int(mask[r].sum())]) for r in range(len(ids))]
         for share in (True, False):
             for tile in (32, 4, None):
                 policy.logprob_tile = tile
                 lp = policy.token_logprobs(enc, ids, mask, g, share_prefix=share)
                 assert lp.dtype == torch.float32 and lp.shape == ids.shape
                 for r, ref in enumerate(refs):
-                    torch.testing.assert_close(lp[r, :len(ref)], ref, atol=1e-5, rtol=0,
-                                               msg=lambda m, s=share, t=tile, r=r: f"share={s} tile={t} row={r}: {m}")
-                    assert torch.all(lp[r, len(ref):] == 0)
+                    torch.testing.assert_close(
+                        lp[r, : len(ref)],
+                        ref,
+                        atol=1e-5,
+                        rtol=0,
+                        msg=lambda m, s=share, t=tile, r=r: f"share={s} tile={t} row={r}: {m}",
+                    )
+                    assert torch.all(lp[r, len(ref) :] == 0)
     policy.logprob_tile = 32
 
 
@@ -271,8 +293,8 @@ def test_text_only_prompts_with_shared_prefix(family_policy):
     with torch.no_grad():
         shared = policy.token_logprobs(enc, ids, mask, g, share_prefix=True)
         for r in range(len(ids)):
-            ref = _plain_logprobs(policy, prompts[r // g], ids[r, :int(mask[r].sum())])
-            torch.testing.assert_close(shared[r, :len(ref)], ref, atol=1e-5, rtol=0)
+            ref = _plain_logprobs(policy, prompts[r // g], ids[r, : int(mask[r].sum())])
+            torch.testing.assert_close(shared[r, : len(ref)], ref, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
@@ -363,22 +385,28 @@ def test_sampling_uses_only_the_configured_warpers(hub_config_policy, monkeypatc
 
     monkeypatch.setattr(gen_utils.GenerationMixin, "_get_logits_processor", spy)
     torch.manual_seed(0)
-    rollout = policy.generate(_prompts(), group_size=3, max_new_tokens=8, temperature=1.3, share_prefix=share,
-                              output_logprobs=True)
+    rollout = policy.generate(
+        _prompts(), group_size=3, max_new_tokens=8, temperature=1.3, share_prefix=share, output_logprobs=True
+    )
     assert [type(p).__name__ for p in seen[-1]] == ["TemperatureLogitsWarper"]
     assert seen[-1][0].temperature == 1.3
     with torch.no_grad():
-        lp = policy.token_logprobs(rollout.inputs, rollout.completion_ids, rollout.completion_mask, 3,
-                                   temperature=1.3, share_prefix=share)
+        lp = policy.token_logprobs(
+            rollout.inputs, rollout.completion_ids, rollout.completion_mask, 3, temperature=1.3, share_prefix=share
+        )
     torch.testing.assert_close(rollout.sample_logprobs, lp, atol=1e-5, rtol=0)
     assert policy.base_model().generation_config.repetition_penalty == 1.05  # the checkpoint's config is untouched
 
-    policy.generate(_prompts()[:1], group_size=2, max_new_tokens=2, temperature=0.7, top_p=0.9, top_k=20,
-                    share_prefix=share)
+    policy.generate(
+        _prompts()[:1], group_size=2, max_new_tokens=2, temperature=0.7, top_p=0.9, top_k=20, share_prefix=share
+    )
     procs = {type(p).__name__: p for p in seen[-1]}
     assert sorted(procs) == ["TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper"]
-    assert (procs["TemperatureLogitsWarper"].temperature, procs["TopPLogitsWarper"].top_p,
-            procs["TopKLogitsWarper"].top_k) == (0.7, 0.9, 20)
+    assert (
+        procs["TemperatureLogitsWarper"].temperature,
+        procs["TopPLogitsWarper"].top_p,
+        procs["TopKLogitsWarper"].top_k,
+    ) == (0.7, 0.9, 20)
 
 
 def test_generate_passes_synced_gpus(tiny_policy, monkeypatch):
@@ -407,8 +435,9 @@ def test_unsupported_family_is_a_clear_error(tmp_path):
     from geor1.model.adapters import adapter_for, supported_families
 
     assert {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"} <= set(supported_families())
-    LlamaConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                intermediate_size=32).save_pretrained(tmp_path / "llama")
+    LlamaConfig(
+        vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    ).save_pretrained(tmp_path / "llama")
     with pytest.raises(Geor1Error, match=r"'llama'.*not supported.*Qwen2\.5-VL \(qwen2_5_vl\)"):
         Policy(str(tmp_path / "llama"))
     with pytest.raises(Geor1Error, match=r"supported: .*Qwen3-VL"):

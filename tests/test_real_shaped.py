@@ -17,9 +17,19 @@ from geor1.data.sample import Prompt
 from geor1.model import Policy, real_shaped
 
 # Published ids of Qwen2 / Qwen2.5-VL (tokenizer.json of Qwen/Qwen2.5-VL-7B-Instruct).
-REAL_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|object_ref_start|>": 151646,
-            "<|vision_start|>": 151652, "<|vision_end|>": 151653, "<|vision_pad|>": 151654, "<|image_pad|>": 151655,
-            "<|video_pad|>": 151656, "<tool_call>": 151657, "<|file_sep|>": 151664}
+REAL_IDS = {
+    "<|endoftext|>": 151643,
+    "<|im_start|>": 151644,
+    "<|im_end|>": 151645,
+    "<|object_ref_start|>": 151646,
+    "<|vision_start|>": 151652,
+    "<|vision_end|>": 151653,
+    "<|vision_pad|>": 151654,
+    "<|image_pad|>": 151655,
+    "<|video_pad|>": 151656,
+    "<tool_call>": 151657,
+    "<|file_sep|>": 151664,
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +53,12 @@ def test_tokenizer_has_the_real_qwen2_ids(real_dir):
     assert (tok.eos_token, tok.pad_token, tok.bos_token) == ("<|im_end|>", "<|endoftext|>", None)
     # the reference: the same BPE ranks run by tiktoken itself (Qwen's own encoder), on varied text
     reference = get_tokenizer("qwen2.5-72b-instruct")
-    texts = ["The answer is <answer>B</answer>. Lat 48.8566, lon 2.3522 — Paris, France!",
-             "東京は日本の首都です。 Ünïcödé café naïve e\u0301 🌍🗺️ 👍🏽", "   spaces\n\n\ttabs\r\n 12345678 3.14e-10",
-             "def f(x):\n    return x**2  # I'm can't THEY'RE"]
+    texts = [
+        "The answer is <answer>B</answer>. Lat 48.8566, lon 2.3522 — Paris, France!",
+        "東京は日本の首都です。 Ünïcödé café naïve e\u0301 🌍🗺️ 👍🏽",
+        "   spaces\n\n\ttabs\r\n 12345678 3.14e-10",
+        "def f(x):\n    return x**2  # I'm can't THEY'RE",
+    ]
     for text in texts:
         assert tok(text, add_special_tokens=False)["input_ids"] == reference.encode(text), text
     # added tokens inside text are single tokens, not split into bytes
@@ -61,13 +74,17 @@ def test_chat_template_renders_a_geor1_prompt_with_images(real_dir):
     prompt = Prompt("Ground view: <image> Candidates: A <image> B <image> Which?", _images(2) + [big])
     text = policy.processor.apply_chat_template(prompt.messages(), tokenize=False, add_generation_prompt=True)
     vision = "<|vision_start|><|image_pad|><|vision_end|>"
-    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-                    f"Ground view: {vision} Candidates: A {vision} B {vision} Which?<|im_end|>\n"
-                    "<|im_start|>assistant\n")
+    assert text == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        f"Ground view: {vision} Candidates: A {vision} B {vision} Which?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     with_system = Prompt("Where? <image>", _images(1), system="Be brief.")
-    assert policy.processor.apply_chat_template(with_system.messages(), tokenize=False, add_generation_prompt=True) \
-        == f"<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhere? {vision}<|im_end|>\n" \
-           "<|im_start|>assistant\n"
+    assert (
+        policy.processor.apply_chat_template(with_system.messages(), tokenize=False, add_generation_prompt=True)
+        == f"<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhere? {vision}<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     enc = policy.encode([prompt, with_system])
     grid = enc["image_grid_thw"]  # [4, 3]
     assert grid.shape == (4, 3) and 0 < int(grid[2].prod()) * 14 * 14 <= 28 * 28 * 16  # max_pixels honoured
@@ -79,30 +96,81 @@ def test_chat_template_renders_a_geor1_prompt_with_images(real_dir):
 
 def test_folder_has_the_hubs_files_settings_and_weight_names(real_dir):
     names = {p.name for p in real_dir.iterdir()}
-    assert {"config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json",
-            "tokenizer_config.json", "chat_template.json", "model.safetensors.index.json"} <= names
+    assert {
+        "config.json",
+        "generation_config.json",
+        "preprocessor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.json",
+        "model.safetensors.index.json",
+    } <= names
     gen = json.loads((real_dir / "generation_config.json").read_text())
-    assert {k: gen[k] for k in ("do_sample", "repetition_penalty", "temperature", "top_p", "top_k", "bos_token_id",
-                                "eos_token_id", "pad_token_id")} == dict(
-        do_sample=True, repetition_penalty=1.05, temperature=0.1, top_p=0.001, top_k=1, bos_token_id=151643,
-        eos_token_id=[151645, 151643], pad_token_id=151643)
+    assert {
+        k: gen[k]
+        for k in (
+            "do_sample",
+            "repetition_penalty",
+            "temperature",
+            "top_p",
+            "top_k",
+            "bos_token_id",
+            "eos_token_id",
+            "pad_token_id",
+        )
+    } == dict(
+        do_sample=True,
+        repetition_penalty=1.05,
+        temperature=0.1,
+        top_p=0.001,
+        top_k=1,
+        bos_token_id=151643,
+        eos_token_id=[151645, 151643],
+        pad_token_id=151643,
+    )
     pre = json.loads((real_dir / "preprocessor_config.json").read_text())
-    assert (pre["min_pixels"], pre["max_pixels"], pre["patch_size"], pre["merge_size"], pre["temporal_patch_size"]) \
-        == (3136, 12845056, 14, 2, 2)
+    assert (pre["min_pixels"], pre["max_pixels"], pre["patch_size"], pre["merge_size"], pre["temporal_patch_size"]) == (
+        3136,
+        12845056,
+        14,
+        2,
+        2,
+    )
     assert pre["image_mean"] == [0.48145466, 0.4578275, 0.40821073]
     assert pre["image_std"] == [0.26862954, 0.26130258, 0.27577711]
     config = json.loads((real_dir / "config.json").read_text())
     assert "text_config" not in config and config["rope_scaling"] == {"type": "mrope", "mrope_section": [2, 3, 3]}
     # the hub's weight names (Qwen2.5-VL-7B-Instruct's model.safetensors.index.json), for 2 layers / 2 blocks
-    layer = ["input_layernorm.weight", "post_attention_layernorm.weight", "mlp.gate_proj.weight",
-             "mlp.up_proj.weight", "mlp.down_proj.weight"] + [f"self_attn.{p}_proj.{w}" for p in "qkv"
-                                                                 for w in ("weight", "bias")] + \
-        ["self_attn.o_proj.weight"]
-    block = ["norm1.weight", "norm2.weight", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias"] \
-        + [f"mlp.{p}_proj.{w}" for p in ("gate", "up", "down") for w in ("weight", "bias")]
-    hub = {"lm_head.weight", "model.embed_tokens.weight", "model.norm.weight", "visual.patch_embed.proj.weight",
-           "visual.merger.ln_q.weight", "visual.merger.mlp.0.weight", "visual.merger.mlp.0.bias",
-           "visual.merger.mlp.2.weight", "visual.merger.mlp.2.bias"}
+    layer = (
+        [
+            "input_layernorm.weight",
+            "post_attention_layernorm.weight",
+            "mlp.gate_proj.weight",
+            "mlp.up_proj.weight",
+            "mlp.down_proj.weight",
+        ]
+        + [f"self_attn.{p}_proj.{w}" for p in "qkv" for w in ("weight", "bias")]
+        + ["self_attn.o_proj.weight"]
+    )
+    block = [
+        "norm1.weight",
+        "norm2.weight",
+        "attn.qkv.weight",
+        "attn.qkv.bias",
+        "attn.proj.weight",
+        "attn.proj.bias",
+    ] + [f"mlp.{p}_proj.{w}" for p in ("gate", "up", "down") for w in ("weight", "bias")]
+    hub = {
+        "lm_head.weight",
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        "visual.patch_embed.proj.weight",
+        "visual.merger.ln_q.weight",
+        "visual.merger.mlp.0.weight",
+        "visual.merger.mlp.0.bias",
+        "visual.merger.mlp.2.weight",
+        "visual.merger.mlp.2.bias",
+    }
     hub |= {f"model.layers.{i}.{n}" for i in range(2) for n in layer}
     hub |= {f"visual.blocks.{i}.{n}" for i in range(2) for n in block}
     weight_map = json.loads((real_dir / "model.safetensors.index.json").read_text())["weight_map"]
@@ -117,8 +185,7 @@ def test_folder_has_the_hubs_files_settings_and_weight_names(real_dir):
     # plain transformers maps every stored tensor onto the model, nothing missing, nothing left over
     from transformers import AutoModelForImageTextToText
 
-    model, info = AutoModelForImageTextToText.from_pretrained(real_dir, local_files_only=True,
-                                                              output_loading_info=True)
+    model, info = AutoModelForImageTextToText.from_pretrained(real_dir, local_files_only=True, output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     assert model.dtype == torch.bfloat16
     assert torch.equal(model.model.language_model.embed_tokens.weight, stored["model.embed_tokens.weight"])
@@ -143,8 +210,15 @@ def test_cli_writes_the_same_folder(real_dir, tmp_path):
     res = run_cli("model", "tiny", "--out", str(tmp_path / "cli"), "--real-shaped")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "real-shaped" in res.stdout
-    for name in ("config.json", "generation_config.json", "preprocessor_config.json", "tokenizer_config.json",
-                 "tokenizer.json", "chat_template.json", "model.safetensors.index.json"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "preprocessor_config.json",
+        "tokenizer_config.json",
+        "tokenizer.json",
+        "chat_template.json",
+        "model.safetensors.index.json",
+    ):
         assert (tmp_path / "cli" / name).read_bytes() == (real_dir / name).read_bytes(), name
     for shard in set(json.loads((real_dir / "model.safetensors.index.json").read_text())["weight_map"].values()):
         with safe_open(real_dir / shard, "pt") as a, safe_open(tmp_path / "cli" / shard, "pt") as b:

@@ -44,47 +44,63 @@ STEPS = 2  # optimizer steps per recipe
 SINGLE_CPU = {"trainer.accelerator": "cpu", "trainer.devices": 1, "trainer.num_nodes": 1, "trainer.strategy": "auto"}
 OVERRIDES: dict[str, dict] = {
     "debug/tiny_sft.yaml": {
-        "trainer.max_steps": STEPS, "trainer.limit_val_batches": 1,
-        "trainer.default_root_dir": "{out}", "trainer.logger.init_args.save_dir": "{out}",
+        "trainer.max_steps": STEPS,
+        "trainer.limit_val_batches": 1,
+        "trainer.default_root_dir": "{out}",
+        "trainer.logger.init_args.save_dir": "{out}",
     },
     "sft/geoworld_tiny.yaml": {
-        "trainer.max_steps": STEPS, "trainer.limit_val_batches": 1,
+        "trainer.max_steps": STEPS,
+        "trainer.limit_val_batches": 1,
         "model.init_args.max_new_tokens": 8,
         "data.init_args.roots": ["{sft_pairing}"],
-        "trainer.default_root_dir": "{out}", "trainer.logger.init_args.save_dir": "{out}",
-        "trainer.callbacks.1.init_args.dirpath": "{out}/checkpoints", "model.init_args.export_dir": "{out}/model",
+        "trainer.default_root_dir": "{out}",
+        "trainer.logger.init_args.save_dir": "{out}",
+        "trainer.callbacks.1.init_args.dirpath": "{out}/checkpoints",
+        "model.init_args.export_dir": "{out}/model",
     },
     "grpo/geoworld_tiny.yaml": {
-        "trainer.max_steps": STEPS, "trainer.limit_val_batches": 1,
+        "trainer.max_steps": STEPS,
+        "trainer.limit_val_batches": 1,
         "model.init_args.rollout.max_new_tokens": 4,
         "model.init_args.policy.init_args.path": "{real}",
         "data.init_args.roots": "{episodes}",
-        "trainer.default_root_dir": "{out}", "trainer.logger.init_args.save_dir": "{out}",
-        "trainer.callbacks.1.init_args.dirpath": "{out}/checkpoints", "model.init_args.export_dir": "{out}/model",
+        "trainer.default_root_dir": "{out}",
+        "trainer.logger.init_args.save_dir": "{out}",
+        "trainer.callbacks.1.init_args.dirpath": "{out}/checkpoints",
+        "model.init_args.export_dir": "{out}/model",
     },
     "retrieval/geoworld_tiny.yaml": {
         "trainer.accelerator": "cpu",  # shipped `auto` would take a GPU where one is present
-        "trainer.max_steps": STEPS, "trainer.limit_val_batches": 1,
+        "trainer.max_steps": STEPS,
+        "trainer.limit_val_batches": 1,
         "data.init_args.root": "{world}",
-        "trainer.default_root_dir": "{out}", "trainer.logger.init_args.save_dir": "{out}",
+        "trainer.default_root_dir": "{out}",
+        "trainer.logger.init_args.save_dir": "{out}",
         "trainer.callbacks.1.init_args.dirpath": "{out}/checkpoints",
     },
     "sft/qwen2_5_vl_7b.yaml": {
-        **SINGLE_CPU, "trainer.precision": "32-true",
-        "trainer.max_steps": STEPS, "trainer.limit_val_batches": 1,
+        **SINGLE_CPU,
+        "trainer.precision": "32-true",
+        "trainer.max_steps": STEPS,
+        "trainer.limit_val_batches": 1,
         "model.init_args.max_new_tokens": 8,
         "model.init_args.policy.init_args.path": "{real}",
         "data.init_args.roots": ["{sft_pairing}", "{sft_geolocate}"],
-        "trainer.default_root_dir": "{out}", "trainer.logger.init_args.save_dir": "{out}",
+        "trainer.default_root_dir": "{out}",
+        "trainer.logger.init_args.save_dir": "{out}",
         "model.init_args.export_dir": "{out}/model",
     },
     "grpo/qwen2_5_vl_7b.yaml": {
-        **SINGLE_CPU, "trainer.precision": "32-true",
-        "trainer.max_steps": STEPS, "trainer.limit_val_batches": 1,
+        **SINGLE_CPU,
+        "trainer.precision": "32-true",
+        "trainer.max_steps": STEPS,
+        "trainer.limit_val_batches": 1,
         "model.init_args.rollout.max_new_tokens": 4,
         "model.init_args.policy.init_args.path": "{real}",
         "data.init_args.roots": "{episodes}",
-        "trainer.default_root_dir": "{out}", "trainer.logger.init_args.save_dir": "{out}",
+        "trainer.default_root_dir": "{out}",
+        "trainer.logger.init_args.save_dir": "{out}",
         "model.init_args.export_dir": "{out}/model",
     },
 }
@@ -106,8 +122,13 @@ def data(tmp_path_factory) -> dict[str, str]:
     synthesize(root / "episodes", root / "sft_pairing", "pairing")
     synthesize(world, root / "sft_geolocate", "geolocate")
     real = save_real_shaped_qwen2_5_vl(root / "qwen2_5_vl_real_shaped")
-    return {"world": str(world), "episodes": str(root / "episodes"), "sft_pairing": str(root / "sft_pairing"),
-            "sft_geolocate": str(root / "sft_geolocate"), "real": str(real)}
+    return {
+        "world": str(world),
+        "episodes": str(root / "episodes"),
+        "sft_pairing": str(root / "sft_pairing"),
+        "sft_geolocate": str(root / "sft_geolocate"),
+        "real": str(real),
+    }
 
 
 def _fill(value, places: dict[str, str]):
@@ -168,8 +189,11 @@ def _run_recipe(recipe: str, overrides: dict, data: dict[str, str], tmp_path: Pa
         assert module.rollout_settings.max_new_tokens == overrides["model.init_args.rollout.max_new_tokens"]
         assert module.rollout_settings.group_size == 8 and module.loss_settings.beta == 0.04  # as shipped
     if "grpo" not in recipe:  # GRPO's first update is zero when every group's rewards tie (zero advantages)
-        moved = [n for n, p in module.named_parameters() if n in seen["before"]
-                 and not torch.equal(p.detach(), seen["before"][n])]
+        moved = [
+            n
+            for n, p in module.named_parameters()
+            if n in seen["before"] and not torch.equal(p.detach(), seen["before"][n])
+        ]
         assert moved, f"{recipe}: no parameter changed in {STEPS} optimizer steps"
     assert list(Path(out).rglob("events.out.tfevents.*")), f"{recipe}: no TensorBoard log"
     if "model.init_args.export_dir" in overrides:

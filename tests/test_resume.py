@@ -37,18 +37,27 @@ def _run(module, dm, record: Record, root, max_steps: int, ckpt_path, every: int
     """Fit `module` on `dm` for `max_steps`, checkpointing every `every` steps, resuming from `ckpt_path`."""
     callbacks = [record]
     if every:
-        callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=every,
-                                                             save_top_k=-1))
-    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=callbacks, default_root_dir=root)
+        callbacks.append(
+            L.pytorch.callbacks.ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=every, save_top_k=-1)
+        )
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        default_root_dir=root,
+    )
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     return record
 
 
 def _fit(exemplars, root, max_steps: int, ckpt_path=None, every: int | None = None) -> Record:
     L.seed_everything(0)
-    module = SFTModule(TinyPolicy(seed=0), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3), max_length=512,
-                       num_val_generations=0)
+    module = SFTModule(
+        TinyPolicy(seed=0), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3), max_length=512, num_val_generations=0
+    )
     dm = ChatShardDataModule(str(exemplars), batch_size=3, shuffle_buffer=4, val_split="", seed=1)
     return _run(module, dm, Record(), root, max_steps, ckpt_path, every)
 
@@ -78,10 +87,14 @@ def _fit_grpo(episodes, root, max_steps: int, ckpt_path=None, every: int | None 
 
     L.seed_everything(0)
     record = Record()
-    module = GRPOModule(TinyPolicy(seed=0), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3),
-                        rollout=RolloutSettings(group_size=2, max_new_tokens=6), loss=LossSettings(beta=0.04),
-                        log_completions_every_n_steps=0,
-                        rewards={"accuracy": 1.0, "format": 1.0, "repetition": 1.0})
+    module = GRPOModule(
+        TinyPolicy(seed=0),
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3),
+        rollout=RolloutSettings(group_size=2, max_new_tokens=6),
+        loss=LossSettings(beta=0.04),
+        log_completions_every_n_steps=0,
+        rewards={"accuracy": 1.0, "format": 1.0, "repetition": 1.0},
+    )
     record.texts = []
     original = module.policy.generate
 
@@ -111,10 +124,17 @@ def test_preempted_runs_resume_exactly(exemplars, tmp_path, sig, ckpt_name, step
     import sys
     from pathlib import Path
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "netguard"),
-                                                       os.environ.get("PYTHONPATH", "")]))
-    res = subprocess.run([sys.executable, str(Path(__file__).with_name("sigterm_run.py")), str(exemplars),
-                          str(tmp_path / "pre"), sig], capture_output=True, text=True, timeout=300, env=env)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "netguard"), os.environ.get("PYTHONPATH", "")]),
+    )
+    res = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("sigterm_run.py")), str(exemplars), str(tmp_path / "pre"), sig],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert sig == "term" or res.returncode != 0  # killed; after SIGTERM Lightning exits on its own
     ckpt = tmp_path / "pre" / ckpt_name
     assert ckpt.is_file(), res.stderr[-2000:]

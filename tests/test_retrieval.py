@@ -63,8 +63,7 @@ def test_index_save_load_round_trip(tmp_path):
     index = _world()
     index.save(tmp_path / "idx")
     back = SatIndex.load(tmp_path / "idx")
-    assert back.meta == index.meta and np.array_equal(back.sat, index.sat) and np.array_equal(back.ground,
-                                                                                                index.ground)
+    assert back.meta == index.meta and np.array_equal(back.sat, index.sat) and np.array_equal(back.ground, index.ground)
     np.testing.assert_array_equal(back.search(index.ground[:5], 7)[1], index.search(index.ground[:5], 7)[1])
     from geor1 import Geor1Error
 
@@ -97,9 +96,15 @@ def test_mined_episodes_follow_every_rule(strategy):
             if strategy in ("geo", "hybrid"):
                 assert d <= 4000.0
         if strategy in ("hard", "hybrid"):  # the most similar eligible tiles, by brute force
-            eligible = [r for r in range(len(m)) if r != q and m[r]["split"] == m[q]["split"]
-                        and 300.0 <= haversine_km(m[q]["lat"], m[q]["lon"], m[r]["lat"], m[r]["lon"])
-                        <= (4000.0 if strategy == "hybrid" else math.inf)]
+            eligible = [
+                r
+                for r in range(len(m))
+                if r != q
+                and m[r]["split"] == m[q]["split"]
+                and 300.0
+                <= haversine_km(m[q]["lat"], m[q]["lon"], m[r]["lat"], m[r]["lon"])
+                <= (4000.0 if strategy == "hybrid" else math.inf)
+            ]
             sims = {r: float(index.sat[r] @ index.ground[q]) for r in eligible}
             best = sorted(eligible, key=lambda r: -sims[r])[:3]
             assert sorted(sims[r] for r in negatives) == pytest.approx(sorted(sims[r] for r in best), abs=1e-6)
@@ -139,17 +144,54 @@ def test_encoder_index_mining_end_to_end(tmp_path):
     world = build_geoworld(tmp_path / "gw", num_train=30, num_val=12, num_test=12, seed=2)
     dm = PairShardDataModule(str(world), item="tensors", ground_size=(48, 64), sat_size=48, batch_size=8)
     module = ContrastiveModule(backbone="regnetx_002", embed_dim=32)
-    trainer = L.Trainer(max_steps=3, logger=False, enable_progress_bar=False, accelerator="cpu",
-                        default_root_dir=tmp_path, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_steps=3,
+        logger=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, datamodule=dm)
     (metrics,) = trainer.validate(module, datamodule=dm, verbose=False)
     assert 0.0 <= metrics["val/recall@1"] <= metrics["val/recall@5"] <= metrics["val/recall@10"] <= 1.0
     ckpt = tmp_path / "enc.ckpt"
     trainer.save_checkpoint(ckpt)
-    main(["index", "build", "--ckpt", str(ckpt), "--shards", str(world), "--out", str(tmp_path / "idx"),
-          "--type", "flat"])
-    main(["mine", "episodes", "--index", str(tmp_path / "idx"), "--shards", str(world), "--out",
-          str(tmp_path / "eps"), "--k", "3", "--strategy", "hybrid", "--min-km", "100", "--max-km", "20000"])
+    main(
+        [
+            "index",
+            "build",
+            "--ckpt",
+            str(ckpt),
+            "--shards",
+            str(world),
+            "--out",
+            str(tmp_path / "idx"),
+            "--type",
+            "flat",
+        ]
+    )
+    main(
+        [
+            "mine",
+            "episodes",
+            "--index",
+            str(tmp_path / "idx"),
+            "--shards",
+            str(world),
+            "--out",
+            str(tmp_path / "eps"),
+            "--k",
+            "3",
+            "--strategy",
+            "hybrid",
+            "--min-km",
+            "100",
+            "--max-km",
+            "20000",
+        ]
+    )
     urls = sorted(str(p) for p in (tmp_path / "eps").glob("*.tar"))
     episodes = list(wds.WebDataset(urls, shardshuffle=False).decode("pil"))
     assert len(episodes) == 54
@@ -163,8 +205,9 @@ def test_encoder_index_mining_end_to_end(tmp_path):
     report = json.loads((tmp_path / "eps" / "mining_report.json").read_text())
     assert report["episodes"] == {"train": 30, "val": 12, "test": 12}
     # geor1 eval retrieval: the test ground views against the whole index, checked against brute force
-    main(["eval", "retrieval", "--index", str(tmp_path / "idx"), "--shards", str(world), "--out",
-          str(tmp_path / "ret")])
+    main(
+        ["eval", "retrieval", "--index", str(tmp_path / "idx"), "--shards", str(world), "--out", str(tmp_path / "ret")]
+    )
     got = json.loads((tmp_path / "ret" / "metrics.json").read_text())
     index = SatIndex.load(tmp_path / "idx")
     rows = [i for i, m in enumerate(index.meta) if m["split"] == "test"]

@@ -45,11 +45,11 @@ def test_format_repetition_geodesic():
     d = 1000.0
     lat2 = math.degrees(d / 6371.0088)
     origin = GeoTarget(0.0, 0.0)
-    assert geodesic([f"<answer>{lat2:.6f}, 0</answer>"], [origin])[0] == pytest.approx(math.exp(-d / 1492.7),
-                                                                                          rel=1e-5)
+    assert geodesic([f"<answer>{lat2:.6f}, 0</answer>"], [origin])[0] == pytest.approx(math.exp(-d / 1492.7), rel=1e-5)
     assert geodesic(["<answer>?</answer>", GOOD, GOOD], [origin, PAIR, None]) == [0.0, None, None]
-    assert geodesic([f"<answer>{lat2:.6f}, 0</answer>"], [origin], scale_km=d)[0] == pytest.approx(math.exp(-1.0),
-                                                                                                  rel=1e-5)
+    assert geodesic([f"<answer>{lat2:.6f}, 0</answer>"], [origin], scale_km=d)[0] == pytest.approx(
+        math.exp(-1.0), rel=1e-5
+    )
 
 
 def test_registry_dotted_path_and_weights():

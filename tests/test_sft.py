@@ -38,12 +38,25 @@ def test_tiny_sft_fit_lowers_loss_and_checkpoint_reloads(tmp_path):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
 
-    module = SFTModule(TinyPolicy(seed=0), optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3), max_length=512,
-                       num_val_generations=2, max_new_tokens=8, export_dir=str(tmp_path / "export"))
+    module = SFTModule(
+        TinyPolicy(seed=0),
+        optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3),
+        max_length=512,
+        num_val_generations=2,
+        max_new_tokens=8,
+        export_dir=str(tmp_path / "export"),
+    )
     dm = ChatShardDataModule(str(tmp_path / "sft"), batch_size=4, shuffle_buffer=8)
-    trainer = L.Trainer(max_steps=16, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        callbacks=[Record()], default_root_dir=tmp_path, num_sanity_val_steps=0,
-                        limit_val_batches=1)
+    trainer = L.Trainer(
+        max_steps=16,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[Record()],
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        limit_val_batches=1,
+    )
     trainer.fit(module, datamodule=dm)
     assert len(losses) == 16
     assert np.mean(losses[-4:]) < 0.85 * np.mean(losses[:4]), losses
@@ -75,8 +88,15 @@ def test_root_weights_set_the_mixing_ratio_of_sft_sets(tmp_path):
     roots = [str(tmp_path / "sft"), str(world)]
     counts = {}
     for weights in ([3, 1], None):
-        dm = ChatShardDataModule(roots, root_weights=weights, batch_size=8, shuffle_buffer=0, resampled=True,
-                                 samples_per_epoch=1600, val_split="")
+        dm = ChatShardDataModule(
+            roots,
+            root_weights=weights,
+            batch_size=8,
+            shuffle_buffer=0,
+            resampled=True,
+            samples_per_epoch=1600,
+            val_split="",
+        )
         dm.setup("fit")
         seen = [s.response is not None for batch in dm.train_dataloader() for s in batch]
         counts[str(weights)] = sum(seen) / len(seen)

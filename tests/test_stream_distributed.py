@@ -21,11 +21,19 @@ SCRIPT = Path(__file__).with_name("stream_ddp_run.py")
 
 
 def _launch(root: Path, out: Path) -> list[dict]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "netguard"),
-                                                       os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "netguard"), os.environ.get("PYTHONPATH", "")]),
+    )
     try:
-        res = subprocess.run([sys.executable, str(SCRIPT), str(root), str(out), "2"], capture_output=True,
-                             text=True, timeout=180, env=env, cwd=out.parent)
+        res = subprocess.run(
+            [sys.executable, str(SCRIPT), str(root), str(out), "2"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=env,
+            cwd=out.parent,
+        )
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"2-process run hung (timeout): {(e.stderr or b'')[-2000:]!r}")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -46,8 +54,10 @@ def test_unequal_shards_give_every_rank_the_same_batches(tmp_path):
     assert ranks[0]["epochs"] == ranks[1]["epochs"] == [0, 0, 0, 1, 1, 1]
     # the unread sample is counted where it was left: rank 0, once per pass (2 training passes, 3 validation passes
     # counting the sanity check)
-    assert ranks[0]["stats"] == {"train": {"passes": 2, "batches": 6, "unread_samples": 2},
-                                 "val": {"passes": 3, "batches": 9, "unread_samples": 3}}
+    assert ranks[0]["stats"] == {
+        "train": {"passes": 2, "batches": 6, "unread_samples": 2},
+        "val": {"passes": 3, "batches": 9, "unread_samples": 3},
+    }
     assert ranks[1]["stats"]["train"]["unread_samples"] == ranks[1]["stats"]["val"]["unread_samples"] == 0
     # without a trainer: the plain loop agrees through torch.distributed
     assert [len(r["loop_keys"]) for r in ranks] == [3, 3]
@@ -77,15 +87,22 @@ class SaveAtEpochEnd(L.Callback):
         trainer.save_checkpoint(self.path)
 
 
-def _fit(root: Path, out: Path, max_steps: int, ckpt_path: str | None = None, callbacks=(),
-         save_after: Path | None = None) -> KeyModule:
+def _fit(
+    root: Path, out: Path, max_steps: int, ckpt_path: str | None = None, callbacks=(), save_after: Path | None = None
+) -> KeyModule:
     L.seed_everything(0)
     module = KeyModule()
     dm = PairShardDataModule(str(root), batch_size=2, shuffle_buffer=4, val_split="", seed=1)
-    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=list(callbacks), default_root_dir=out,
-                        enable_checkpointing=any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint)
-                                                 for c in callbacks))
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+        default_root_dir=out,
+        enable_checkpointing=any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
+    )
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     if save_after is not None:
         trainer.save_checkpoint(save_after)
@@ -137,6 +154,8 @@ def test_a_resumed_run_checkpointed_again_resumes_exactly(tmp_path):
     first = _fit(tmp_path / "d", tmp_path / "cut", max_steps=3, save_after=one)
     second = _fit(tmp_path / "d", tmp_path / "cut", max_steps=5, ckpt_path=str(one), save_after=two)
     assert torch.load(two, map_location="cpu", weights_only=True)["PairShardDataModule"] == {
-        "epoch": 1, "batches_done": 2}
+        "epoch": 1,
+        "batches_done": 2,
+    }
     third = _fit(tmp_path / "d", tmp_path / "cut", max_steps=9, ckpt_path=str(two))
     assert first.keys + second.keys + third.keys == full.keys

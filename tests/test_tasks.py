@@ -21,10 +21,19 @@ from geor1.tasks import TASK_NAMES, GeolocationTask, GeoTarget, PairingTarget, g
 PAIRING, GEO = get_task("pairing"), get_task("geolocate")
 PARIS = GeoTarget(48.8566, 2.3522, "Paris", "FR")
 # an episode's JSON as geor1.retrieval.mining writes it
-EPISODE = {"lat": 48.8566, "lon": 2.3522, "city": "Paris", "country": "FR", "split": "test", "source_key": "p1",
-           "k": 3, "answer": 2, "answer_letter": "C",
-           "candidates": [{"key": f"c{i}", "lat": 0.0, "lon": 0.0, "distance_km": 1.0, "similarity": None}
-                          for i in range(3)], "mining": {"k": 3}}
+EPISODE = {
+    "lat": 48.8566,
+    "lon": 2.3522,
+    "city": "Paris",
+    "country": "FR",
+    "split": "test",
+    "source_key": "p1",
+    "k": 3,
+    "answer": 2,
+    "answer_letter": "C",
+    "candidates": [{"key": f"c{i}", "lat": 0.0, "lon": 0.0, "distance_km": 1.0, "similarity": None} for i in range(3)],
+    "mining": {"k": 3},
+}
 # a pair shard's JSON as GeoWorld and the converters write it
 PLACE = {"lat": -33.8688, "lon": 151.2093, "city": "Sydney", "country": "AU", "source": "geoworld", "split": "test"}
 
@@ -41,8 +50,10 @@ def test_names_and_lookup():
         task_of({"k": 2})  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("target", [PairingTarget(2, 1), PairingTarget(26, 25), PARIS, GeoTarget(-90, 180),
-                                    GeoTarget(0.5, -0.5, city="Ushuaia")])
+@pytest.mark.parametrize(
+    "target",
+    [PairingTarget(2, 1), PairingTarget(26, 25), PARIS, GeoTarget(-90, 180), GeoTarget(0.5, -0.5, city="Ushuaia")],
+)
 def test_targets_round_trip_through_the_shard_json(target):
     task = task_of(target)
     meta = task.target_to_meta(target)
@@ -59,21 +70,24 @@ def test_existing_shard_json_still_reads():
     assert GEO.target_from_meta("e1", EPISODE) == PARIS  # an episode's query place, for geolocation
 
 
-@pytest.mark.parametrize("task, meta, field", [
-    ("pairing", {"answer": 0}, "k"),
-    ("pairing", {"k": 3}, "answer"),
-    ("pairing", {"k": 1, "answer": 0}, "k"),
-    ("pairing", {"k": 27, "answer": 0}, "k"),
-    ("pairing", {"k": "3", "answer": 0}, "k"),
-    ("pairing", {"k": 3, "answer": 3}, "answer"),
-    ("pairing", {"k": 3, "answer": True}, "answer"),
-    ("pairing", {"k": 3, "answer": 1, "answer_letter": "C"}, "answer_letter"),
-    ("geolocate", {"lon": 2.0}, "lat"),
-    ("geolocate", {"lat": 91.0, "lon": 2.0}, "lat"),
-    ("geolocate", {"lat": 1.0, "lon": "2"}, "lon"),
-    ("geolocate", {"lat": 1.0, "lon": float("nan")}, "lon"),
-    ("geolocate", {"lat": 1.0, "lon": 2.0, "city": 7}, "city"),
-])
+@pytest.mark.parametrize(
+    "task, meta, field",
+    [
+        ("pairing", {"answer": 0}, "k"),
+        ("pairing", {"k": 3}, "answer"),
+        ("pairing", {"k": 1, "answer": 0}, "k"),
+        ("pairing", {"k": 27, "answer": 0}, "k"),
+        ("pairing", {"k": "3", "answer": 0}, "k"),
+        ("pairing", {"k": 3, "answer": 3}, "answer"),
+        ("pairing", {"k": 3, "answer": True}, "answer"),
+        ("pairing", {"k": 3, "answer": 1, "answer_letter": "C"}, "answer_letter"),
+        ("geolocate", {"lon": 2.0}, "lat"),
+        ("geolocate", {"lat": 91.0, "lon": 2.0}, "lat"),
+        ("geolocate", {"lat": 1.0, "lon": "2"}, "lon"),
+        ("geolocate", {"lat": 1.0, "lon": float("nan")}, "lon"),
+        ("geolocate", {"lat": 1.0, "lon": 2.0, "city": 7}, "city"),
+    ],
+)
 def test_bad_targets_name_the_key_and_field(task, meta, field):
     with pytest.raises(SampleError, match=f"sample 'bad1': field '{field}'") as e:
         get_task(task).target_from_meta("bad1", meta)
@@ -86,15 +100,23 @@ def test_prompts_show_one_marker_per_image():
         assert task.prompt(target).count("<image>") == len(task.image_names(target))
     assert PAIRING.image_names(PairingTarget(3, 0)) == ["ground.jpg", "cand0.jpg", "cand1.jpg", "cand2.jpg"]
     assert " C <image>" in PAIRING.prompt(PairingTarget(3, 0)) and " D <image>" not in PAIRING.prompt(
-        PairingTarget(3, 0))
+        PairingTarget(3, 0)
+    )
     assert GEO.image_names(PARIS) == ["ground.jpg"]
 
 
 def test_pairing_answers_correctness_and_reward():
     t = PairingTarget(4, 1)
-    cases = {"<think>x</think><answer>B</answer>": True, "<answer>(b)</answer>": True,
-             "<answer>Candidate B.</answer>": True, "<answer>A</answer>": False, "<answer>A or B</answer>": False,
-             "<answer></answer>": False, "B": False, "<answer>E</answer>": False}
+    cases = {
+        "<think>x</think><answer>B</answer>": True,
+        "<answer>(b)</answer>": True,
+        "<answer>Candidate B.</answer>": True,
+        "<answer>A</answer>": False,
+        "<answer>A or B</answer>": False,
+        "<answer></answer>": False,
+        "B": False,
+        "<answer>E</answer>": False,
+    }
     for text, right in cases.items():
         assert PAIRING.is_correct(text, t) is right, text
         assert PAIRING.reward(text, t) == float(right)
@@ -126,21 +148,32 @@ def test_well_formed():
 
 def test_evaluation_rows_per_task():
     t = PairingTarget(3, 0)
-    rows = [{"key": "a", "text": "<think>x</think><answer>A</answer>", "tokens": 10, "target": t},
-            {"key": "b", "text": "<answer>B</answer>", "tokens": 4, "target": t},
-            {"key": "c", "text": "<answer>D</answer>", "tokens": 6, "target": t},
-            {"key": "d", "text": "no answer", "tokens": 2, "target": t}]
+    rows = [
+        {"key": "a", "text": "<think>x</think><answer>A</answer>", "tokens": 10, "target": t},
+        {"key": "b", "text": "<answer>B</answer>", "tokens": 4, "target": t},
+        {"key": "c", "text": "<answer>D</answer>", "tokens": 6, "target": t},
+        {"key": "d", "text": "no answer", "tokens": 2, "target": t},
+    ]
     metrics, preds = score_pairing(rows)
     assert metrics["n"] == 4 and metrics["pairing_acc"] == 0.25 and metrics["format_rate"] == 0.25
     assert metrics["parse_rate"] == 0.5 and metrics["mean_completion_tokens"] == 5.5  # "D" is not a candidate
     assert 0.0 < metrics["ci95_low"] < 0.25 < metrics["ci95_high"] < 1.0
     assert [(p["id"], p["answer"], p["truth"], p["correct"], p["parsed"]) for p in preds] == [
-        ("a", "A", "A", 1, 1), ("b", "B", "A", 0, 1), ("c", "", "A", 0, 0), ("d", "", "A", 0, 0)]
+        ("a", "A", "A", 1, 1),
+        ("b", "B", "A", 0, 1),
+        ("c", "", "A", 0, 0),
+        ("d", "", "A", 0, 0),
+    ]
 
-    geo_rows = [{"key": "p", "text": "<think>x</think><answer>48.85, 2.35 (Paris, FR)</answer>", "tokens": 8,
-                 "target": PARIS},
-                {"key": "q", "text": "<answer>somewhere</answer>", "tokens": 2,
-                 "target": GeoTarget(-33.8688, 151.2093, "Sydney", "AU")}]
+    geo_rows = [
+        {"key": "p", "text": "<think>x</think><answer>48.85, 2.35 (Paris, FR)</answer>", "tokens": 8, "target": PARIS},
+        {
+            "key": "q",
+            "text": "<answer>somewhere</answer>",
+            "tokens": 2,
+            "target": GeoTarget(-33.8688, 151.2093, "Sydney", "AU"),
+        },
+    ]
     metrics, preds = score_geolocate(geo_rows)
     assert metrics["n"] == 2 and metrics["unparseable_share"] == 0.5 and metrics["acc@25km"] == 0.5
     assert metrics["format_rate"] == 0.5 and metrics["mean_completion_tokens"] == 5.0
@@ -159,12 +192,15 @@ def _write_shard(root, records: dict[str, dict], images: dict[str, list[str]]) -
 
 def test_decoder_names_the_task_and_reads_old_shards(tmp_path):
     cands = ["ground.jpg", "cand0.jpg", "cand1.jpg", "cand2.jpg"]
-    records = {"ep": EPISODE,  # an old episode: no "task" in its JSON
-               "pl": PLACE,  # an old pair shard sample
-               "named": {**PLACE, "task": "geolocate"},
-               "cot": {**EPISODE, "task": "pairing", "prompt": "custom <image>", "response": "<answer>C</answer>"}}
-    _write_shard(tmp_path, records, {"ep": cands, "pl": ["ground.jpg", "sat.jpg"], "named": ["ground.jpg"],
-                                     "cot": cands})
+    records = {
+        "ep": EPISODE,  # an old episode: no "task" in its JSON
+        "pl": PLACE,  # an old pair shard sample
+        "named": {**PLACE, "task": "geolocate"},
+        "cot": {**EPISODE, "task": "pairing", "prompt": "custom <image>", "response": "<answer>C</answer>"},
+    }
+    _write_shard(
+        tmp_path, records, {"ep": cands, "pl": ["ground.jpg", "sat.jpg"], "named": ["ground.jpg"], "cot": cands}
+    )
     raws = {r["__key__"]: r for r in iter_raw_samples(split_shards(tmp_path, "test"))}
     decode = ChatDecoder()
     ep = decode(raws["ep"])
@@ -186,8 +222,11 @@ def test_decoder_names_the_task_and_reads_old_shards(tmp_path):
 
 
 def test_decoder_rejects_an_unknown_task_and_missing_images(tmp_path):
-    _write_shard(tmp_path, {"x": {**PLACE, "task": "captioning"}, "y": {**EPISODE, "task": "pairing"}},
-                 {"x": ["ground.jpg"], "y": ["ground.jpg", "cand0.jpg", "cand1.jpg"]})
+    _write_shard(
+        tmp_path,
+        {"x": {**PLACE, "task": "captioning"}, "y": {**EPISODE, "task": "pairing"}},
+        {"x": ["ground.jpg"], "y": ["ground.jpg", "cand0.jpg", "cand1.jpg"]},
+    )
     raws = {r["__key__"]: r for r in iter_raw_samples(split_shards(tmp_path, "test"))}
     with pytest.raises(SampleError, match="sample 'x': field 'task'"):
         ChatDecoder()(raws["x"])

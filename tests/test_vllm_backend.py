@@ -57,8 +57,13 @@ def test_choosing_vllm_without_it_is_a_clear_error(monkeypatch):
 def test_plain_names_drop_every_wrapper():
     from geor1.model.vllm_rollout import plain_name
 
-    assert plain_name("base_model.model.model.language_model.layers.0._checkpoint_wrapped_module.self_attn.q_proj"
-                      ".base_layer.weight") == "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert (
+        plain_name(
+            "base_model.model.model.language_model.layers.0._checkpoint_wrapped_module.self_attn.q_proj"
+            ".base_layer.weight"
+        )
+        == "model.language_model.layers.0.self_attn.q_proj.weight"
+    )
     assert plain_name("model.visual.blocks.1._orig_mod.mlp.up_proj.bias") == "model.visual.blocks.1.mlp.up_proj.bias"
     assert plain_name("_fsdp_wrapped_module.lm_head.weight") == "lm_head.weight"
 
@@ -145,8 +150,9 @@ def _text_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("lora", [False, True])
-def test_sync_under_fsdp2_and_activation_checkpointing_gives_the_plain_models_weights(fake_vllm, gloo_world_of_one,
-                                                                                        lora):
+def test_sync_under_fsdp2_and_activation_checkpointing_gives_the_plain_models_weights(
+    fake_vllm, gloo_world_of_one, lora
+):
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
@@ -243,16 +249,33 @@ def text_reward(monkeypatch):
     monkeypatch.setitem(REWARDS, "test_text", _text_reward)
 
 
-def _fit(vllm_is_cap, steps: int = 2, rewards: dict[str, float] | None = None,
-         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3)) -> tuple[GRPOModule, dict]:
+def _fit(
+    vllm_is_cap,
+    steps: int = 2,
+    rewards: dict[str, float] | None = None,
+    optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3),
+) -> tuple[GRPOModule, dict]:
     L.seed_everything(0)
-    rollout = RolloutSettings(group_size=2, max_new_tokens=6, backend="vllm",
-                              vllm_engine={"gpu_memory_utilization": 0.3}, vllm_is_cap=vllm_is_cap)
-    module = GRPOModule(TinyPolicy(seed=0), rollout=rollout, rewards=rewards, log_completions_every_n_steps=0,
-                        optimizer=optimizer)
+    rollout = RolloutSettings(
+        group_size=2,
+        max_new_tokens=6,
+        backend="vllm",
+        vllm_engine={"gpu_memory_utilization": 0.3},
+        vllm_is_cap=vllm_is_cap,
+    )
+    module = GRPOModule(
+        TinyPolicy(seed=0), rollout=rollout, rewards=rewards, log_completions_every_n_steps=0, optimizer=optimizer
+    )
     dm = ToyPairingDataModule(num_train=4, num_val=2, num_candidates=2, batch_size=2)
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     trainer.fit(module, datamodule=dm)
     return module, {k: float(v) for k, v in trainer.callback_metrics.items()}
 
@@ -272,7 +295,8 @@ def test_grpo_fit_with_vllm_backend_syncs_every_step(fake_vllm):
 
 
 def test_is_correction_is_one_with_the_standins_exact_logprobs_and_changes_training_when_they_differ(
-        fake_vllm, text_reward, monkeypatch):
+    fake_vllm, text_reward, monkeypatch
+):
     # plain SGD: the update is linear in the gradient (Adam's first steps are ~lr * sign(g), so float noise in a
     # gradient entry that nearly cancels would show up at full size)
     kw = dict(steps=1, rewards={"test_text": 1.0}, optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
@@ -306,5 +330,7 @@ def test_is_correction_is_one_with_the_standins_exact_logprobs_and_changes_train
 
     monkeypatch.setattr(fake_vllm.LLM, "generate", skewed)
     skew, _ = _fit(2.0, **kw)
-    assert any(not torch.allclose(a, b, rtol=0, atol=1e-6)
-               for a, b in zip(skew.policy.model.parameters(), plain.policy.model.parameters(), strict=True))
+    assert any(
+        not torch.allclose(a, b, rtol=0, atol=1e-6)
+        for a, b in zip(skew.policy.model.parameters(), plain.policy.model.parameters(), strict=True)
+    )

@@ -27,8 +27,16 @@ def _run(ns: argparse.Namespace) -> None:
     from geor1.cot.synthesize import read_import, synthesize
 
     imported = read_import(ns.jsonl) if getattr(ns, "jsonl", None) else None
-    report = synthesize(ns.shards, ns.out, ns.task, seed=ns.seed, tolerance_km=ns.tolerance_km,
-                        splits=tuple(s for s in ns.splits.split(",") if s), imported=imported)
+    report = synthesize(
+        ns.shards,
+        ns.out,
+        ns.task,
+        seed=ns.seed,
+        tolerance_km=ns.tolerance_km,
+        splits=tuple(s for s in ns.splits.split(",") if s),
+        imported=imported,
+    )
     summary = report.as_dict()
-    print(f"{summary['kept']} of {summary['total']} exemplars kept; dropped by reason: "
-          f"{json.dumps(summary['dropped'])}")
+    print(
+        f"{summary['kept']} of {summary['total']} exemplars kept; dropped by reason: {json.dumps(summary['dropped'])}"
+    )

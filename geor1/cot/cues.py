@@ -46,21 +46,21 @@ def ground_near(ground: Image.Image) -> np.ndarray:
     """The bottom quarter of a ground view: the ground nearest the camera, least hazed, which the centre of the
     overhead tile shows from above."""
     arr = np.asarray(ground.convert("RGB"))
-    return arr[int(arr.shape[0] * 0.75):]
+    return arr[int(arr.shape[0] * 0.75) :]
 
 
 def tile_centre(tile: Image.Image) -> np.ndarray:
     """The central box of an overhead tile (half its width and height): the surroundings of the place itself."""
     arr = np.asarray(tile.convert("RGB"))
     h, w, _ = arr.shape
-    return arr[h // 4: h - h // 4, w // 4: w - w // 4]
+    return arr[h // 4 : h - h // 4, w // 4 : w - w // 4]
 
 
 def ground_below_horizon(ground: Image.Image) -> np.ndarray:
     """The part of a ground view below the horizon (GeoWorld renders the horizon near mid-height; real photos:
     the lower half is a fair proxy)."""
     arr = np.asarray(ground.convert("RGB"))
-    return arr[int(arr.shape[0] * 0.55):]
+    return arr[int(arr.shape[0] * 0.55) :]
 
 
 @dataclass

@@ -20,8 +20,17 @@ _PAIR = re.compile(r"([-\u2212]?\d{1,2}\.\d{1,8})\s*°?\s*([NS])?\s*,\s*([-\u221
 _HEMI = re.compile(r"\b(northern|southern|eastern|western) hemisphere\b", re.IGNORECASE)
 MAX_REASONING_SCAN = 8000  # characters of reasoning searched for stated coordinates and hemispheres
 
-REASONS = ("format", "unparseable_answer", "wrong_letter", "letter_out_of_range", "coordinates_off",
-           "wrong_coordinates_in_reasoning", "wrong_city", "wrong_country", "wrong_hemisphere")
+REASONS = (
+    "format",
+    "unparseable_answer",
+    "wrong_letter",
+    "letter_out_of_range",
+    "coordinates_off",
+    "wrong_coordinates_in_reasoning",
+    "wrong_city",
+    "wrong_country",
+    "wrong_hemisphere",
+)
 
 
 def fact_check(text: str, target: Target, tolerance_km: float = 25.0) -> list[str]:
@@ -67,8 +76,12 @@ def _check_geolocation(think: str, answer: str, target: GeoTarget, tolerance_km:
             reasons.append("wrong_country")
     for word in _HEMI.findall(think[:MAX_REASONING_SCAN]):
         w = word.lower()
-        if (w == "northern" and target.lat < 0) or (w == "southern" and target.lat >= 0) or \
-           (w == "eastern" and target.lon < 0) or (w == "western" and target.lon >= 0):
+        if (
+            (w == "northern" and target.lat < 0)
+            or (w == "southern" and target.lat >= 0)
+            or (w == "eastern" and target.lon < 0)
+            or (w == "western" and target.lon >= 0)
+        ):
             reasons.append("wrong_hemisphere")
             break
     return reasons

@@ -39,8 +39,14 @@ from geor1.data.places import continent_of
 from geor1.tasks import PairingTarget, get_task
 
 log = logging.getLogger(__name__)
-CONTINENT_NAMES = {"africa": "Africa", "asia": "Asia", "europe": "Europe", "north_america": "North America",
-                   "oceania": "Oceania", "south_america": "South America"}
+CONTINENT_NAMES = {
+    "africa": "Africa",
+    "asia": "Asia",
+    "europe": "Europe",
+    "north_america": "North America",
+    "oceania": "Oceania",
+    "south_america": "South America",
+}
 _OPEN = ("The ground view shows", "Looking at the ground-level photo, I see", "In the ground view there is")
 _NEAR = ("View:", "Near the camera:", "Foreground:")
 _KEEP = ("matches", "fits", "consistent")
@@ -58,8 +64,13 @@ def describe(cover: dict[str, float]) -> str:
 
 
 def _name(cover_class: str) -> str:
-    return {"water": "water", "snow": "snow or ice", "vegetation": "vegetation", "bare": "bare or desert ground",
-            "other": "dark or hazy ground"}[cover_class]
+    return {
+        "water": "water",
+        "snow": "snow or ice",
+        "vegetation": "vegetation",
+        "bare": "bare or desert ground",
+        "other": "dark or hazy ground",
+    }[cover_class]
 
 
 def describe_short(cover: dict[str, float]) -> str:
@@ -76,8 +87,9 @@ def cover_distance(a: dict[str, float], b: dict[str, float]) -> float:
     return sum(abs(a[c] - b[c]) for c in COVERS + ("other",))
 
 
-def pairing_exemplar(ground: Image.Image, candidates: list[Image.Image], answer: int,
-                     rng: np.random.Generator) -> tuple[str | None, str | None]:
+def pairing_exemplar(
+    ground: Image.Image, candidates: list[Image.Image], answer: int, rng: np.random.Generator
+) -> tuple[str | None, str | None]:
     """(exemplar, None) or (None, reason)."""
     g = cover_fractions(ground_near(ground))
     cs = [cover_fractions(tile_centre(c)) for c in candidates]
@@ -92,8 +104,10 @@ def pairing_exemplar(ground: Image.Image, candidates: list[Image.Image], answer:
             parts.append(f"{letters[i]}: {describe_short(c)}, {rng.choice(_KEEP)}.")
         else:
             worst = max(COVERS + ("other",), key=lambda k: abs(c[k] - g[k]))
-            parts.append(f"{letters[i]}: {describe_short(c)}, {rng.choice(_DROP)}: {_SHORT[worst]} {c[worst]:.0%} "
-                         f"vs {g[worst]:.0%}.")
+            parts.append(
+                f"{letters[i]}: {describe_short(c)}, {rng.choice(_DROP)}: {_SHORT[worst]} {c[worst]:.0%} "
+                f"vs {g[worst]:.0%}."
+            )
     parts.append(rng.choice(_CLOSE).format(L=letters[answer]))
     return f"<think>{' '.join(parts)}</think><answer>{letters[answer]}</answer>", None
 
@@ -109,8 +123,10 @@ def geolocate_exemplar(ground: Image.Image, meta: dict[str, Any], rng: np.random
     if cover["water"] > 0.15:
         parts.append("Open water is in view, so the place is near a coast or a large lake.")
     parts.append(f"This suggests a {cues.climate} climate, typical of {cues.band} latitudes.")
-    parts.append(f"Geographic priors: the {cues.hemisphere_ns} hemisphere and the {cues.hemisphere_ew} hemisphere, "
-                 f"in {continent}.")
+    parts.append(
+        f"Geographic priors: the {cues.hemisphere_ns} hemisphere and the {cues.hemisphere_ew} hemisphere, "
+        f"in {continent}."
+    )
     region = ", ".join(x for x in (meta.get("admin1"), meta.get("country")) if x)
     if region:
         parts.append(f"The region fits {region}.")
@@ -129,9 +145,15 @@ class SynthesisReport:
         return {"total": self.total, "kept": self.kept, "dropped": dict(sorted(self.dropped.items()))}
 
 
-def synthesize(shards: str | Path, out: str | Path, task: str, seed: int = 0, tolerance_km: float = 25.0,
-               splits: tuple[str, ...] = ("train", "val", "test"),
-               imported: dict[str, dict[str, str]] | None = None) -> SynthesisReport:
+def synthesize(
+    shards: str | Path,
+    out: str | Path,
+    task: str,
+    seed: int = 0,
+    tolerance_km: float = 25.0,
+    splits: tuple[str, ...] = ("train", "val", "test"),
+    imported: dict[str, dict[str, str]] | None = None,
+) -> SynthesisReport:
     """Write SFT shards (the sample's images + json with `task`, `prompt`, `response`) of fact-checked exemplars,
     plus `exemplars.jsonl` and `factcheck_summary.json`. With `imported` ({key: {"reasoning", "answer"}}), the
     exemplars come from there (e.g. a teacher model) instead of the templates, through the same fact-check."""
@@ -192,8 +214,13 @@ def synthesize(shards: str | Path, out: str | Path, task: str, seed: int = 0, to
                     jl.write(json.dumps({"key": key, "split": split, "task": task, "response": text}) + "\n")
                     report.kept += 1
             stats[split] = writer.close()
-    write_manifest(out, stats, f"cot-{task}", "derived from the source shards; their licence applies",
-                   extra={"task": task, "seed": seed, "tolerance_km": tolerance_km, "source_shards": str(shards)})
+    write_manifest(
+        out,
+        stats,
+        f"cot-{task}",
+        "derived from the source shards; their licence applies",
+        extra={"task": task, "seed": seed, "tolerance_km": tolerance_km, "source_shards": str(shards)},
+    )
     (out / "factcheck_summary.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
     return report
 

@@ -36,9 +36,26 @@ class DemoConfig:
     @classmethod
     def quick(cls, seed: int = 0) -> DemoConfig:
         """Miniature sizes (about a minute): a smoke test of every stage, not a result."""
-        return cls(seed=seed, num_train=24, num_val=6, num_test=8, retrieval_epochs=1, retrieval_image=48, k=3,
-                   min_km=50.0, max_km=20000.0, sft_steps=3, grpo_steps=2, zero_steps=2, group_size=2,
-                   grpo_prompts=2, max_new_tokens=12, geolocate_tokens=16, eval_pairing=6, eval_geolocate=4)
+        return cls(
+            seed=seed,
+            num_train=24,
+            num_val=6,
+            num_test=8,
+            retrieval_epochs=1,
+            retrieval_image=48,
+            k=3,
+            min_km=50.0,
+            max_km=20000.0,
+            sft_steps=3,
+            grpo_steps=2,
+            zero_steps=2,
+            group_size=2,
+            grpo_prompts=2,
+            max_new_tokens=12,
+            geolocate_tokens=16,
+            eval_pairing=6,
+            eval_geolocate=4,
+        )
 
 
 @dataclass(frozen=True)

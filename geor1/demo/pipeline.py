@@ -45,8 +45,12 @@ MAP_MODEL = "SFT+GRPO"  # the model whose predictions the world map shows
 
 def models(paths: DemoPaths) -> dict[str, Path]:
     """The evaluated models, by the name of their row in the report, in the table's order."""
-    return {"base (untrained)": paths.base_model, "SFT only": paths.model("sft"), "SFT+GRPO": paths.model("grpo"),
-            "GRPO only (Zero)": paths.model("zero")}
+    return {
+        "base (untrained)": paths.base_model,
+        "SFT only": paths.model("sft"),
+        "SFT+GRPO": paths.model("grpo"),
+        "GRPO only (Zero)": paths.model("zero"),
+    }
 
 
 class Stages:
@@ -91,8 +95,10 @@ def run_demo(cfg: DemoConfig, out: str | Path = "runs/demo", redo: Iterable[str]
     st.run("mine", lambda: mine(cfg, paths))
     st.run("cot", lambda: synthesize_cot(paths))
     st.run("sft", lambda: fit_stage(recipes.sft(cfg, paths), paths.config("sft")))
-    st.run("grpo", lambda: fit_stage(recipes.grpo(cfg, paths, "grpo", paths.model("sft"), cfg.grpo_steps),
-                                     paths.config("grpo")))
+    st.run(
+        "grpo",
+        lambda: fit_stage(recipes.grpo(cfg, paths, "grpo", paths.model("sft"), cfg.grpo_steps), paths.config("grpo")),
+    )
     st.run("zero", lambda: fit_stage(recipes.grpo(cfg, paths, "zero", None, cfg.zero_steps), paths.config("zero")))
     st.run("eval", lambda: evaluate(cfg, paths))
     st.run("report", lambda: None)
@@ -107,8 +113,10 @@ def _check_same_demo(paths: DemoPaths, cfg: DemoConfig, fresh: bool) -> None:
     before = json.loads(recorded.read_text())
     if before != asdict(cfg):
         changed = sorted(k for k in set(before) | set(asdict(cfg)) if before.get(k) != asdict(cfg).get(k))
-        raise Geor1Error(f"{paths.out} holds a demo with other settings (differing: {', '.join(changed)}; see "
-                         f"{recorded}): use another --out, or --fresh to redo every stage")
+        raise Geor1Error(
+            f"{paths.out} holds a demo with other settings (differing: {', '.join(changed)}; see "
+            f"{recorded}): use another --out, or --fresh to redo every stage"
+        )
 
 
 def build_world(cfg: DemoConfig, paths: DemoPaths) -> None:
@@ -144,11 +152,18 @@ def mine(cfg: DemoConfig, paths: DemoPaths) -> None:
 def synthesize_cot(paths: DemoPaths) -> None:
     from geor1.cot.synthesize import synthesize
 
-    for shards, dest, task in ((paths.episodes, paths.sft_pairing, "pairing"),
-                               (paths.world, paths.sft_geolocate, "geolocate")):
+    for shards, dest, task in (
+        (paths.episodes, paths.sft_pairing, "pairing"),
+        (paths.world, paths.sft_geolocate, "geolocate"),
+    ):
         summary = synthesize(shards, dest, task).as_dict()
-        log.info("%s exemplars: %d of %d kept; dropped by reason: %s", task, summary["kept"], summary["total"],
-                 summary["dropped"])
+        log.info(
+            "%s exemplars: %d of %d kept; dropped by reason: %s",
+            task,
+            summary["kept"],
+            summary["total"],
+            summary["dropped"],
+        )
 
 
 def evaluate(cfg: DemoConfig, paths: DemoPaths) -> None:
@@ -180,14 +195,16 @@ def evaluate(cfg: DemoConfig, paths: DemoPaths) -> None:
         distances[name] = np.array([r["km"] for r in gp if r["parsed"]], dtype=float)
         totals[name] = len(gp)
         predictions[name] = gp
-        log.info("%s: pairing acc %.3f, geolocation unparseable %.3f", name, pm["pairing_acc"],
-                 gm["unparseable_share"])
+        log.info("%s: pairing acc %.3f, geolocation unparseable %.3f", name, pm["pairing_acc"], gm["unparseable_share"])
     paths.results.write_text(json.dumps(results, indent=2))
     error_cdf(distances, totals, paths.eval / "error_cdf.png")
-    truth = np.array([[t.lat, t.lon] if isinstance(t, GeoTarget) else [np.nan, np.nan]
-                      for t in (s.target for s in places)], dtype=float)
-    pred = np.array([[r["lat"], r["lon"]] if r["parsed"] else [np.nan, np.nan] for r in predictions[MAP_MODEL]],
-                    dtype=float)
+    truth = np.array(
+        [[t.lat, t.lon] if isinstance(t, GeoTarget) else [np.nan, np.nan] for t in (s.target for s in places)],
+        dtype=float,
+    )
+    pred = np.array(
+        [[r["lat"], r["lon"]] if r["parsed"] else [np.nan, np.nan] for r in predictions[MAP_MODEL]], dtype=float
+    )
     world_map(pred, truth, paths.eval / "world_map.png", f"{MAP_MODEL}: predictions (red) vs truth (green)")
 
 

@@ -42,18 +42,36 @@ def retrieval(cfg: DemoConfig, paths: DemoPaths) -> dict[str, Any]:
     root = paths.stage("retrieval")
     return {
         "seed_everything": cfg.seed,
-        "trainer": trainer(root, {"filename": "{epoch}-{step}", "monitor": "val/recall@1", "mode": "max",
-                                  "save_last": True},
-                           accelerator="auto", devices=1, max_epochs=cfg.retrieval_epochs, log_every_n_steps=10),
+        "trainer": trainer(
+            root,
+            {"filename": "{epoch}-{step}", "monitor": "val/recall@1", "mode": "max", "save_last": True},
+            accelerator="auto",
+            devices=1,
+            max_epochs=cfg.retrieval_epochs,
+            log_every_n_steps=10,
+        ),
         "model": component(
-            "geor1.objectives.ContrastiveModule", backbone="regnetx_002", embed_dim=128, shared=False,
-            temperature=0.07, optimizer=component("torch.optim.AdamW", lr=0.002, weight_decay=0.01),
-            scheduler=component("torch.optim.lr_scheduler.CosineAnnealingLR",
-                                T_max=max(1, cfg.retrieval_epochs * cfg.num_train // RETRIEVAL_BATCH))),
+            "geor1.objectives.ContrastiveModule",
+            backbone="regnetx_002",
+            embed_dim=128,
+            shared=False,
+            temperature=0.07,
+            optimizer=component("torch.optim.AdamW", lr=0.002, weight_decay=0.01),
+            scheduler=component(
+                "torch.optim.lr_scheduler.CosineAnnealingLR",
+                T_max=max(1, cfg.retrieval_epochs * cfg.num_train // RETRIEVAL_BATCH),
+            ),
+        ),
         "data": component(
-            "geor1.data.PairShardDataModule", root=str(paths.world), item="tensors",
-            ground_size=[cfg.retrieval_image, round(cfg.retrieval_image * 1.5)], sat_size=cfg.retrieval_image,
-            batch_size=RETRIEVAL_BATCH, num_workers=0, shuffle_buffer=1000),
+            "geor1.data.PairShardDataModule",
+            root=str(paths.world),
+            item="tensors",
+            ground_size=[cfg.retrieval_image, round(cfg.retrieval_image * 1.5)],
+            sat_size=cfg.retrieval_image,
+            batch_size=RETRIEVAL_BATCH,
+            num_workers=0,
+            shuffle_buffer=1000,
+        ),
     }
 
 
@@ -61,25 +79,45 @@ def sft(cfg: DemoConfig, paths: DemoPaths) -> dict[str, Any]:
     """Scaffolding (configs/sft/geoworld_tiny.yaml): the untrained tiny policy on the fact-checked pairing traces
     (and the geolocation traces, 1 shard in 7, with `sft_geolocate`); exports to `paths.model("sft")`."""
     root = paths.stage("sft")
-    roots, weights = ([str(paths.sft_pairing), str(paths.sft_geolocate)], [6, 1]) if cfg.sft_geolocate \
+    roots, weights = (
+        ([str(paths.sft_pairing), str(paths.sft_geolocate)], [6, 1])
+        if cfg.sft_geolocate
         else ([str(paths.sft_pairing)], None)
+    )
     return {
         "seed_everything": cfg.seed,
-        "trainer": trainer(root, {"every_n_train_steps": 300, "save_last": True},
-                           accelerator="cpu", devices=1, max_steps=cfg.sft_steps,
-                           val_check_interval=max(1, cfg.sft_steps // 3), limit_val_batches=4, log_every_n_steps=10,
-                           gradient_clip_val=1.0),
+        "trainer": trainer(
+            root,
+            {"every_n_train_steps": 300, "save_last": True},
+            accelerator="cpu",
+            devices=1,
+            max_steps=cfg.sft_steps,
+            val_check_interval=max(1, cfg.sft_steps // 3),
+            limit_val_batches=4,
+            log_every_n_steps=10,
+            gradient_clip_val=1.0,
+        ),
         "model": component(
             "geor1.objectives.SFTModule",
             policy=component("geor1.model.TinyPolicy", seed=cfg.seed, max_pixels=MAX_PIXELS),
             optimizer=component("torch.optim.AdamW", lr=0.003, weight_decay=0.0),
-            scheduler=component("torch.optim.lr_scheduler.OneCycleLR", max_lr=0.003, total_steps=cfg.sft_steps,
-                                pct_start=0.1),
-            max_length=768, num_val_generations=8, max_new_tokens=cfg.max_new_tokens,
-            export_dir=str(paths.model("sft"))),
+            scheduler=component(
+                "torch.optim.lr_scheduler.OneCycleLR", max_lr=0.003, total_steps=cfg.sft_steps, pct_start=0.1
+            ),
+            max_length=768,
+            num_val_generations=8,
+            max_new_tokens=cfg.max_new_tokens,
+            export_dir=str(paths.model("sft")),
+        ),
         "data": component(
-            "geor1.data.ChatShardDataModule", roots=roots, batch_size=8, shuffle_buffer=500, resampled=True,
-            samples_per_epoch=800, root_weights=weights),
+            "geor1.data.ChatShardDataModule",
+            roots=roots,
+            batch_size=8,
+            shuffle_buffer=500,
+            resampled=True,
+            samples_per_epoch=800,
+            root_weights=weights,
+        ),
     }
 
 
@@ -90,10 +128,21 @@ def grpo_settings(cfg: DemoConfig) -> dict[str, Any]:
     return {
         "rewards": {"accuracy": 1.0, "format": 0.5, "length": 0.5, "repetition": 0.5},
         "reward_kwargs": {"length": {"max_len": cfg.max_new_tokens}},
-        "rollout": {"group_size": cfg.group_size, "max_new_tokens": cfg.max_new_tokens, "temperature": 1.0,
-                    "top_p": 1.0, "share_prefix": True},
-        "loss": {"beta": 0.04, "kl_estimator": "k3", "epsilon": 0.2, "aggregation": "grpo", "mu": 1,
-                 "max_grad_norm": 1.0},
+        "rollout": {
+            "group_size": cfg.group_size,
+            "max_new_tokens": cfg.max_new_tokens,
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "share_prefix": True,
+        },
+        "loss": {
+            "beta": 0.04,
+            "kl_estimator": "k3",
+            "epsilon": 0.2,
+            "aggregation": "grpo",
+            "mu": 1,
+            "max_grad_norm": 1.0,
+        },
         "log_completions_every_n_steps": 25,
     }
 
@@ -103,18 +152,35 @@ def grpo(cfg: DemoConfig, paths: DemoPaths, stage: str, init: Path | None, steps
     with `init=None`, from the untrained tiny policy ("Zero"); `steps` optimizer steps; exports to
     `paths.model(stage)`."""
     root = paths.stage(stage)
-    policy = component("geor1.model.TinyPolicy", seed=cfg.seed, max_pixels=MAX_PIXELS) if init is None \
+    policy = (
+        component("geor1.model.TinyPolicy", seed=cfg.seed, max_pixels=MAX_PIXELS)
+        if init is None
         else component("geor1.model.Policy", path=str(init), max_pixels=MAX_PIXELS)
+    )
     return {
         "seed_everything": cfg.seed,
-        "trainer": trainer(root, {"every_n_train_steps": 100, "save_last": True},
-                           accelerator="cpu", devices=1, max_steps=steps, val_check_interval=max(1, steps // 3),
-                           limit_val_batches=8, log_every_n_steps=1),
+        "trainer": trainer(
+            root,
+            {"every_n_train_steps": 100, "save_last": True},
+            accelerator="cpu",
+            devices=1,
+            max_steps=steps,
+            val_check_interval=max(1, steps // 3),
+            limit_val_batches=8,
+            log_every_n_steps=1,
+        ),
         "model": component(
-            "geor1.objectives.GRPOModule", policy=policy,
+            "geor1.objectives.GRPOModule",
+            policy=policy,
             optimizer=component("torch.optim.AdamW", lr=1.0e-4, weight_decay=0.0),
-            **grpo_settings(cfg), export_dir=str(paths.model(stage))),
+            **grpo_settings(cfg),
+            export_dir=str(paths.model(stage)),
+        ),
         "data": component(
-            "geor1.data.ChatShardDataModule", roots=str(paths.episodes), task="pairing",
-            batch_size=cfg.grpo_prompts, shuffle_buffer=500),
+            "geor1.data.ChatShardDataModule",
+            roots=str(paths.episodes),
+            task="pairing",
+            batch_size=cfg.grpo_prompts,
+            shuffle_buffer=500,
+        ),
     }

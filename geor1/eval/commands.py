@@ -21,8 +21,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     pe = esub.add_parser("pairing", parents=[common], help="pairing accuracy (Wilson 95%% CI) on episode shards")
     pe.add_argument("--episodes", required=True)
     pe.set_defaults(handler=lambda ns: _run(ns, "pairing", ns.episodes))
-    ge = esub.add_parser("geolocate", parents=[common],
-                         help="geolocation: a model on shards, or a predictions CSV against a truth CSV (no model)")
+    ge = esub.add_parser(
+        "geolocate",
+        parents=[common],
+        help="geolocation: a model on shards, or a predictions CSV against a truth CSV (no model)",
+    )
     ge.add_argument("--data", default=None, help="pair or ground-only shards, or a CSV of images (with --model)")
     ge.add_argument("--images", default=None, help="image folder of a --data CSV")
     ge.add_argument("--id-col", default=None, help="CSV image id/file column (default: IMG_ID or id)")
@@ -46,12 +49,24 @@ def _retrieval(ns: argparse.Namespace) -> None:
 
     from geor1.retrieval.evaluate import evaluate_retrieval
 
-    m = evaluate_retrieval(ns.index, ns.shards, ns.split, ns.ckpt, batch_size=ns.batch_size,
-                           device="cuda" if torch.cuda.is_available() else "cpu")
-    table = "\n".join([f"Cross-view retrieval: {m['queries']} '{m['split']}' ground views against {m['gallery']} "
-                       f"tiles ({m['queries_without_tile']} queries without a tile in the index)", "",
-                       "| metric | value | chance |", "|---|---|---|",
-                       *(f"| recall@{k} | {m[f'recall@{k}']:.3f} | {m[f'chance@{k}']:.3f} |" for k in (1, 5, 10))])
+    m = evaluate_retrieval(
+        ns.index,
+        ns.shards,
+        ns.split,
+        ns.ckpt,
+        batch_size=ns.batch_size,
+        device="cuda" if torch.cuda.is_available() else "cpu",
+    )
+    table = "\n".join(
+        [
+            f"Cross-view retrieval: {m['queries']} '{m['split']}' ground views against {m['gallery']} "
+            f"tiles ({m['queries_without_tile']} queries without a tile in the index)",
+            "",
+            "| metric | value | chance |",
+            "|---|---|---|",
+            *(f"| recall@{k} | {m[f'recall@{k}']:.3f} | {m[f'chance@{k}']:.3f} |" for k in (1, 5, 10)),
+        ]
+    )
     print(table)
     if ns.out:
         out = Path(ns.out)
@@ -121,9 +136,14 @@ def _csv_to_shards(ns: argparse.Namespace) -> Path:
             raise Geor1Error(f"{ns.data}: no {what} column among {', '.join(header)} (name it with --{what}-col)")
         return found
 
-    rows = csv_rows(ns.data, ns.images, id_col=pick(ns.id_col, ("IMG_ID", "id", "image"), "id"),
-                    lat_col=pick(ns.lat_col, ("LAT", "lat", "latitude"), "lat"),
-                    lon_col=pick(ns.lon_col, ("LON", "lon", "lng", "longitude"), "lon"), split=ns.split)
+    rows = csv_rows(
+        ns.data,
+        ns.images,
+        id_col=pick(ns.id_col, ("IMG_ID", "id", "image"), "id"),
+        lat_col=pick(ns.lat_col, ("LAT", "lat", "latitude"), "lat"),
+        lon_col=pick(ns.lon_col, ("LON", "lon", "lng", "longitude"), "lon"),
+        split=ns.split,
+    )
     out = Path(ns.out) / "shards"
     report = write_rows(rows, out, "csv", "the benchmark's own licence")
     if report.skipped:

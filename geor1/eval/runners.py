@@ -16,14 +16,15 @@ from geor1.metrics.intervals import wilson_interval
 from geor1.tasks import Task, get_task
 
 
-def run_policy(policy, samples: Sequence[ChatSample], batch_size: int = 16, max_new_tokens: int = 256
-               ) -> list[dict[str, Any]]:
+def run_policy(
+    policy, samples: Sequence[ChatSample], batch_size: int = 16, max_new_tokens: int = 256
+) -> list[dict[str, Any]]:
     """Greedy completions of every sample -> rows of key, text, number of completion tokens, target."""
     from tqdm import tqdm
 
     rows = []
     for start in tqdm(range(0, len(samples), batch_size), desc="generate", unit="batch", disable=None):
-        chunk = samples[start:start + batch_size]
+        chunk = samples[start : start + batch_size]
         rollout = policy.generate([s.prompt for s in chunk], max_new_tokens=max_new_tokens, do_sample=False)
         for s, text, n in zip(chunk, rollout.texts, rollout.lengths.tolist(), strict=True):
             rows.append({"key": s.key, "text": text, "tokens": int(n), "target": s.target})
@@ -36,8 +37,9 @@ def score_rows(task: Task, rows: list[dict[str, Any]]) -> tuple[dict[str, Any], 
     for r in rows:
         target = r.get("target")
         if target is None or target.task != task.name:
-            raise Geor1Error(f"sample {r.get('key')!r}: its target ({type(target).__name__}) is not a {task.name} "
-                             f"target")
+            raise Geor1Error(
+                f"sample {r.get('key')!r}: its target ({type(target).__name__}) is not a {task.name} target"
+            )
     return task.score(rows)
 
 

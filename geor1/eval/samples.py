@@ -11,8 +11,9 @@ if TYPE_CHECKING:
     from geor1.data.sample import ChatSample
 
 
-def load_chat_samples(root: str | Path, split: str, task: str, limit: int | None = None
-                      ) -> tuple[list[ChatSample], int]:
+def load_chat_samples(
+    root: str | Path, split: str, task: str, limit: int | None = None
+) -> tuple[list[ChatSample], int]:
     """The first `limit` (default all) decodable samples of `split` under `root`, as chat samples of `task`, and the
     number of corrupt samples skipped on the way (a count the caller reports, not a silent loss)."""
     from geor1.data.chat import ChatDecoder

@@ -25,12 +25,15 @@ def coordinates_from_text(text: str) -> tuple[float, float] | None:
     return None if ans is None else ans.point
 
 
-def score(predictions: dict[str, tuple[float, float] | None], truth: dict[str, dict[str, Any]]
-          ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def score(
+    predictions: dict[str, tuple[float, float] | None], truth: dict[str, dict[str, Any]]
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """predictions: id -> (lat, lon) or None; truth: id -> {lat, lon[, city, country]} -> (metrics, rows), as
     `geor1.tasks.geolocation.geodesic_metrics` computes them."""
-    targets = {i: GeoTarget(float(t["lat"]), float(t["lon"]), t.get("city") or None, t.get("country") or None)
-               for i, t in truth.items()}
+    targets = {
+        i: GeoTarget(float(t["lat"]), float(t["lon"]), t.get("city") or None, t.get("country") or None)
+        for i, t in truth.items()
+    }
     return geodesic_metrics(predictions, targets)
 
 

@@ -49,11 +49,20 @@ class GeodesicError(Metric):
         self.add_state("country_hits", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("labelled", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, pred_lat: Tensor, pred_lon: Tensor, true_lat: Tensor, true_lon: Tensor, parsed: Tensor,
-               city_hit: Tensor | None = None, country_hit: Tensor | None = None) -> None:
+    def update(
+        self,
+        pred_lat: Tensor,
+        pred_lon: Tensor,
+        true_lat: Tensor,
+        true_lon: Tensor,
+        parsed: Tensor,
+        city_hit: Tensor | None = None,
+        country_hit: Tensor | None = None,
+    ) -> None:
         parsed = parsed.bool()
-        d = haversine_km(pred_lat[parsed].double(), pred_lon[parsed].double(), true_lat[parsed].double(),
-                         true_lon[parsed].double())
+        d = haversine_km(
+            pred_lat[parsed].double(), pred_lon[parsed].double(), true_lat[parsed].double(), true_lon[parsed].double()
+        )
         self.distances.append(d.to(self.device))
         self.total += parsed.numel()
         self.unparsed += int((~parsed).sum())
@@ -99,5 +108,9 @@ class PairingAccuracy(Metric):
     def compute(self) -> dict[str, Tensor]:
         k, n = int(self.correct), int(self.total)
         lo, hi = wilson_interval(k, n, self.z)
-        return {"pairing_acc": torch.tensor(k / n if n else 0.0, dtype=torch.float64), "ci95_low": torch.tensor(lo),
-                "ci95_high": torch.tensor(hi), "n": torch.tensor(n)}
+        return {
+            "pairing_acc": torch.tensor(k / n if n else 0.0, dtype=torch.float64),
+            "ci95_low": torch.tensor(lo),
+            "ci95_high": torch.tensor(hi),
+            "n": torch.tensor(n),
+        }

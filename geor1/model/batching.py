@@ -61,8 +61,10 @@ def select_rows(inputs: BatchFeature, rows: Sequence[int], adapter: ArchAdapter,
         if "patch" in layouts.values():
             patches = adapter.patches_per_image(inputs, model).long().cpu()  # [n_images]
             if patches.shape[0] != n_images:
-                raise Geor1Error(f"{adapter.name()}: {n_images} images counted in the prompts' tokens but "
-                                 f"{patches.shape[0]} patch counts; cannot split the images between prompts")
+                raise Geor1Error(
+                    f"{adapter.name()}: {n_images} images counted in the prompts' tokens but "
+                    f"{patches.shape[0]} patch counts; cannot split the images between prompts"
+                )
             start = _starts(patches)
             patch_idx = [start[i] + j for i in image_idx for j in range(int(patches[i]))]
     out: dict[str, Any] = {}
@@ -78,8 +80,10 @@ def select_rows(inputs: BatchFeature, rows: Sequence[int], adapter: ArchAdapter,
         else:
             expect, idx = int(patches.sum()), patch_idx
         if n != expect:
-            raise Geor1Error(f"{adapter.name()}: processor output '{key}' ({lay} layout) has {n} entries along dim 0, "
-                             f"expected {expect}")
+            raise Geor1Error(
+                f"{adapter.name()}: processor output '{key}' ({lay} layout) has {n} entries along dim 0, "
+                f"expected {expect}"
+            )
         out[key] = _index(value, idx, key)
     return BatchFeature(out)
 
@@ -97,8 +101,9 @@ def slice_rows(inputs: BatchFeature, prompts: slice, adapter: ArchAdapter, model
     return select_rows(inputs, list(range(inputs["input_ids"].shape[0]))[prompts], adapter, model)
 
 
-def append_completions(inputs: BatchFeature, completion_ids: Tensor, completion_mask: Tensor,
-                       adapter: ArchAdapter) -> BatchFeature:
+def append_completions(
+    inputs: BatchFeature, completion_ids: Tensor, completion_mask: Tensor, adapter: ArchAdapter
+) -> BatchFeature:
     """Prompt rows followed by their completions: every "seq" key is extended over the T completion tokens.
 
     inputs: N prompt rows (already repeated to match); completion_ids, completion_mask: [N, T] ->

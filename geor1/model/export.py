@@ -49,8 +49,7 @@ def gather_full_state_dict(model: nn.Module) -> dict[str, Any]:
     return dict(get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
 
 
-def export_policy(policy: Policy, out: str | Path, is_writer: bool = True, merge_lora: bool = True
-                  ) -> Path | None:
+def export_policy(policy: Policy, out: str | Path, is_writer: bool = True, merge_lora: bool = True) -> Path | None:
     """Write `policy` (a `geor1.model.Policy`) as a Hugging Face folder -> the folder on the writer, else None.
 
     Sharded (FSDP2): call on every rank; each joins the gather, the writer alone builds an unsharded copy on the
@@ -129,13 +128,17 @@ def policy_from_config(config: str | Path) -> Policy:
 def _check_shapes(ckpt: Path, wanted: dict[str, Tensor], found: dict[str, Any]) -> None:
     missing = [k for k in wanted if k not in found]
     if missing:
-        raise Geor1Error(f"checkpoint '{ckpt}' does not fit this config: key '{missing[0]}' is missing "
-                         f"({len(missing)} of {len(wanted)} policy tensors missing; a checkpoint of another model?)")
+        raise Geor1Error(
+            f"checkpoint '{ckpt}' does not fit this config: key '{missing[0]}' is missing "
+            f"({len(missing)} of {len(wanted)} policy tensors missing; a checkpoint of another model?)"
+        )
     for k, t in wanted.items():
         shape = tuple(found[k])
         if shape != tuple(t.shape):
-            raise Geor1Error(f"checkpoint '{ckpt}' does not fit this config: key '{k}' has shape {shape}, the "
-                             f"config's model has {tuple(t.shape)}")
+            raise Geor1Error(
+                f"checkpoint '{ckpt}' does not fit this config: key '{k}' has shape {shape}, the "
+                f"config's model has {tuple(t.shape)}"
+            )
 
 
 def load_policy_weights(policy: Policy, ckpt: str | Path) -> None:
@@ -149,8 +152,11 @@ def load_policy_weights(policy: Policy, ckpt: str | Path) -> None:
         if not (path / _DCP_METADATA).is_file():
             raise Geor1Error(f"checkpoint folder '{path}' has no {_DCP_METADATA}: not a distributed checkpoint")
         meta = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
-        found = {k[len("state_dict."):]: v.size for k, v in meta.items()
-                 if k.startswith("state_dict.") and hasattr(v, "size")}
+        found = {
+            k[len("state_dict.") :]: v.size
+            for k, v in meta.items()
+            if k.startswith("state_dict.") and hasattr(v, "size")
+        }
         _check_shapes(path, own, found)
         dcp.load({"state_dict": own}, checkpoint_id=str(path), no_dist=True)  # in place, into the policy's tensors
         return

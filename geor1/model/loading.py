@@ -61,8 +61,9 @@ def torch_dtype(dtype: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_pretrained(path: str | Path, dtype: str = "float32", attn_implementation: str | None = "sdpa"
-                    ) -> tuple[nn.Module, Any]:
+def load_pretrained(
+    path: str | Path, dtype: str = "float32", attn_implementation: str | None = "sdpa"
+) -> tuple[nn.Module, Any]:
     """(model, processor) from a local folder, never the network; Geor1Error for an unsupported family."""
     set_offline_mode()
     p = check_model_dir(path)
@@ -76,8 +77,9 @@ def load_pretrained(path: str | Path, dtype: str = "float32", attn_implementatio
     return model, processor
 
 
-def prepare_model(model: nn.Module, adapter: ArchAdapter, lora: LoraSpec | None, freeze_vision: bool,
-                  gradient_checkpointing: bool) -> nn.Module:
+def prepare_model(
+    model: nn.Module, adapter: ArchAdapter, lora: LoraSpec | None, freeze_vision: bool, gradient_checkpointing: bool
+) -> nn.Module:
     """Checkpointing, vision freezing (through the adapter) and LoRA, in train mode; returns the model to train
     (a PEFT wrapper when `lora` is set)."""
     if gradient_checkpointing:
@@ -90,7 +92,6 @@ def prepare_model(model: nn.Module, adapter: ArchAdapter, lora: LoraSpec | None,
     if lora is not None:
         from peft import LoraConfig, get_peft_model
 
-        cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                         target_modules=lora.target_modules)
+        cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules)
         model = get_peft_model(model, cfg)
     return model.train()  # from_pretrained returns eval mode; Lightning's loops switch modes

@@ -34,8 +34,9 @@ def _run_tiles(fn, tiles: list[tuple[Tensor, ...]]) -> list:
     return [checkpoint(fn, *t, use_reentrant=False) for t in tiles]
 
 
-def tiled_token_logprobs(hidden: Tensor, head: nn.Module, ids: Tensor, temperature: float = 1.0,
-                         tile: int = 32) -> Tensor:
+def tiled_token_logprobs(
+    hidden: Tensor, head: nn.Module, ids: Tensor, temperature: float = 1.0, tile: int = 32
+) -> Tensor:
     """log p(ids) under softmax(head(hidden) / temperature), one tile of `tile` positions at a time.
 
     hidden: [N, T, H] final (normed) hidden states at the positions that predict `ids`; ids: [N, T] long
@@ -59,8 +60,9 @@ def tiled_token_logprobs(hidden: Tensor, head: nn.Module, ids: Tensor, temperatu
     return torch.cat(out).view(n, t)
 
 
-def tiled_lm_loss(hidden: Tensor, head: nn.Module, labels: Tensor, tile: int = 256,
-                  ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor, Tensor]:
+def tiled_lm_loss(
+    hidden: Tensor, head: nn.Module, labels: Tensor, tile: int = 256, ignore_index: int = IGNORE_INDEX
+) -> tuple[Tensor, Tensor, Tensor]:
     """Mean next-token cross-entropy over labelled positions only, and token accuracy, without [B, L, V] logits.
 
     hidden: [B, L, H] final (normed) hidden states; labels: [B, L] with `ignore_index` on masked positions

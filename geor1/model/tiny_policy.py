@@ -45,9 +45,19 @@ class TinyPolicy(Policy):
     ) -> None:
         nn.Module.__init__(self)
         lo, hi = default_pixels(family)
-        processor = build_tiny_processor(min_pixels=lo if min_pixels is None else min_pixels,
-                                         max_pixels=hi if max_pixels is None else max_pixels, family=family)
-        model = build_tiny_model(processor, seed=seed, hidden_size=hidden_size, num_layers=num_layers,
-                                 vision_hidden_size=vision_hidden_size, vision_depth=vision_depth, family=family)
+        processor = build_tiny_processor(
+            min_pixels=lo if min_pixels is None else min_pixels,
+            max_pixels=hi if max_pixels is None else max_pixels,
+            family=family,
+        )
+        model = build_tiny_model(
+            processor,
+            seed=seed,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            vision_hidden_size=vision_hidden_size,
+            vision_depth=vision_depth,
+            family=family,
+        )
         self._setup(model, processor, lora, freeze_vision, None, None, gradient_checkpointing, logprob_tile)
         self.source = f"tiny(family={family}, seed={seed}, hidden={hidden_size}, layers={num_layers})"

@@ -55,8 +55,10 @@ _WEIGHT_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.sa
 def require_vllm() -> Any:
     """The `vllm` module, or a Geor1Error that says how to get it."""
     if importlib.util.find_spec("vllm") is None:
-        raise Geor1Error("rollout.backend 'vllm' needs the vllm package, which is not installed: pip install vllm "
-                         "(on a CUDA machine, matching its torch), or use rollout.backend: hf")
+        raise Geor1Error(
+            "rollout.backend 'vllm' needs the vllm package, which is not installed: pip install vllm "
+            "(on a CUDA machine, matching its torch), or use rollout.backend: hf"
+        )
     return importlib.import_module("vllm")
 
 
@@ -105,8 +107,7 @@ def _check_lora(module: Any, name: str) -> None:
     from peft.tuners.lora import Linear as LoraLinear
 
     if not isinstance(module, LoraLinear):
-        raise Geor1Error(f"vLLM weight sync merges LoRA into Linear layers only; {name} is a "
-                         f"{type(module).__name__}")
+        raise Geor1Error(f"vLLM weight sync merges LoRA into Linear layers only; {name} is a {type(module).__name__}")
     for a in module.active_adapters:
         if module.use_dora.get(a) or a in getattr(module, "lora_variant", {}):
             raise Geor1Error(f"vLLM weight sync cannot merge the LoRA variant (e.g. DoRA) of adapter {a!r} in {name}")
@@ -171,8 +172,10 @@ def checkpoint_names(base: HFModel, names: list[str]) -> dict[str, str]:
     for n in names:
         renamed = list(revert_weight_conversion(ref, {n: torch.empty(0)}))
         if len(renamed) != 1:
-            raise Geor1Error(f"transformers converts {n} of {type(base).__name__} on save into {renamed}, not one "
-                             f"renamed tensor: the vLLM weight sync supports renamings only")
+            raise Geor1Error(
+                f"transformers converts {n} of {type(base).__name__} on save into {renamed}, not one "
+                f"renamed tensor: the vLLM weight sync supports renamings only"
+            )
         out[n] = renamed[0]
     return out
 
@@ -223,8 +226,10 @@ def check_same_resolution(policy: Policy, model_dir: str | Path, mm_kwargs: dict
     a, b = engine_ip.to_dict(), ip.to_dict()
     diff = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
     if diff:
-        raise Geor1Error(f"vLLM's image processor from {model_dir} differs from the policy's (engine, policy): "
-                         f"{diff}; images would get a different number of tokens")
+        raise Geor1Error(
+            f"vLLM's image processor from {model_dir} differs from the policy's (engine, policy): "
+            f"{diff}; images would get a different number of tokens"
+        )
 
 
 # ---------------------------------------------------------------------- the engine
@@ -244,8 +249,15 @@ class VLLMRollout:
         chunk_mb: how many MiB of gathered tensors one `collective_rpc` carries (bounds the sync's extra memory).
     """
 
-    def __init__(self, policy: Policy, model_dir: str | None = None, engine_kwargs: dict[str, Any] | None = None,
-                 seed: int = 0, sampling_logprobs: bool = False, chunk_mb: float = 512) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        model_dir: str | None = None,
+        engine_kwargs: dict[str, Any] | None = None,
+        seed: int = 0,
+        sampling_logprobs: bool = False,
+        chunk_mb: float = 512,
+    ) -> None:
         vllm = require_vllm()
         self._vllm = vllm
         self.sampling_logprobs = sampling_logprobs
@@ -267,8 +279,13 @@ class VLLMRollout:
         self._check_names(model_dir)
         mm_kwargs = pixel_limits(policy)
         check_same_resolution(policy, model_dir, mm_kwargs)
-        kwargs: dict[str, Any] = {"model": model_dir, "seed": seed, "dtype": dtype, "enable_prefix_caching": True,
-                                  "worker_extension_cls": EXTENSION}
+        kwargs: dict[str, Any] = {
+            "model": model_dir,
+            "seed": seed,
+            "dtype": dtype,
+            "enable_prefix_caching": True,
+            "worker_extension_cls": EXTENSION,
+        }
         if mm_kwargs:
             kwargs["mm_processor_kwargs"] = mm_kwargs  # the same image resizing (and token count) as the policy
         if sampling_logprobs:
@@ -285,8 +302,10 @@ class VLLMRollout:
         ours = set(self._names.values())
         unknown, stale = sorted(ours - have), sorted(have - ours)
         if unknown or stale:
-            raise Geor1Error(f"vLLM weight sync names do not match the checkpoint in {model_dir}: not in it "
-                             f"{unknown[:5]}, never synced {stale[:5]}")
+            raise Geor1Error(
+                f"vLLM weight sync names do not match the checkpoint in {model_dir}: not in it "
+                f"{unknown[:5]}, never synced {stale[:5]}"
+            )
 
     def _write_folder(self, policy: Policy, out: str) -> str:
         """An in-process policy as a folder vLLM loads: config, processor and the gathered (merged) weights under
@@ -333,9 +352,17 @@ class VLLMRollout:
         return len(chunk)
 
     # ------------------------------------------------------------------ sampling
-    def generate(self, policy: Policy, prompts: list[Prompt], group_size: int, max_new_tokens: int,
-                 temperature: float = 1.0, top_p: float = 1.0, do_sample: bool = True,
-                 top_k: int | None = None) -> Rollout:
+    def generate(
+        self,
+        policy: Policy,
+        prompts: list[Prompt],
+        group_size: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        do_sample: bool = True,
+        top_k: int | None = None,
+    ) -> Rollout:
         """B prompts -> a `Rollout` of B*G completions grouped by prompt, like `Policy.generate`; with
         `sampling_logprobs`, its `sample_logprobs` are vLLM's ([B*G, T], NaN where vLLM gave none, 0 on padding)."""
         requests = []
@@ -346,11 +373,15 @@ class VLLMRollout:
                 request["multi_modal_data"] = {"image": [im.convert("RGB") for im in p.images]}
             requests.append(request)
         extra = {"top_k": top_k} if top_k is not None and do_sample else {}  # unset: vLLM's default (all tokens)
-        params = self._vllm.SamplingParams(n=group_size, max_tokens=max_new_tokens,
-                                           temperature=temperature if do_sample else 0.0,
-                                           top_p=top_p if do_sample else 1.0,
-                                           stop_token_ids=list(policy.eos_ids),
-                                           logprobs=0 if self.sampling_logprobs else None, **extra)
+        params = self._vllm.SamplingParams(
+            n=group_size,
+            max_tokens=max_new_tokens,
+            temperature=temperature if do_sample else 0.0,
+            top_p=top_p if do_sample else 1.0,
+            stop_token_ids=list(policy.eos_ids),
+            logprobs=0 if self.sampling_logprobs else None,
+            **extra,
+        )
         outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
         if len(outputs) != len(prompts):
             raise Geor1Error(f"vLLM returned {len(outputs)} results for {len(prompts)} prompts")
@@ -366,8 +397,11 @@ class VLLMRollout:
                         raise Geor1Error("vLLM returned no sampling log-probs for a completion (logprobs=0 asked)")
                     lps.append([float(sample.logprobs[j][t].logprob) for j, t in enumerate(ids)])
                 # a sample stopped by an EOS keeps it (the loss trains the stop); add it if the engine left it out
-                if getattr(sample, "finish_reason", None) == "stop" and not any(t in policy.eos_ids for t in ids) \
-                        and len(ids) < max_new_tokens:
+                if (
+                    getattr(sample, "finish_reason", None) == "stop"
+                    and not any(t in policy.eos_ids for t in ids)
+                    and len(ids) < max_new_tokens
+                ):
                     ids.append(policy.eos_ids[0])
                     if self.sampling_logprobs:
                         lps[-1].append(math.nan)  # no log-prob for a token the engine did not report
@@ -375,8 +409,13 @@ class VLLMRollout:
         return rollout_from_ids(policy, prompts, rows, group_size, lps if self.sampling_logprobs else None)
 
 
-def rollout_from_ids(policy: Policy, prompts: list[Prompt], rows: list[list[int]], group_size: int,
-                     logprobs: list[list[float]] | None = None) -> Rollout:
+def rollout_from_ids(
+    policy: Policy,
+    prompts: list[Prompt],
+    rows: list[list[int]],
+    group_size: int,
+    logprobs: list[list[float]] | None = None,
+) -> Rollout:
     """Completion token ids (B*G lists, grouped by prompt; optional per-token sampling log-probs aligned with them)
     -> a Rollout whose `inputs` are the policy's own encoding of the prompts (for the log-prob passes)."""
     width = max((len(r) for r in rows), default=0) or 1
@@ -394,8 +433,15 @@ def rollout_from_ids(policy: Policy, prompts: list[Prompt], rows: list[list[int]
     truncated = torch.tensor([not any(t in policy.eos_ids for t in r) for r in rows], dtype=torch.bool)
     ids, mask = ids.to(policy.device), mask.to(policy.device)
     texts = policy.tokenizer.batch_decode(ids, skip_special_tokens=True)
-    return Rollout(policy.encode(prompts), ids, mask, texts, group_size, truncated,
-                   sample_logprobs=None if lp is None else lp.to(policy.device))
+    return Rollout(
+        policy.encode(prompts),
+        ids,
+        mask,
+        texts,
+        group_size,
+        truncated,
+        sample_logprobs=None if lp is None else lp.to(policy.device),
+    )
 
 
 def _link_weights(source: Path, out: str) -> Path:

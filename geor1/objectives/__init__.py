@@ -10,4 +10,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-__getattr__ = lazy_exports('geor1.objectives', _EXPORTS)
+__getattr__ = lazy_exports("geor1.objectives", _EXPORTS)

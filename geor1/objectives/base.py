@@ -32,8 +32,13 @@ def skip_everywhere(trainer: L.Trainer | None, skip: bool, batch_size: int) -> b
         return skip
     any_skip = bool(trainer.strategy.reduce_boolean_decision(skip, all=False))
     if any_skip and not skip:
-        log.warning("step %d skipped on every rank because another rank's batch held no usable sample: %d samples "
-                    "of rank %d were not trained on", trainer.global_step, batch_size, trainer.global_rank)
+        log.warning(
+            "step %d skipped on every rank because another rank's batch held no usable sample: %d samples "
+            "of rank %d were not trained on",
+            trainer.global_step,
+            batch_size,
+            trainer.global_rank,
+        )
     return any_skip
 
 

@@ -28,5 +28,6 @@ class CheckpointOnSigterm(L.Callback):
         folder = Path(self.dirpath or Path(trainer.default_root_dir) / "checkpoints")
         path = folder / "sigterm.ckpt"
         trainer.save_checkpoint(path)
-        log.warning("SIGTERM: checkpoint saved to %s at step %d; resume with --ckpt_path %s", path,
-                    trainer.global_step, path)
+        log.warning(
+            "SIGTERM: checkpoint saved to %s at step %d; resume with --ckpt_path %s", path, trainer.global_step, path
+        )

@@ -102,10 +102,17 @@ class ContrastiveModule(L.LightningModule):
             then the whole module); ignored by single-device and DDP runs.
     """
 
-    def __init__(self, backbone: str = "regnetx_002", embed_dim: int = 128, shared: bool = False,
-                 backbone_checkpoint: str | None = None, temperature: float = 0.07,
-                 optimizer: OptimizerCallable = torch.optim.AdamW, scheduler: LRSchedulerCallable | None = None,
-                 sharding: ShardingSpec | None = None) -> None:
+    def __init__(
+        self,
+        backbone: str = "regnetx_002",
+        embed_dim: int = 128,
+        shared: bool = False,
+        backbone_checkpoint: str | None = None,
+        temperature: float = 0.07,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        sharding: ShardingSpec | None = None,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "sharding"])
         self.sharding = sharding or ShardingSpec()
@@ -124,8 +131,7 @@ class ContrastiveModule(L.LightningModule):
 
     def embed(self, batch: dict) -> tuple[Tensor, Tensor]:
         """A `collate_tensors` batch (uint8 images) -> (ground [B, D], sat [B, D]) embeddings."""
-        return (self.encoder.embed_ground(normalise(batch["ground"])),
-                self.encoder.embed_sat(normalise(batch["sat"])))
+        return (self.encoder.embed_ground(normalise(batch["ground"])), self.encoder.embed_sat(normalise(batch["sat"])))
 
     def forward(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
         """(ground [B, D], sat [B, D], logit scale) of a batch: everything the loss needs, in one forward, so that
@@ -149,8 +155,7 @@ class ContrastiveModule(L.LightningModule):
             return
         ground, sat, scale = self(batch)
         self.val_recall.update(ground, sat)
-        self.log("val/loss", info_nce(ground, sat, scale),
-                 batch_size=len(batch["key"]), sync_dist=True)
+        self.log("val/loss", info_nce(ground, sat, scale), batch_size=len(batch["key"]), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         for name, value in self.val_recall.compute().items():
@@ -180,5 +185,7 @@ class ContrastiveModule(L.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"},
+        }

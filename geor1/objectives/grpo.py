@@ -86,8 +86,10 @@ class GRPOModule(PolicyModule):
         super().__init__(policy, optimizer, scheduler, export_dir, sharding)
         for name, value, cls in (("rollout", rollout, RolloutSettings), ("loss", loss, LossSettings)):
             if not isinstance(value, cls):  # a YAML mapping becomes one through jsonargparse; Python passes one
-                raise TypeError(f"GRPOModule({name}=...) takes a {cls.__name__}, e.g. {cls.__name__}(...), "
-                                f"got {type(value).__name__}")
+                raise TypeError(
+                    f"GRPOModule({name}=...) takes a {cls.__name__}, e.g. {cls.__name__}(...), "
+                    f"got {type(value).__name__}"
+                )
         self.rollout_settings = rollout  # frozen dataclasses, validated in their __post_init__
         self.loss_settings = loss
         self.save_hyperparameters(ignore=["policy", "optimizer", "scheduler", "sharding", "rollout", "loss"])
@@ -130,9 +132,12 @@ class GRPOModule(PolicyModule):
             self._reference.to(self.device)
         settings = self.rollout_settings
         if settings.backend == "vllm" and self._engine is None:
-            self._engine = VLLMRollout(self.policy, engine_kwargs=settings.vllm_engine,
-                                       seed=torch.initial_seed() % 2**31 + self.global_rank,
-                                       sampling_logprobs=settings.vllm_is_cap is not None)
+            self._engine = VLLMRollout(
+                self.policy,
+                engine_kwargs=settings.vllm_engine,
+                seed=torch.initial_seed() % 2**31 + self.global_rank,
+                sampling_logprobs=settings.vllm_is_cap is not None,
+            )
 
     @contextmanager
     def _reference_policy(self):
@@ -179,22 +184,33 @@ class GRPOModule(PolicyModule):
         """G samples for each of the B prompts, from the policy itself or from the vLLM engine."""
         s = self.rollout_settings
         if self._engine is None:
-            return self.policy.generate(prompts, group_size=s.group_size, max_new_tokens=s.max_new_tokens,
-                                        temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                                        share_prefix=s.share_prefix, synced_gpus=self.synced_decoding)
+            return self.policy.generate(
+                prompts,
+                group_size=s.group_size,
+                max_new_tokens=s.max_new_tokens,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                top_k=s.top_k,
+                share_prefix=s.share_prefix,
+                synced_gpus=self.synced_decoding,
+            )
         if self._engine_step != self.global_step:  # the weights changed since the engine last got them
             self._engine.sync_weights(self.policy)
             self._engine_step = self.global_step
-        return self._engine.generate(self.policy, prompts, s.group_size, s.max_new_tokens, s.temperature, s.top_p,
-                                     top_k=s.top_k)
+        return self._engine.generate(
+            self.policy, prompts, s.group_size, s.max_new_tokens, s.temperature, s.top_p, top_k=s.top_k
+        )
 
-    def score(self, rollout: Rollout, targets: list[Target | None]
-              ) -> tuple[dict[str, list[float | None]], list[float | None]]:
+    def score(
+        self, rollout: Rollout, targets: list[Target | None]
+    ) -> tuple[dict[str, list[float | None]], list[float | None]]:
         """Every configured reward of every completion (`targets[i]`: the target of the prompt completion i
         answers) -> ({reward name: scores}, weighted totals)."""
         lengths = rollout.lengths.tolist()
-        scores = {name: call_reward(fn, rollout.texts, targets, lengths=lengths, **self.reward_kwargs[name])
-                  for name, fn in self.reward_fns.items()}
+        scores = {
+            name: call_reward(fn, rollout.texts, targets, lengths=lengths, **self.reward_kwargs[name])
+            for name, fn in self.reward_fns.items()
+        }
         return scores, combine(scores, self.reward_weights)
 
     @torch.no_grad()
@@ -209,16 +225,23 @@ class GRPOModule(PolicyModule):
                 reshard(self._reference.model)  # its root stays gathered after a no-grad forward
         return old, ref
 
-    def _logprobs(self, policy: Policy, rollout: Rollout, rows: slice | None = None,
-                  prompts: slice | None = None) -> Tensor:
+    def _logprobs(
+        self, policy: Policy, rollout: Rollout, rows: slice | None = None, prompts: slice | None = None
+    ) -> Tensor:
         inputs = rollout.inputs if prompts is None else policy.slice_prompts(rollout.inputs, prompts)
         rows = rows or slice(None)
-        return policy.token_logprobs(inputs, rollout.completion_ids[rows], rollout.completion_mask[rows],
-                                     rollout.group_size, self.rollout_settings.temperature,
-                                     self.rollout_settings.share_prefix)
+        return policy.token_logprobs(
+            inputs,
+            rollout.completion_ids[rows],
+            rollout.completion_mask[rows],
+            rollout.group_size,
+            self.rollout_settings.temperature,
+            self.rollout_settings.share_prefix,
+        )
 
-    def _update(self, rollout: Rollout, advantages: Tensor, old_lp: Tensor | None, ref_lp: Tensor | None
-                ) -> dict[str, float]:
+    def _update(
+        self, rollout: Rollout, advantages: Tensor, old_lp: Tensor | None, ref_lp: Tensor | None
+    ) -> dict[str, float]:
         """One optimizer step over the whole batch, in micro-batches of whole groups whose gradients add up to the
         whole batch's (each micro-batch's loss is `aggregate` with the batch's denominators)."""
         s, cap = self.loss_settings, self.rollout_settings.vllm_is_cap
@@ -246,8 +269,14 @@ class GRPOModule(PolicyModule):
                     per_token = per_token * truncated_is_weights(old, sampler_lp[rows], cap)
                 kl = kl_estimate(lp, ref_lp[rows], s.kl_estimator) if ref_lp is not None else torch.zeros_like(lp)
                 per_token = per_token + s.beta * kl
-                loss = aggregate(per_token, m, s.aggregation, max_len=self.rollout_settings.max_new_tokens,
-                                 num_rows=n_rows, num_tokens=tokens)
+                loss = aggregate(
+                    per_token,
+                    m,
+                    s.aggregation,
+                    max_len=self.rollout_settings.max_new_tokens,
+                    num_rows=n_rows,
+                    num_tokens=tokens,
+                )
                 self.manual_backward(loss * weight)
             if weight == 0.0:
                 continue  # a pass that only keeps this rank's collectives in step with a rank of more micro-batches
@@ -290,9 +319,13 @@ class GRPOModule(PolicyModule):
     def validation_step(self, batch: list[ChatSample], batch_idx: int) -> None:
         if not batch:
             return
-        rollout = self.policy.generate([s.prompt for s in batch], group_size=1,
-                                       max_new_tokens=self.rollout_settings.max_new_tokens, do_sample=False,
-                                       synced_gpus=self.synced_decoding)
+        rollout = self.policy.generate(
+            [s.prompt for s in batch],
+            group_size=1,
+            max_new_tokens=self.rollout_settings.max_new_tokens,
+            do_sample=False,
+            synced_gpus=self.synced_decoding,
+        )
         n = len(batch)
         fmt = np.mean([is_well_formed(t) for t in rollout.texts])
         self.log("val/format_rate", float(fmt), batch_size=n, sync_dist=True)
@@ -331,8 +364,7 @@ class GRPOModule(PolicyModule):
         if tb is None:
             return
         g = rollout.group_size
-        rows = ["| key | answer | completion | " + " | ".join(scores) + " |",
-                "|---|---|---|" + "---|" * len(scores)]
+        rows = ["| key | answer | completion | " + " | ".join(scores) + " |", "|---|---|---|" + "---|" * len(scores)]
         for i in range(min(2, len(batch)) * g):
             s = batch[i // g]
             cells = [f"{scores[name][i]:.3f}" if scores[name][i] is not None else "-" for name in scores]
@@ -342,8 +374,9 @@ class GRPOModule(PolicyModule):
         images = batch[0].prompt.images
         h = 128
         strip = [np.asarray(im.convert("RGB").resize((max(1, round(im.width * h / im.height)), h))) for im in images]
-        tb.experiment.add_image("episode/ground_then_candidates", np.concatenate(strip, axis=1), self.global_step,
-                                dataformats="HWC")
+        tb.experiment.add_image(
+            "episode/ground_then_candidates", np.concatenate(strip, axis=1), self.global_step, dataformats="HWC"
+        )
 
 
 def micro_batches(n_prompts: int, step: int, n_passes: int) -> list[tuple[slice, float]]:

@@ -13,8 +13,7 @@ AGGREGATIONS = ("grpo", "dr_grpo", "dapo")
 KL_ESTIMATORS = ("k1", "k3")
 
 
-def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-4, scale: bool = True
-                     ) -> tuple[Tensor, Tensor]:
+def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-4, scale: bool = True) -> tuple[Tensor, Tensor]:
     """(r - mean_g) / (std_g + eps) within each group of G samples of the same prompt.
 
     rewards: [N] float, NaN where a reward could not be scored -> (advantages [N], scored mask [N] bool).
@@ -53,8 +52,9 @@ def kl_estimate(logp: Tensor, ref_logp: Tensor, estimator: str = "k3") -> Tensor
     raise ValueError(f"KL estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
 
 
-def clipped_surrogate(logp: Tensor, old_logp: Tensor, advantages: Tensor, epsilon: float = 0.2,
-                      epsilon_high: float | None = None) -> tuple[Tensor, Tensor]:
+def clipped_surrogate(
+    logp: Tensor, old_logp: Tensor, advantages: Tensor, epsilon: float = 0.2, epsilon_high: float | None = None
+) -> tuple[Tensor, Tensor]:
     """PPO's clipped objective as a per-token loss.
 
     logp, old_logp: [N, T]; advantages: [N] -> (loss [N, T] = -min(ratio*A, clip(ratio, 1-eps, 1+eps_high)*A),
@@ -68,8 +68,14 @@ def clipped_surrogate(logp: Tensor, old_logp: Tensor, advantages: Tensor, epsilo
     return -torch.minimum(unclipped, clipped), clipped < unclipped
 
 
-def aggregate(per_token: Tensor, mask: Tensor, mode: str = "grpo", max_len: int | None = None,
-              num_rows: Tensor | float | None = None, num_tokens: Tensor | float | None = None) -> Tensor:
+def aggregate(
+    per_token: Tensor,
+    mask: Tensor,
+    mode: str = "grpo",
+    max_len: int | None = None,
+    num_rows: Tensor | float | None = None,
+    num_tokens: Tensor | float | None = None,
+) -> Tensor:
     """Reduce a per-token loss to the scalar loss, over real tokens only: the one aggregation of GRPO's loss
     (`GRPOModule._update` calls it for every micro-batch).
 

@@ -82,12 +82,18 @@ class RolloutSettings:
         if self.backend not in BACKENDS:
             _fail("rollout.backend", f"one of {BACKENDS}", self.backend)
         if self.vllm_is_cap is not None and (self.backend != "vllm" or not self.vllm_is_cap > 0):
-            _fail("rollout.vllm_is_cap", "null, or > 0 with backend 'vllm' (the hf backend has no other sampler)",
-                  self.vllm_is_cap)
+            _fail(
+                "rollout.vllm_is_cap",
+                "null, or > 0 with backend 'vllm' (the hf backend has no other sampler)",
+                self.vllm_is_cap,
+            )
         if self.top_p < 1.0 or self.top_k is not None:
-            log.warning("top_p=%s, top_k=%s: rollouts sample from a truncated distribution while the ratio and the KL "
-                        "use the full temperature-scaled policy (slightly off-policy, as in TRL and verl)",
-                        self.top_p, self.top_k)
+            log.warning(
+                "top_p=%s, top_k=%s: rollouts sample from a truncated distribution while the ratio and the KL "
+                "use the full temperature-scaled policy (slightly off-policy, as in TRL and verl)",
+                self.top_p,
+                self.top_k,
+            )
 
 
 @dataclass(frozen=True)

@@ -83,8 +83,11 @@ class RolloutRNG:
 
         A collective when the process group is up: every rank must call it (Lightning builds the checkpoint on
         every rank, then one rank writes the non-tensor part)."""
-        mine = {"rollout": self.get(device).get_state(), "cpu": torch.get_rng_state(),
-                "device": None if device.type == "cpu" else get_device_rng_state(device)}
+        mine = {
+            "rollout": self.get(device).get_state(),
+            "cpu": torch.get_rng_state(),
+            "device": None if device.type == "cpu" else get_device_rng_state(device),
+        }
         _, world = _dist_rank_world()
         states: list[Any] = [None] * world
         if world > 1:
@@ -104,9 +107,13 @@ class RolloutRNG:
         rank, world = _dist_rank_world()
         saved_world = int(saved["world_size"])
         if saved_world != world:
-            log.warning("the checkpoint's sampling generators are from %d ranks, this run has %d: sampling is not "
-                        "the uninterrupted run's (ranks beyond %d start fresh streams)", saved_world, world,
-                        saved_world)
+            log.warning(
+                "the checkpoint's sampling generators are from %d ranks, this run has %d: sampling is not "
+                "the uninterrupted run's (ranks beyond %d start fresh streams)",
+                saved_world,
+                world,
+                saved_world,
+            )
         if rank >= saved_world:
             return
         self._pending = {k: saved[k][rank] for k in ("rollout", "cpu", "device")}

@@ -33,8 +33,11 @@ def masked_lm_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tens
     keep = shift_labels != IGNORE_INDEX
     n = keep.sum()
     loss = torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX, reduction="sum") / n.clamp(min=1)
+        shift_logits.reshape(-1, shift_logits.shape[-1]),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    ) / n.clamp(min=1)
     correct = ((shift_logits.argmax(-1) == shift_labels) & keep).sum()
     return loss, correct, n
 
@@ -126,9 +129,13 @@ class SFTModule(PolicyModule):
     def _log_generations(self, samples: list[ChatSample]) -> None:
         """Greedy completions of a few validation prompts: `val/format_rate` (exact <think>/<answer> format) and a
         TensorBoard text table next to the targets."""
-        rollout = self.policy.generate([s.prompt for s in samples], group_size=1,
-                                       max_new_tokens=self.max_new_tokens, do_sample=False,
-                                       synced_gpus=self.synced_decoding)
+        rollout = self.policy.generate(
+            [s.prompt for s in samples],
+            group_size=1,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            synced_gpus=self.synced_decoding,
+        )
         well_formed = [is_well_formed(t) for t in rollout.texts]
         self.log("val/format_rate", sum(well_formed) / len(samples), batch_size=len(samples))
         rows = ["| key | target | generated |", "|---|---|---|"]

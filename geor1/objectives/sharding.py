@@ -70,9 +70,12 @@ class FSDP2Strategy(ModelParallelStrategy):
     """
 
     def __init__(self, save_distributed_checkpoint: bool = True, process_group_backend: str | None = None) -> None:
-        super().__init__(data_parallel_size="auto", tensor_parallel_size=1,
-                         save_distributed_checkpoint=save_distributed_checkpoint,
-                         process_group_backend=process_group_backend)
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            process_group_backend=process_group_backend,
+        )
 
     def setup_environment(self) -> None:
         self._data_parallel_size = self.num_nodes * self.num_processes  # the whole world, known before the mesh
@@ -93,7 +96,8 @@ def data_parallel_mesh(mesh):
             f"geor1 shards with FSDP2 over data parallelism only, but the device mesh has tensor_parallel size "
             f"{mesh['tensor_parallel'].size()}: use the strategy geor1.objectives.sharding.FSDP2Strategy, or "
             f"ModelParallelStrategy with data_parallel_size={mesh.size()} (num_nodes * devices) and "
-            f"tensor_parallel_size=1")
+            f"tensor_parallel_size=1"
+        )
     return mesh["data_parallel"] if "data_parallel" in names else mesh
 
 
@@ -101,9 +105,12 @@ def warn_unused_sharding(spec: ShardingSpec) -> None:
     """Say so when FSDP2 settings were given but the strategy does not shard (one device, DDP): mixed precision and
     activation checkpointing would otherwise be silently off."""
     if spec != ShardingSpec():
-        log.warning("sharding settings %s are ignored: the strategy is not FSDP2 (use "
-                    "geor1.objectives.sharding.FSDP2Strategy); on one device or under DDP use trainer.precision and "
-                    "the policy's gradient_checkpointing instead", spec)
+        log.warning(
+            "sharding settings %s are ignored: the strategy is not FSDP2 (use "
+            "geor1.objectives.sharding.FSDP2Strategy); on one device or under DDP use trainer.precision and "
+            "the policy's gradient_checkpointing instead",
+            spec,
+        )
 
 
 def is_sharded(module: nn.Module) -> TypeGuard[FSDPModule]:
@@ -137,8 +144,9 @@ def policy_blocks(model: nn.Module) -> list[nn.Module]:
     names = set(getattr(model, "_no_split_modules", None) or ())
     blocks = [m for m in model.modules() if type(m).__name__ in names]
     if not blocks:
-        raise Geor1Error(f"cannot find the blocks of {type(model).__name__} to shard (no adapter, no "
-                         f"_no_split_modules)")
+        raise Geor1Error(
+            f"cannot find the blocks of {type(model).__name__} to shard (no adapter, no _no_split_modules)"
+        )
     return blocks
 
 
@@ -160,8 +168,14 @@ def shard_policy(policy: Policy, mesh, spec: ShardingSpec, offload: bool = False
     fully_shard(policy.model, **{k: v for k, v in kw.items() if k != "reshard_after_forward"})
     for m in {id(base): base, id(policy.model): policy.model}.values():
         m._is_fsdp_managed_module = True  # transformers: generate(synced_gpus=None) -> synced when world > 1
-    log.info("FSDP2: %d blocks + root of %s sharded over %d ranks (mixed precision %s, offload %s)", len(blocks),
-             type(base).__name__, mesh.size(), spec.mixed_precision, offload)
+    log.info(
+        "FSDP2: %d blocks + root of %s sharded over %d ranks (mixed precision %s, offload %s)",
+        len(blocks),
+        type(base).__name__,
+        mesh.size(),
+        spec.mixed_precision,
+        offload,
+    )
 
 
 def _checkpointing(model: nn.Module) -> bool:

@@ -73,11 +73,18 @@ def _search(ns: argparse.Namespace) -> None:
 def _mine(ns: argparse.Namespace) -> None:
     from geor1.retrieval.mining import MiningSpec, mine_episodes
 
-    spec = MiningSpec(k=ns.k, strategy=ns.strategy, min_km=ns.min_km, max_km=ns.max_km, seed=ns.seed,
-                      splits=tuple(s for s in ns.splits.split(",") if s))
+    spec = MiningSpec(
+        k=ns.k,
+        strategy=ns.strategy,
+        min_km=ns.min_km,
+        max_km=ns.max_km,
+        seed=ns.seed,
+        splits=tuple(s for s in ns.splits.split(",") if s),
+    )
     report = mine_episodes(ns.index, ns.shards, ns.out, spec)
     for split, n in report.episodes.items():
         short = len(report.too_few_candidates[split])
-        print(f"{split:>6}: {n} episodes, letters {report.letters[split]}, mean negative distance "
-              f"{report.mean_negative_km[split]:.0f} km" + (f", {short} queries with too few candidates" if short
-                                                           else ""))
+        print(
+            f"{split:>6}: {n} episodes, letters {report.letters[split]}, mean negative distance "
+            f"{report.mean_negative_km[split]:.0f} km" + (f", {short} queries with too few candidates" if short else "")
+        )

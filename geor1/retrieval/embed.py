@@ -24,8 +24,10 @@ def load_contrastive(ckpt: str | Path, device: str = "cpu"):
 
     path = Path(ckpt)
     if not path.is_file():
-        raise Geor1Error(f"checkpoint '{path}' does not exist (train one with "
-                         f"`geor1 fit --config configs/retrieval/geoworld_tiny.yaml`)")
+        raise Geor1Error(
+            f"checkpoint '{path}' does not exist (train one with "
+            f"`geor1 fit --config configs/retrieval/geoworld_tiny.yaml`)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -46,8 +48,15 @@ def load_contrastive(ckpt: str | Path, device: str = "cpu"):
 
 
 @torch.no_grad()
-def embed_shards(module, root: str | Path, splits: list[str], ground_size: tuple[int, int], sat_size: int,
-                 batch_size: int = 128, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+def embed_shards(
+    module,
+    root: str | Path,
+    splits: list[str],
+    ground_size: tuple[int, int],
+    sat_size: int,
+    batch_size: int = 128,
+    device: str = "cpu",
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Embed every valid sample of `splits` under `root` -> (ground [N, D], sat [N, D], meta rows)."""
     from tqdm import tqdm
 
@@ -65,8 +74,16 @@ def embed_shards(module, root: str | Path, splits: list[str], ground_size: tuple
             grounds.append(g.float().cpu().numpy())
             sats.append(s.float().cpu().numpy())
             for key, m in zip(batch["key"], batch["meta"], strict=True):
-                meta.append({"key": key, "lat": float(m["lat"]), "lon": float(m["lon"]), "split": split,
-                             "city": m.get("city"), "country": m.get("country")})
+                meta.append(
+                    {
+                        "key": key,
+                        "lat": float(m["lat"]),
+                        "lon": float(m["lon"]),
+                        "split": split,
+                        "city": m.get("city"),
+                        "country": m.get("country"),
+                    }
+                )
     if not meta:
         raise Geor1Error(f"no valid samples to embed in {root} ({', '.join(splits)})")
     return np.concatenate(grounds), np.concatenate(sats), meta

@@ -25,9 +25,15 @@ def recall_from_rows(rows: np.ndarray, truth: np.ndarray, ks: tuple[int, ...]) -
     return {f"recall@{k}": float(hits[:, :k].any(1).mean()) for k in ks}
 
 
-def evaluate_retrieval(index_dir: str | Path, shards: str | Path, split: str = "test", ckpt: str | None = None,
-                       ks: tuple[int, ...] = (1, 5, 10), batch_size: int = 128, device: str = "cpu"
-                       ) -> dict[str, Any]:
+def evaluate_retrieval(
+    index_dir: str | Path,
+    shards: str | Path,
+    split: str = "test",
+    ckpt: str | None = None,
+    ks: tuple[int, ...] = (1, 5, 10),
+    batch_size: int = 128,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Recall@k of `split`'s ground views against the index at `index_dir` (its encoder: `ckpt`, else the one
     recorded by `geor1 index build`). Queries whose tile is not in the index cannot be scored: they are counted
     (`queries_without_tile`), never silently dropped."""
@@ -45,14 +51,20 @@ def evaluate_retrieval(index_dir: str | Path, shards: str | Path, split: str = "
     truth = [index.row_of_key.get(m["key"]) for m in meta]  # [Q] row of each query's own tile, or None
     scored = [i for i, t in enumerate(truth) if t is not None]
     if not scored:
-        raise Geor1Error(f"none of the {len(meta)} '{split}' ground views of {shards} has its tile in index "
-                         f"{index_dir} (build the index from the same shards and split)")
+        raise Geor1Error(
+            f"none of the {len(meta)} '{split}' ground views of {shards} has its tile in index "
+            f"{index_dir} (build the index from the same shards and split)"
+        )
     if len(scored) < len(meta):
-        log.warning("%d of %d queries have no tile in the index and are not scored", len(meta) - len(scored),
-                    len(meta))
+        log.warning("%d of %d queries have no tile in the index and are not scored", len(meta) - len(scored), len(meta))
     _, rows = index.search(ground[scored], max(ks))  # [Q, k]
-    out: dict[str, Any] = {"split": split, "queries": len(scored), "gallery": len(index.meta),
-                           "queries_without_tile": len(meta) - len(scored), "ckpt": str(ckpt)}
+    out: dict[str, Any] = {
+        "split": split,
+        "queries": len(scored),
+        "gallery": len(index.meta),
+        "queries_without_tile": len(meta) - len(scored),
+        "ckpt": str(ckpt),
+    }
     out.update(recall_from_rows(rows, np.array([truth[i] for i in scored]), ks))
     out.update({f"chance@{k}": min(1.0, k / len(index.meta)) for k in ks})
     return out

@@ -87,19 +87,31 @@ def to_gpu_if_available(index):
 class SatIndex:
     """A loaded (or freshly built) index folder: FAISS index + embeddings + metadata."""
 
-    def __init__(self, index, sat: np.ndarray, ground: np.ndarray | None, meta: list[dict[str, Any]],
-                 info: dict[str, Any]) -> None:
+    def __init__(
+        self, index, sat: np.ndarray, ground: np.ndarray | None, meta: list[dict[str, Any]], info: dict[str, Any]
+    ) -> None:
         if len(meta) != len(sat) or (ground is not None and len(ground) != len(sat)):
             raise Geor1Error(f"index parts disagree: {len(sat)} satellite rows, {len(meta)} metadata rows")
         self.index, self.sat, self.ground, self.meta, self.info = index, sat, ground, meta, info
         self.row_of_key = {m["key"]: i for i, m in enumerate(meta)}
 
     @classmethod
-    def build(cls, sat: np.ndarray, ground: np.ndarray | None, meta: list[dict[str, Any]], spec: IndexSpec,
-              info: dict[str, Any] | None = None) -> SatIndex:
+    def build(
+        cls,
+        sat: np.ndarray,
+        ground: np.ndarray | None,
+        meta: list[dict[str, Any]],
+        spec: IndexSpec,
+        info: dict[str, Any] | None = None,
+    ) -> SatIndex:
         index = build_faiss_index(sat, spec)
-        return cls(index, sat.astype(np.float32), None if ground is None else ground.astype(np.float32), meta,
-                   {"spec": asdict(spec), "dim": int(sat.shape[1]), "count": len(meta), **(info or {})})
+        return cls(
+            index,
+            sat.astype(np.float32),
+            None if ground is None else ground.astype(np.float32),
+            meta,
+            {"spec": asdict(spec), "dim": int(sat.shape[1]), "count": len(meta), **(info or {})},
+        )
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores [Q, k], rows [Q, k]) of the k most similar satellite tiles; rows are -1 past the index size."""
@@ -129,19 +141,31 @@ class SatIndex:
         folder = Path(folder)
         for name in ("index.faiss", "sat.npy", "meta.jsonl", "index.json"):
             if not (folder / name).is_file():
-                raise Geor1Error(f"'{folder}' is not a geor1 index folder: {name} is missing "
-                                 f"(build one with `geor1 index build`)")
+                raise Geor1Error(
+                    f"'{folder}' is not a geor1 index folder: {name} is missing (build one with `geor1 index build`)"
+                )
         meta = [json.loads(line) for line in (folder / "meta.jsonl").read_text().splitlines() if line.strip()]
         if not meta:
             raise Geor1Error(f"index '{folder}' is empty")
         ground = np.load(folder / "ground.npy", allow_pickle=False) if (folder / "ground.npy").is_file() else None
-        return cls(faiss.read_index(str(folder / "index.faiss")), np.load(folder / "sat.npy", allow_pickle=False),
-                   ground, meta, json.loads((folder / "index.json").read_text()))
+        return cls(
+            faiss.read_index(str(folder / "index.faiss")),
+            np.load(folder / "sat.npy", allow_pickle=False),
+            ground,
+            meta,
+            json.loads((folder / "index.json").read_text()),
+        )
 
 
-def build_index(ckpt: str | Path, shards: str | Path, out: str | Path, spec: IndexSpec | None = None,
-                splits: tuple[str, ...] = ("train", "val", "test"), batch_size: int = 128,
-                device: str | None = None) -> SatIndex:
+def build_index(
+    ckpt: str | Path,
+    shards: str | Path,
+    out: str | Path,
+    spec: IndexSpec | None = None,
+    splits: tuple[str, ...] = ("train", "val", "test"),
+    batch_size: int = 128,
+    device: str | None = None,
+) -> SatIndex:
     """Embed every tile of `splits` of a shard folder with a trained ContrastiveModule checkpoint (at the image sizes
     it was trained with), index the satellite embeddings and save the folder `out` (what `geor1 index build` does).
     `device`: default the GPU when there is one."""
@@ -155,7 +179,12 @@ def build_index(ckpt: str | Path, shards: str | Path, out: str | Path, spec: Ind
     ground_size = tuple(data_hp.get("ground_size", (128, 192)))
     sat_size = int(data_hp.get("sat_size", 128))
     ground, sat, meta = embed_shards(module, shards, list(splits), ground_size, sat_size, batch_size, device)
-    index = SatIndex.build(sat, ground, meta, spec, info={"ckpt": str(ckpt), "shards": str(shards),
-                                                          "ground_size": list(ground_size), "sat_size": sat_size})
+    index = SatIndex.build(
+        sat,
+        ground,
+        meta,
+        spec,
+        info={"ckpt": str(ckpt), "shards": str(shards), "ground_size": list(ground_size), "sat_size": sat_size},
+    )
     index.save(out)
     return index

@@ -157,9 +157,11 @@ class Miner:
             negs = [haversine_km(self.lat[q], self.lon[q], self.lat[n], self.lon[n]).mean() for q, n in found]
             report.mean_negative_km[split] = float(np.mean(negs)) if negs else float("nan")
         if not episodes:
-            raise Geor1Error(f"no episode could be mined: every query had fewer than K-1={s.k - 1} candidates "
-                             f"within the rules (strategy {s.strategy}, {s.min_km}..{s.max_km} km); "
-                             f"lower --k or widen the radius")
+            raise Geor1Error(
+                f"no episode could be mined: every query had fewer than K-1={s.k - 1} candidates "
+                f"within the rules (strategy {s.strategy}, {s.min_km}..{s.max_km} km); "
+                f"lower --k or widen the radius"
+            )
         return episodes, report
 
     def episode_meta(self, ep: Episode) -> dict[str, Any]:
@@ -168,14 +170,26 @@ class Miner:
         cands = []
         for r in ep.candidates:
             sim = float(self.index.sat[r] @ self.index.ground[q]) if self.index.ground is not None else None
-            cands.append({"key": m[r]["key"], "lat": m[r]["lat"], "lon": m[r]["lon"],
-                          "distance_km": round(float(haversine_km(self.lat[q], self.lon[q], self.lat[r],
-                                                                  self.lon[r])), 3),
-                          "similarity": None if sim is None else round(sim, 5)})
-        return {"lat": m[q]["lat"], "lon": m[q]["lon"], "city": m[q].get("city"), "country": m[q].get("country"),
-                "split": ep.split, "source_key": m[q]["key"],
-                **PairingTask().target_to_meta(PairingTarget(len(ep.candidates), ep.answer)), "candidates": cands,
-                "mining": {k: v for k, v in asdict(self.spec).items() if k != "splits"}}
+            cands.append(
+                {
+                    "key": m[r]["key"],
+                    "lat": m[r]["lat"],
+                    "lon": m[r]["lon"],
+                    "distance_km": round(float(haversine_km(self.lat[q], self.lon[q], self.lat[r], self.lon[r])), 3),
+                    "similarity": None if sim is None else round(sim, 5),
+                }
+            )
+        return {
+            "lat": m[q]["lat"],
+            "lon": m[q]["lon"],
+            "city": m[q].get("city"),
+            "country": m[q].get("country"),
+            "split": ep.split,
+            "source_key": m[q]["key"],
+            **PairingTask().target_to_meta(PairingTarget(len(ep.candidates), ep.answer)),
+            "candidates": cands,
+            "mining": {k: v for k, v in asdict(self.spec).items() if k != "splits"},
+        }
 
 
 def write_episodes(miner: Miner, episodes: list[Episode], shards: str | Path, out: str | Path) -> dict[str, Any]:
@@ -202,8 +216,13 @@ def write_episodes(miner: Miner, episodes: list[Episode], shards: str | Path, ou
                     files[f"cand{i}.jpg"] = images[c["key"]]["sat.jpg"]
                 writer.write_files(f"ep_{qkey}", files, meta)
         stats[split] = writer.close()
-    write_manifest(out, stats, "episodes", "derived from the source shards; their licence applies",
-                   extra={"mining": asdict(miner.spec), "source_shards": str(shards)})
+    write_manifest(
+        out,
+        stats,
+        "episodes",
+        "derived from the source shards; their licence applies",
+        extra={"mining": asdict(miner.spec), "source_shards": str(shards)},
+    )
     return stats
 
 

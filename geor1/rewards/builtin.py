@@ -18,11 +18,14 @@ from geor1.tasks import GeolocationTask, PairingTask, Target, is_well_formed, ta
 from geor1.tasks.geolocation import CORRECT_KM
 
 
-def _answer_reward(completions: list[str], targets: list[Target | None], task: str, **settings: Any
-                   ) -> list[float | None]:
+def _answer_reward(
+    completions: list[str], targets: list[Target | None], task: str, **settings: Any
+) -> list[float | None]:
     """The task's own answer reward for the targets of task `task`; None for the others."""
-    return [task_of(t, **settings).reward(text, t) if t is not None and t.task == task else None
-            for text, t in zip(completions, targets, strict=True)]
+    return [
+        task_of(t, **settings).reward(text, t) if t is not None and t.task == task else None
+        for text, t in zip(completions, targets, strict=True)
+    ]
 
 
 @register("accuracy")
@@ -49,10 +52,18 @@ def format_reward(completions: list[str], targets: list[Target | None], **_: Any
 
 
 @register("length")
-def length(completions: list[str], targets: list[Target | None], lengths: list[int] | None = None,
-           max_len: int = 1024, min_value_correct: float = 0.5, max_value_correct: float = 1.0,
-           min_value_wrong: float = -1.0, max_value_wrong: float = -0.5, correct_km: float = CORRECT_KM,
-           **_: Any) -> list[float | None]:
+def length(
+    completions: list[str],
+    targets: list[Target | None],
+    lengths: list[int] | None = None,
+    max_len: int = 1024,
+    min_value_correct: float = 0.5,
+    max_value_correct: float = 1.0,
+    min_value_wrong: float = -1.0,
+    max_value_wrong: float = -0.5,
+    correct_km: float = CORRECT_KM,
+    **_: Any,
+) -> list[float | None]:
     """Cosine length schedule over `max_len` tokens, conditioned on each completion's actual correctness (by its
     task: pairing, the right letter; geolocation, within `correct_km`): correct answers earn more when short
     (max_value_correct at 0 tokens -> min_value_correct at max_len), wrong answers are penalised less when long
@@ -91,14 +102,15 @@ def repetition(completions: list[str], targets: list[Target | None], ngram: int 
     out = []
     for text in completions:
         words = text[:MAX_REPETITION_CHARS].split()
-        grams = [tuple(words[i:i + ngram]) for i in range(len(words) - ngram + 1)]
+        grams = [tuple(words[i : i + ngram]) for i in range(len(words) - ngram + 1)]
         out.append(len(set(grams)) / len(grams) - 1.0 if grams else 0.0)
     return out
 
 
 @register("geodesic")
-def geodesic(completions: list[str], targets: list[Target | None], scale_km: float = GEOSCORE_SCALE_KM,
-             **_: Any) -> list[float | None]:
+def geodesic(
+    completions: list[str], targets: list[Target | None], scale_km: float = GEOSCORE_SCALE_KM, **_: Any
+) -> list[float | None]:
     """Geolocation: exp(-d / 1492.7 km) for the point answered (GeoScore / 5000); 0 when no point can be read;
     None for other samples (a pairing episode's answer is its letter).
 

@@ -45,17 +45,22 @@ def combine(scores: Mapping[str, Sequence[float | None]], weights: Mapping[str, 
     n = len(next(iter(scores.values()))) if scores else 0
     out: list[float | None] = []
     for j in range(n):
-        parts = [(weights.get(name, 1.0), float(s)) for name, values in scores.items()
-                 if (s := values[j]) is not None and math.isfinite(float(s))]
+        parts = [
+            (weights.get(name, 1.0), float(s))
+            for name, values in scores.items()
+            if (s := values[j]) is not None and math.isfinite(float(s))
+        ]
         out.append(sum(w * s for w, s in parts) if parts else None)
     return out
 
 
-def call_reward(fn: RewardFn, completions: list[str], targets: Sequence[Target | None], **context: Any
-                ) -> list[float | None]:
+def call_reward(
+    fn: RewardFn, completions: list[str], targets: Sequence[Target | None], **context: Any
+) -> list[float | None]:
     """`fn(completions, targets, **context)`, its length checked against the completions'."""
     scores = fn(completions, list(targets), **context)
     if len(scores) != len(completions):
-        raise Geor1Error(f"reward {getattr(fn, '__name__', fn)} returned {len(scores)} scores for "
-                         f"{len(completions)} completions")
+        raise Geor1Error(
+            f"reward {getattr(fn, '__name__', fn)} returned {len(scores)} scores for {len(completions)} completions"
+        )
     return scores

@@ -16,9 +16,11 @@ from geor1.answers import normalize_name, parse_coordinates, parse_place
 from geor1.geo import GEOSCORE_SCALE_KM, check_lat_lon, haversine_km
 from geor1.tasks.base import TargetError, Task, format_rate, mean_tokens
 
-QUESTION = ("Where on Earth was this picture taken? Think step by step inside <think></think>, then answer "
-            "inside <answer></answer> with the latitude and longitude in decimal degrees followed by "
-            "(City, country code), e.g. <answer>48.85660, 2.35220 (Paris, FR)</answer>.")
+QUESTION = (
+    "Where on Earth was this picture taken? Think step by step inside <think></think>, then answer "
+    "inside <answer></answer> with the latitude and longitude in decimal degrees followed by "
+    "(City, country code), e.g. <answer>48.85660, 2.35220 (Paris, FR)</answer>."
+)
 CORRECT_KM = 25.0  # an answer this close counts as correct (length reward, fact-check)
 
 
@@ -143,8 +145,9 @@ class GeolocationTask(Task[GeoTarget, GeoAnswer]):
         return metrics, preds
 
 
-def geodesic_metrics(predictions: Mapping[str, tuple[float, float] | None], truth: Mapping[str, GeoTarget]
-                     ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def geodesic_metrics(
+    predictions: Mapping[str, tuple[float, float] | None], truth: Mapping[str, GeoTarget]
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """predictions: id -> (lat, lon) or None; truth: id -> GeoTarget -> (GeodesicError metrics, one row per truth
     id). Every truth id counts: a missing or unparseable prediction is a failure. City / country accuracy (by
     offline reverse geocoding of the predicted point) when every truth has a country."""
@@ -170,10 +173,15 @@ def geodesic_metrics(predictions: Mapping[str, tuple[float, float] | None], trut
         found = reverse_geocode(plat[parsed].numpy(), plon[parsed].numpy())
         it = iter(found)
         nearest = [next(it) if ok else None for ok in parsed.tolist()]
-        city_hit = torch.tensor([n is not None and normalize_name(n.name) == normalize_name(truth[i].city)
-                                 for n, i in zip(nearest, ids, strict=True)])
-        country_hit = torch.tensor([n is not None and n.country == str(truth[i].country).upper()
-                                    for n, i in zip(nearest, ids, strict=True)])
+        city_hit = torch.tensor(
+            [
+                n is not None and normalize_name(n.name) == normalize_name(truth[i].city)
+                for n, i in zip(nearest, ids, strict=True)
+            ]
+        )
+        country_hit = torch.tensor(
+            [n is not None and n.country == str(truth[i].country).upper() for n, i in zip(nearest, ids, strict=True)]
+        )
     elif labelled:
         city_hit = country_hit = torch.zeros(len(ids), dtype=torch.bool)
     metric = GeodesicError()
@@ -182,8 +190,15 @@ def geodesic_metrics(predictions: Mapping[str, tuple[float, float] | None], trut
     rows = []
     for j, i in enumerate(ids):
         p = pred[j]
-        rows.append({"id": i, "lat": p[0] if p else "", "lon": p[1] if p else "", "parsed": int(p is not None),
-                     "km": round(float(haversine_km(tlat[j], tlon[j], p[0], p[1])), 3) if p else "",
-                     "pred_city": nearest[j].name if nearest[j] else "",
-                     "pred_country": nearest[j].country if nearest[j] else ""})
+        rows.append(
+            {
+                "id": i,
+                "lat": p[0] if p else "",
+                "lon": p[1] if p else "",
+                "parsed": int(p is not None),
+                "km": round(float(haversine_km(tlat[j], tlon[j], p[0], p[1])), 3) if p else "",
+                "pred_city": nearest[j].name if nearest[j] else "",
+                "pred_country": nearest[j].country if nearest[j] else "",
+            }
+        )
     return metrics, rows

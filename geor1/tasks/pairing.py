@@ -15,8 +15,10 @@ from typing import Any, ClassVar
 from geor1.answers import parse_letter
 from geor1.tasks.base import TargetError, Task, format_rate, mean_tokens
 
-QUESTION = ("Which satellite tile shows the place where the ground-level photo was taken? "
-            "Think step by step inside <think></think>, then give only the letter inside <answer></answer>.")
+QUESTION = (
+    "Which satellite tile shows the place where the ground-level photo was taken? "
+    "Think step by step inside <think></think>, then give only the letter inside <answer></answer>."
+)
 MAX_CANDIDATES = len(string.ascii_uppercase)
 
 
@@ -45,7 +47,7 @@ class PairingTarget:
     @property
     def letters(self) -> str:
         """The candidates' letters, "AB..." (k of them)."""
-        return string.ascii_uppercase[:self.k]
+        return string.ascii_uppercase[: self.k]
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,9 @@ class PairingTask(Task[PairingTarget, str]):
             raise SampleError(key, e.field, e.reason) from None
         letter = meta.get("answer_letter")
         if letter is not None and letter != target.letter:
-            raise SampleError(key, "answer_letter", f"{letter!r} disagrees with answer {target.answer} "
-                                                    f"({target.letter!r})")
+            raise SampleError(
+                key, "answer_letter", f"{letter!r} disagrees with answer {target.answer} ({target.letter!r})"
+            )
         return target
 
     def target_to_meta(self, target: PairingTarget) -> dict[str, Any]:
@@ -116,12 +119,25 @@ class PairingTask(Task[PairingTarget, str]):
         for r in rows:
             target = r["target"]
             letter = self.answered(r["text"], target)
-            preds.append({"id": r["key"], "text": r["text"], "answer": letter or "", "truth": target.letter,
-                          "correct": int(letter == target.letter), "parsed": int(letter is not None),
-                          "tokens": r["tokens"]})
+            preds.append(
+                {
+                    "id": r["key"],
+                    "text": r["text"],
+                    "answer": letter or "",
+                    "truth": target.letter,
+                    "correct": int(letter == target.letter),
+                    "parsed": int(letter is not None),
+                    "tokens": r["tokens"],
+                }
+            )
         n, correct = len(rows), sum(p["correct"] for p in preds)
         lo, hi = wilson_interval(correct, n)
-        return {"n": n, "pairing_acc": correct / max(n, 1), "ci95_low": lo, "ci95_high": hi,
-                "format_rate": format_rate(rows),
-                "parse_rate": sum(p["parsed"] for p in preds) / max(n, 1),
-                "mean_completion_tokens": mean_tokens(rows)}, preds
+        return {
+            "n": n,
+            "pairing_acc": correct / max(n, 1),
+            "ci95_low": lo,
+            "ci95_high": hi,
+            "format_rate": format_rate(rows),
+            "parse_rate": sum(p["parsed"] for p in preds) / max(n, 1),
+            "mean_completion_tokens": mean_tokens(rows),
+        }, preds

@@ -51,8 +51,10 @@ class InnerModelParts:
 
     def vision_tower(self, model: HFModel) -> nn.Module:
         inner = model.model
-        return VisionParts({name: getattr(inner, name) for name in self.vision_modules},
-                           {name: getattr(inner, name) for name in self.vision_params})
+        return VisionParts(
+            {name: getattr(inner, name) for name in self.vision_modules},
+            {name: getattr(inner, name) for name in self.vision_params},
+        )
 
     def vision_blocks(self, model: HFModel) -> list[nn.Module]:
         return list(reduce(getattr, self.vision_layers.split("."), model.model))

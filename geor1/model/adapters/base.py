@@ -87,20 +87,29 @@ class ArchAdapter:
     # ------------------------------------------------------------------ modules
     def vision_tower(self, model: HFModel) -> nn.Module:
         """The vision encoder (+ projector where the family has one): what `freeze_vision` freezes."""
-        return _first_attr(model, ("model.visual", "model.vision_tower", "model.vision_model", "visual",
-                                   "vision_tower", "vision_model"), self.name(), "vision tower")
+        return _first_attr(
+            model,
+            ("model.visual", "model.vision_tower", "model.vision_model", "visual", "vision_tower", "vision_model"),
+            self.name(),
+            "vision tower",
+        )
 
     def decoder_layers(self, model: HFModel) -> list[nn.Module]:
         """The text decoder blocks (FSDP2 units, activation checkpointing)."""
-        layers = _first_attr(model, ("model.language_model.layers", "model.text_model.layers",
-                                     "language_model.model.layers", "model.layers"), self.name(), "decoder layers")
+        layers = _first_attr(
+            model,
+            ("model.language_model.layers", "model.text_model.layers", "language_model.model.layers", "model.layers"),
+            self.name(),
+            "decoder layers",
+        )
         return list(layers)
 
     def vision_blocks(self, model: HFModel) -> list[nn.Module]:
         """The vision encoder blocks (FSDP2 units, activation checkpointing)."""
         tower = self.vision_tower(model)
-        blocks = _first_attr(tower, ("blocks", "encoder.layers", "encoder.layer", "layers"), self.name(),
-                             "vision blocks")
+        blocks = _first_attr(
+            tower, ("blocks", "encoder.layers", "encoder.layer", "layers"), self.name(), "vision blocks"
+        )
         return list(blocks)
 
     def lm_head(self, model: HFModel) -> nn.Module:
@@ -114,8 +123,10 @@ class ArchAdapter:
     # ------------------------------------------------------------------ prompts
     def set_pixel_bounds(self, processor: Any, min_pixels: int | None, max_pixels: int | None) -> None:
         """Bound the image area after resizing (Policy's min_pixels / max_pixels; None keeps the processor's)."""
-        raise Geor1Error(f"{self.name()}: min_pixels / max_pixels are not supported for this family; leave them "
-                         f"unset and configure its processor files instead")
+        raise Geor1Error(
+            f"{self.name()}: min_pixels / max_pixels are not supported for this family; leave them "
+            f"unset and configure its processor files instead"
+        )
 
     def prepare_prompts(self, processor: Any, texts: list[str], images: list[list[Any]]) -> dict[str, Any]:
         """Keyword arguments for `processor(...)` given the chat-templated text of each prompt and its images
@@ -191,7 +202,7 @@ def adapter_for(model: HFModel) -> ArchAdapter:
     model_type = getattr(config, "model_type", None)
     if model_type not in _REGISTRY:
         listed = ", ".join(f"{name} ({mt})" for mt, name in supported_families().items())
-        raise Geor1Error(f"model family '{model_type}' ({type(model).__name__}) is not supported by geor1; "
-                         f"supported: {listed}")
+        raise Geor1Error(
+            f"model family '{model_type}' ({type(model).__name__}) is not supported by geor1; supported: {listed}"
+        )
     return _REGISTRY[model_type]()
-

@@ -47,8 +47,10 @@ class InternVLAdapter(TextRoPEPrefix, InnerModelParts, ArchAdapter):
         _, lengths = token_runs(inputs["input_ids"], cfg.image_token_id)  # [n_images] image tokens per image
         h, w = _side(cfg.vision_config.image_size)
         ph, pw = _side(cfg.vision_config.patch_size)
-        per_tile = round((h // ph) * (w // pw) * cfg.downsample_ratio ** 2)
+        per_tile = round((h // ph) * (w // pw) * cfg.downsample_ratio**2)
         if bool((lengths % per_tile).any()):
-            raise Geor1Error(f"{self.name()}: image token runs {lengths.tolist()} are not multiples of the "
-                             f"{per_tile} tokens per tile the vision config gives")
+            raise Geor1Error(
+                f"{self.name()}: image token runs {lengths.tolist()} are not multiples of the "
+                f"{per_tile} tokens per tile the vision config gives"
+            )
         return lengths // per_tile

@@ -44,9 +44,11 @@ class LlavaOnevisionAdapter(TextRoPEPrefix, InnerModelParts, ArchAdapter):
         per_row = inputs["batch_num_images"]  # [B]
         n_images = inputs["image_sizes"].shape[0]
         if per_row.shape[0] != inputs["input_ids"].shape[0] or int(per_row.sum()) != n_images:
-            raise Geor1Error(f"{self.name()}: batch_num_images {per_row.tolist()} does not split {n_images} images "
-                             f"between {inputs['input_ids'].shape[0]} prompts (call the processor with images per "
-                             f"prompt)")
+            raise Geor1Error(
+                f"{self.name()}: batch_num_images {per_row.tolist()} does not split {n_images} images "
+                f"between {inputs['input_ids'].shape[0]} prompts (call the processor with images per "
+                f"prompt)"
+            )
         return per_row
 
     def finish_inputs(self, inputs: BatchFeature, model: HFModel) -> BatchFeature:
@@ -58,8 +60,10 @@ class LlavaOnevisionAdapter(TextRoPEPrefix, InnerModelParts, ArchAdapter):
             return inputs
         has_image = (inputs["input_ids"] == model.config.image_token_index).any(-1)  # [B]
         if int(has_image.sum()) != per.shape[0]:
-            raise Geor1Error(f"{self.name()}: {int(has_image.sum())} of {b} prompts hold image tokens but "
-                             f"batch_num_images has {per.shape[0]} entries")
+            raise Geor1Error(
+                f"{self.name()}: {int(has_image.sum())} of {b} prompts hold image tokens but "
+                f"batch_num_images has {per.shape[0]} entries"
+            )
         full = torch.zeros(b, dtype=per.dtype, device=per.device)
         full[has_image.to(per.device)] = per
         inputs["batch_num_images"] = full

@@ -92,7 +92,7 @@ def _checkpoint_map(model_dir: str, model: torch.nn.Module) -> dict[str, str]:
         with safe_open(str(f), "pt") as fh:
             for key in fh.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
                 pre, new = next((p, n) for p, n in _QWEN_PREFIXES if key.startswith(p))
-                target = new + key[len(pre):]
+                target = new + key[len(pre) :]
                 if target not in params or tuple(fh.get_slice(key).get_shape()) != tuple(params[target].shape):
                     raise RuntimeError(f"stand-in engine: checkpoint {key} does not map onto its model ({target})")
                 out[key] = target
@@ -102,9 +102,17 @@ def _checkpoint_map(model_dir: str, model: torch.nn.Module) -> dict[str, str]:
 class LLM:
     instances: list[LLM] = []
 
-    def __init__(self, model: str, seed: int = 0, dtype: str = "auto", enable_prefix_caching: bool = True,
-                 mm_processor_kwargs: dict | None = None, worker_extension_cls: str | None = None,
-                 logprobs_mode: str = "raw_logprobs", **kwargs) -> None:
+    def __init__(
+        self,
+        model: str,
+        seed: int = 0,
+        dtype: str = "auto",
+        enable_prefix_caching: bool = True,
+        mm_processor_kwargs: dict | None = None,
+        worker_extension_cls: str | None = None,
+        logprobs_mode: str = "raw_logprobs",
+        **kwargs,
+    ) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         unknown = set(mm_processor_kwargs or {}) - _MM_KEYS
@@ -113,12 +121,20 @@ class LLM:
         if logprobs_mode not in ("raw_logprobs", "processed_logprobs"):
             raise ValueError(f"logprobs_mode {logprobs_mode!r} is not supported by the stand-in")
         self.model = AutoModelForImageTextToText.from_pretrained(
-            model, local_files_only=True, dtype=_DTYPES[dtype] if dtype != "auto" else "auto").eval()
+            model, local_files_only=True, dtype=_DTYPES[dtype] if dtype != "auto" else "auto"
+        ).eval()
         self.processor = AutoProcessor.from_pretrained(model, local_files_only=True)
         self.mm_kwargs = dict(mm_processor_kwargs or {})
         self.logprobs_mode = logprobs_mode
-        self.kwargs = dict(kwargs, model=model, seed=seed, dtype=dtype, mm_processor_kwargs=mm_processor_kwargs,
-                           worker_extension_cls=worker_extension_cls, logprobs_mode=logprobs_mode)
+        self.kwargs = dict(
+            kwargs,
+            model=model,
+            seed=seed,
+            dtype=dtype,
+            mm_processor_kwargs=mm_processor_kwargs,
+            worker_extension_cls=worker_extension_cls,
+            logprobs_mode=logprobs_mode,
+        )
         self.engine_model = _EngineModel(self.model, _checkpoint_map(model, self.model))
         bases: tuple[type, ...] = (_Worker,)
         if worker_extension_cls is not None:
@@ -133,8 +149,9 @@ class LLM:
     def loaded(self) -> list[str]:
         return self.engine_model.loaded
 
-    def collective_rpc(self, method, timeout: float | None = None, args: tuple = (), kwargs: dict | None = None
-                       ) -> list:
+    def collective_rpc(
+        self, method, timeout: float | None = None, args: tuple = (), kwargs: dict | None = None
+    ) -> list:
         if not isinstance(method, str):
             raise TypeError("the stand-in engine takes a worker method name")
         self.rpc_calls.append((method, args))
@@ -160,22 +177,36 @@ class LLM:
             images = (req.get("multi_modal_data") or {}).get("image")
             enc = self._process(req["prompt"], images)
             greedy = sp.temperature == 0.0
-            kw = dict(do_sample=not greedy, max_new_tokens=sp.max_tokens, num_return_sequences=sp.n,
-                      eos_token_id=sp.stop_token_ids, pad_token_id=pad, return_dict_in_generate=True,
-                      output_scores=True, output_logits=True)
-            kw.update(dict(temperature=None, top_p=None, top_k=None) if greedy else
-                      dict(temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k if sp.top_k > 0 else None))
+            kw = dict(
+                do_sample=not greedy,
+                max_new_tokens=sp.max_tokens,
+                num_return_sequences=sp.n,
+                eos_token_id=sp.stop_token_ids,
+                pad_token_id=pad,
+                return_dict_in_generate=True,
+                output_scores=True,
+                output_logits=True,
+            )
+            kw.update(
+                dict(temperature=None, top_p=None, top_k=None)
+                if greedy
+                else dict(temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k if sp.top_k > 0 else None)
+            )
             gen = self.model.generate(**enc, **kw)
-            seqs = gen.sequences[:, enc["input_ids"].shape[1]:]
+            seqs = gen.sequences[:, enc["input_ids"].shape[1] :]
             per_step = gen.scores if self.logprobs_mode == "processed_logprobs" else gen.logits
             logp = torch.stack([s.float().log_softmax(-1) for s in per_step], 1)  # [n, steps, V]
             samples = []
             for r, row in enumerate(seqs.tolist()):
                 stop = next((i for i, t in enumerate(row) if t in sp.stop_token_ids), None)
                 ids = row if stop is None else row[: stop + 1]  # vLLM keeps the stop token in token_ids
-                lps = None if sp.logprobs is None else [
-                    {t: Logprob(float(logp[r, j, t]), rank=None)} for j, t in enumerate(ids)]
-                samples.append(SimpleNamespace(token_ids=ids, finish_reason="length" if stop is None else "stop",
-                                               logprobs=lps))
+                lps = (
+                    None
+                    if sp.logprobs is None
+                    else [{t: Logprob(float(logp[r, j, t]), rank=None)} for j, t in enumerate(ids)]
+                )
+                samples.append(
+                    SimpleNamespace(token_ids=ids, finish_reason="length" if stop is None else "stop", logprobs=lps)
+                )
             outs.append(SimpleNamespace(outputs=samples))
         return outs
