@@ -11,11 +11,12 @@ import torch
 from torch.utils.data import DataLoader
 
 import geor1  # noqa: F401
-from geor1.data.sample import collate_samples
+from geor1.data.sample import ChatSample, Prompt, collate_samples
 from geor1.data.toy import ToyPairing
 from geor1.model import TinyPolicy
 from geor1.objectives.grpo import GRPOModule
 from geor1.objectives.grpo_settings import LossSettings, RolloutSettings
+from geor1.tasks import GeoTarget, get_task
 
 
 class Record(L.Callback):
@@ -36,6 +37,7 @@ class Record(L.Callback):
                     "world": trainer.world_size,
                     "delta_norm": float(delta.norm()),
                     "delta_head": delta[:2000].tolist(),
+                    "val": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
                 },
                 f,
             )
@@ -78,7 +80,13 @@ def main(out: str, devices: int) -> None:
         callbacks=[Record(out)],
         use_distributed_sampler=True,
     )
-    trainer.fit(module, train_dataloaders=loader)
+    # validation: under 2 processes rank 0 holds the pairing episode and rank 1 the geolocation sample, so each
+    # rank sees one task only; the logged metrics must still be the single process's over both
+    image = samples[0].prompt.images[0]
+    geo = GeoTarget(lat=48.8566, lon=2.3522, city="Paris", country="FR")
+    val = [samples[0], ChatSample("geo", Prompt(get_task("geolocate").prompt(geo), [image]), target=geo)]
+    val_loader = DataLoader(val, batch_size=1, collate_fn=collate_samples, shuffle=False)
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader)
 
 
 if __name__ == "__main__":

@@ -43,5 +43,8 @@ def test_grpo_step_under_ddp_matches_one_process(tmp_path):
     # the same completions in both runs (fixed rollouts): DDP averages the two ranks' gradients of their
     # per-sequence-mean losses over 6 rows each, which is the single process's gradient over all 12 rows
     assert one["delta_norm"] > 0
+    # validation with one task per rank: one all-reduce of fixed-size sums, the same metrics as one process
+    assert set(one["val"]) == {"val/format_rate", "val/mean_length", "val/pairing_acc", "val/geolocate_acc"}
+    assert two[0]["val"] == two[1]["val"] == pytest.approx(one["val"])
     assert two[0]["delta_head"] == pytest.approx(one["delta_head"], abs=2e-6)
     assert two[0]["delta_norm"] == pytest.approx(one["delta_norm"], rel=1e-4)

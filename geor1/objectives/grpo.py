@@ -43,7 +43,7 @@ from geor1.objectives.rollout_rng import RolloutRNG
 from geor1.objectives.sharding import ShardingSpec, is_sharded, reshard, shard_policy
 from geor1.rewards import combine, get_reward
 from geor1.rewards.registry import call_reward
-from geor1.tasks import PairingTarget, Target, is_well_formed, task_of
+from geor1.tasks import TASK_NAMES, PairingTarget, Target, is_well_formed, task_of
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ class GRPOModule(PolicyModule):
         self._reference: Policy | None = None  # full fine-tuning with beta > 0: a frozen copy (not a submodule)
         self._engine: VLLMRollout | None = None  # rollout.backend "vllm"
         self._engine_step = -1  # the global step whose weights the engine holds
+        self._val_counts = ValidationCounts()  # a validation epoch's sums (reset at its start)
         self._rollout_rng = RolloutRNG()  # this rank's sampling generator, saved per rank in checkpoints
 
     # ------------------------------------------------------------------ reference model
@@ -317,7 +318,8 @@ class GRPOModule(PolicyModule):
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validation_step(self, batch: list[ChatSample], batch_idx: int) -> None:
-        if not batch:
+        # greedy decoding with synced_gpus is a collective: ranks skip together (an all-corrupt batch on one rank)
+        if skip_everywhere(self._trainer, not batch, len(batch)):
             return
         rollout = self.policy.generate(
             [s.prompt for s in batch],
@@ -326,12 +328,19 @@ class GRPOModule(PolicyModule):
             do_sample=False,
             synced_gpus=self.synced_decoding,
         )
-        n = len(batch)
-        fmt = np.mean([is_well_formed(t) for t in rollout.texts])
-        self.log("val/format_rate", float(fmt), batch_size=n, sync_dist=True)
-        self.log("val/mean_length", float(rollout.lengths.float().mean()), batch_size=n, sync_dist=True)
-        for name, acc in task_accuracy(rollout.texts, [s.target for s in batch]).items():
-            self.log(f"val/{name}", acc, batch_size=n, sync_dist=True, prog_bar=name == "pairing_acc")
+        self._val_counts.add(rollout.texts, rollout.lengths.tolist(), [s.target for s in batch])
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_counts = ValidationCounts()
+
+    def on_validation_epoch_end(self) -> None:
+        # one all-reduce of fixed-size sums on every rank, whatever tasks each rank's samples held (a per-task
+        # `self.log(..., sync_dist=True)` only on the ranks that saw the task would leave the others waiting)
+        sums = torch.tensor(self._val_counts.vector(), dtype=torch.float64, device=self.device)
+        if self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        for name, value in ValidationCounts.metrics(sums.tolist()).items():
+            self.log(f"val/{name}", value, prog_bar=name == "pairing_acc")
 
     # ------------------------------------------------------------------ logging
     def _log_step(self, batch, rollout, scores, rewards, scored, stats, targets, seconds) -> None:
@@ -409,6 +418,48 @@ def task_accuracy(texts: list[str], targets: list[Target | None]) -> dict[str, f
         if t is not None:
             hits.setdefault(t.task, []).append(task_of(t).is_correct(text, t))
     return {f"{name}_acc": float(np.mean(h)) for name, h in hits.items()}
+
+
+class ValidationCounts:
+    """Sums over a validation epoch, as a fixed-order vector (the same length on every rank, so one all-reduce
+    adds them up): completions, well-formed ones, completion tokens, and per task its samples and correct ones.
+
+    >>> from geor1.tasks import PairingTarget
+    >>> c = ValidationCounts()
+    >>> c.add(["<think>a</think><answer>B</answer>", "B"], [5, 1], [PairingTarget(2, 1), PairingTarget(2, 0)])
+    >>> ValidationCounts.metrics(c.vector())
+    {'format_rate': 0.5, 'mean_length': 3.0, 'pairing_acc': 0.5}
+    """
+
+    def __init__(self) -> None:
+        self.n = self.well_formed = self.tokens = 0
+        self.per_task = {name: [0, 0] for name in TASK_NAMES}  # name -> [samples, correct]
+
+    def add(self, texts: list[str], lengths: list[int], targets: list[Target | None]) -> None:
+        self.n += len(texts)
+        self.well_formed += sum(is_well_formed(t) for t in texts)
+        self.tokens += sum(lengths)
+        for text, t in zip(texts, targets, strict=True):
+            if t is not None:
+                counts = self.per_task[t.task]
+                counts[0] += 1
+                counts[1] += task_of(t).is_correct(text, t)
+
+    def vector(self) -> list[float]:
+        return [self.n, self.well_formed, self.tokens, *(float(x) for name in TASK_NAMES for x in self.per_task[name])]
+
+    @staticmethod
+    def metrics(vector: list[float]) -> dict[str, float]:
+        """{"format_rate", "mean_length", "<task>_acc" for every task with samples} from a (summed) `vector`."""
+        n, well_formed, tokens, *per_task = vector
+        if n == 0:
+            return {}
+        out = {"format_rate": well_formed / n, "mean_length": tokens / n}
+        for i, name in enumerate(TASK_NAMES):
+            samples, correct = per_task[2 * i], per_task[2 * i + 1]
+            if samples:
+                out[f"{name}_acc"] = correct / samples
+        return out
 
 
 def _truth(target: Target | None) -> str:
