@@ -52,7 +52,7 @@ def notes(cfg: DemoConfig) -> list[str]:
         parts.append(
             "SFT used the pairing traces only (`sft_geolocate=False`): no model was taught the geolocation "
             "answer, which the geolocation columns show. Mixing geolocation traces in costs the tiny model "
-            "pairing accuracy (README)."
+            "pairing accuracy (docs/experiments.md)."
         )
     return [" ".join(parts), ""]
 
