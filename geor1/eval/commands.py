@@ -18,8 +18,30 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     common.add_argument("--batch-size", type=int, default=16)
     common.add_argument("--max-new-tokens", type=int, default=256)
     common.add_argument("--max-pixels", type=int, default=None, help="image resolution cap (default: processor's)")
-    pe = esub.add_parser("pairing", parents=[common], help="pairing accuracy (Wilson 95%% CI) on episode shards")
+    pe = esub.add_parser(
+        "pairing",
+        parents=[common],
+        help="pairing accuracy (Wilson 95%% CI) on episode shards, per position of the true tile, letters answered",
+    )
     pe.add_argument("--episodes", required=True)
+    pe.add_argument(
+        "--shuffle-candidates",
+        action="store_true",
+        help="also evaluate the same episodes with their candidates in a seeded random order per episode; reports "
+        "both accuracies, order_invariant (the shuffled accuracy within the original's 95%% interval) and the "
+        "paired difference with its 95%% interval",
+    )
+    pe.add_argument("--shuffle-seed", type=int, default=0, help="seed of the candidate orders (default 0)")
+    pe.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also draw N sampled completions per episode and report pass@k for k = 1, 2, 4, .. N (unbiased "
+        "estimator of Chen et al. 2021); greedy decoding stays the source of pairing_acc",
+    )
+    pe.add_argument("--temperature", type=float, default=None, help="sampling temperature with --samples (default 1)")
+    pe.add_argument("--sample-seed", type=int, default=0, help="torch seed of the sampling with --samples (default 0)")
     pe.set_defaults(handler=lambda ns: _run(ns, "pairing", ns.episodes))
     ge = esub.add_parser(
         "geolocate",
@@ -181,12 +203,42 @@ def _run(ns: argparse.Namespace, task: str, root: str) -> None:
     if not ns.model:
         raise Geor1Error("--model is required")
 
+    shuffle, num_samples = getattr(ns, "shuffle_candidates", False), getattr(ns, "samples", None)
+    temperature = getattr(ns, "temperature", None)
+    if num_samples is not None and num_samples < 1:
+        raise Geor1Error(f"--samples must be at least 1, got {num_samples}")
+    if temperature is not None and num_samples is None:
+        raise Geor1Error("--temperature applies to sampled completions: give --samples N with it")
+    if temperature is not None and not temperature > 0:
+        raise Geor1Error(f"--temperature must be > 0, got {temperature}")
+
     policy = Policy(ns.model, max_pixels=ns.max_pixels).eval()
     samples = load_samples(root, ns.split, task, ns.limit)
     rows = run_policy(policy, samples, ns.batch_size, ns.max_new_tokens)
     metrics, preds = (score_pairing if task == "pairing" else score_geolocate)(rows)
     metrics = {"model": ns.model, "data": root, "split": ns.split, **metrics}
+    shuffled_preds = None
+    if task == "pairing" and shuffle:
+        from geor1.eval.runners import compare_orders, evaluate_shuffled
+
+        shuffled_metrics, shuffled_preds = evaluate_shuffled(
+            policy, samples, ns.shuffle_seed, ns.batch_size, ns.max_new_tokens
+        )
+        metrics.update(compare_orders(metrics, preds, shuffled_metrics, shuffled_preds, ns.shuffle_seed))
+    if task == "pairing" and num_samples is not None:
+        from geor1.eval.runners import sample_policy, score_pass_at_k
+        from geor1.tasks import get_task
+
+        t = 1.0 if temperature is None else temperature
+        sampled = sample_policy(policy, samples, num_samples, t, ns.batch_size, ns.max_new_tokens, ns.sample_seed)
+        metrics.update(
+            temperature=t, sample_seed=ns.sample_seed, **score_pass_at_k(get_task("pairing"), sampled, num_samples)
+        )
     out = write_results(ns.out, metrics, preds, f"{task} evaluation")
+    if shuffled_preds is not None:
+        from geor1.eval.runners import write_predictions
+
+        write_predictions(out / "predictions_shuffled.csv", shuffled_preds)
     if task == "geolocate":
         _plots(out, preds, {s.key: s.meta for s in samples})
     print(json.dumps(metrics, indent=2))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion k/n (95% by default); (0, 1) when n is 0.
+def wilson_interval(k: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion k/n (95% by default); (0, 1) when n is 0. `k` may be an
+    expected count (e.g. mean pass@k x n), not only a whole number.
 
     >>> tuple(round(x, 4) for x in wilson_interval(8, 10))
     (0.4902, 0.9433)

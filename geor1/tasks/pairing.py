@@ -7,13 +7,17 @@ Shard JSON (episode shards of `geor1.retrieval.mining`): `k` (candidates), `answ
 
 from __future__ import annotations
 
+import random
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from geor1.answers import parse_letter
 from geor1.tasks.base import TargetError, Task, format_rate, mean_tokens
+
+if TYPE_CHECKING:
+    from geor1.data.sample import ChatSample
 
 QUESTION = (
     "Which satellite tile shows the place where the ground-level photo was taken? "
@@ -112,8 +116,12 @@ class PairingTask(Task[PairingTarget, str]):
 
     def score(self, rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Pairing accuracy with its Wilson 95% interval, format rate, parse rate (an answer that is one of the
-        candidates' letters), mean completion tokens."""
-        from geor1.metrics.intervals import wilson_interval  # geor1.metrics imports torch: only when scoring
+        candidates' letters), mean completion tokens; and the shortcut audit (`geor1.metrics.audit.letter_audit`):
+        accuracy per position of the true tile (`position_acc`), the letters answered (`answer_letters`, with
+        "unparseable") and `max_letter_share`, the share of the most answered letter among read answers (1.0 for a
+        model that always answers one letter)."""
+        from geor1.metrics.audit import letter_audit  # geor1.metrics imports torch: only when scoring
+        from geor1.metrics.intervals import wilson_interval
 
         preds = []
         for r in rows:
@@ -132,6 +140,7 @@ class PairingTask(Task[PairingTarget, str]):
             )
         n, correct = len(rows), sum(p["correct"] for p in preds)
         lo, hi = wilson_interval(correct, n)
+        audit = letter_audit([p["truth"] for p in preds], [p["answer"] or None for p in preds])
         return {
             "n": n,
             "pairing_acc": correct / max(n, 1),
@@ -140,4 +149,51 @@ class PairingTask(Task[PairingTarget, str]):
             "format_rate": format_rate(rows),
             "parse_rate": sum(p["parsed"] for p in preds) / max(n, 1),
             "mean_completion_tokens": mean_tokens(rows),
+            "max_letter": audit["max_letter"],
+            "max_letter_share": audit["max_letter_share"],
+            "position_acc": audit["position_acc"],
+            "answer_letters": audit["answer_letters"],
         }, preds
+
+
+def shuffle_candidates(sample: ChatSample, rng: random.Random) -> ChatSample:
+    """The same pairing episode with its candidates in a random order (`rng.shuffle` of the K indices): the tile
+    images reordered, the target's answer index moved to where the true tile went, and the prompt text rebuilt by
+    the task for the new target. A custom prompt from the shard's JSON ("prompt") is kept as it is, since it is not
+    the task's to rebuild. The ground view stays first. The key stays, so the two orders of an episode pair up; the
+    meta's `answer`, `answer_letter` and per-candidate `candidates` list follow the new order, and
+    `candidate_order` lists the original index of each new position.
+
+    A uniform permutation may leave an episode as it was (half of the K=2 episodes): what is measured is the
+    accuracy under a random order against the accuracy under the shard's order.
+
+    >>> import random
+    >>> from geor1.data.sample import ChatSample, Prompt
+    >>> target = PairingTarget(3, 0)
+    >>> s = ChatSample("e", Prompt(PairingTask().prompt(target), ["g", "t0", "t1", "t2"]), target)
+    >>> t = shuffle_candidates(s, random.Random(1))
+    >>> t.prompt.images[1 + t.target.answer]
+    't0'
+    """
+    from geor1.data.sample import ChatSample, Prompt
+
+    target = sample.target
+    if not isinstance(target, PairingTarget):
+        raise TargetError("target", f"sample {sample.key!r}: shuffle_candidates needs a pairing target, got {target!r}")
+    images = sample.prompt.images
+    if len(images) != 1 + target.k:
+        raise TargetError(
+            "images", f"sample {sample.key!r}: a pairing prompt has 1 + k = {1 + target.k} images, got {len(images)}"
+        )
+    task = PairingTask()
+    order = list(range(target.k))
+    rng.shuffle(order)  # order[new position] = original index
+    new_target = PairingTarget(target.k, order.index(target.answer))
+    own_prompt = sample.prompt.text == task.prompt(target)
+    text = task.prompt(new_target) if own_prompt else sample.prompt.text
+    meta = {**sample.meta, **task.target_to_meta(new_target), "candidate_order": order}
+    cands = sample.meta.get("candidates")
+    if isinstance(cands, list) and len(cands) == target.k:
+        meta["candidates"] = [cands[i] for i in order]
+    prompt = Prompt(text, [images[0], *(images[1 + i] for i in order)], sample.prompt.system)
+    return ChatSample(sample.key, prompt, new_target, sample.response, meta)
