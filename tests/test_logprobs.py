@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -9,7 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from geor1.model.logprobs import IGNORE_INDEX, tiled_lm_loss, tiled_token_logprobs
+from geor1.model.logprobs import (
+    IGNORE_INDEX,
+    entropy_from_logits,
+    tiled_lm_loss,
+    tiled_token_logprobs,
+    tiled_token_logprobs_and_entropy,
+)
 from geor1.objectives.sft import masked_lm_loss
 
 H, V = 16, 37
@@ -93,6 +100,63 @@ def test_tiled_token_logprobs_never_computes_more_than_a_tile_of_logits():
     # recomputed tile by tile in backward (last tile first), through the module (hooks fire)
     assert rows[len(forward_rows) :] == forward_rows[::-1]
     assert head.weight.grad is not None and hidden.grad is not None
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("tile", [1, 4, 33, 64])
+def test_tiled_entropy_equals_categorical_entropy(temperature, tile):
+    """The per-position entropy from the tiles equals torch's Categorical entropy of the full temperature-scaled
+    logits; the log-probs and their gradients are those of `tiled_token_logprobs`; the entropy has no gradient."""
+    head, hidden, ids = _setup(torch.float64, bias=True)
+    ref = torch.distributions.Categorical(logits=head(hidden).float() / temperature).entropy()  # [N, T]
+    lp, ent = tiled_token_logprobs_and_entropy(hidden, head, ids, temperature=temperature, tile=tile)
+    assert ent.shape == ids.shape and ent.dtype == torch.float32 and not ent.requires_grad
+    torch.testing.assert_close(ent, ref.detach(), atol=1e-6, rtol=1e-6)
+    assert float(ent.min()) > 0 and float(ent.max()) < math.log(V)
+    plain = tiled_token_logprobs(hidden, head, ids, temperature=temperature, tile=tile)
+    assert torch.equal(lp, plain)
+    weight = torch.randn(ids.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for a, b in zip(
+        _grads(lp.double(), hidden, head, weight), _grads(plain.double(), hidden, head, weight), strict=True
+    ):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    # the untiled (full-logits) path, chunked over rows, and -inf logits (a masked vocabulary entry) add 0
+    logits = head(hidden).detach() / temperature
+    torch.testing.assert_close(entropy_from_logits(logits, chunk=2), ref.detach(), atol=1e-6, rtol=1e-6)
+    logits[..., 0] = float("-inf")
+    masked = torch.distributions.Categorical(logits=logits.float()).entropy()
+    torch.testing.assert_close(entropy_from_logits(logits), masked, atol=1e-6, rtol=1e-6)
+    assert entropy_from_logits(logits[:, :0]).shape == (3, 0)
+
+
+def test_entropy_by_hand():
+    """Uniform over V: log V; one-hot (other logits -inf): 0."""
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [5.0, float("-inf"), float("-inf"), float("-inf")]]])
+    torch.testing.assert_close(entropy_from_logits(logits), torch.tensor([[math.log(4), 0.0]]))
+
+
+def test_policy_entropy_is_the_same_tiled_and_untiled():
+    """`Policy.token_logprobs_and_entropy` with LM-head tiles and with full logits, shared prefix or not: the same
+    log-probs as `token_logprobs` and the same entropies, zero on padding."""
+    from geor1.data.toy import ToyPairing
+    from geor1.model import TinyPolicy
+
+    prompts = [ToyPairing(2, 2)[i].prompt for i in range(2)]
+    results = []
+    for tile in (5, None):
+        policy = TinyPolicy(seed=0, logprob_tile=tile)
+        torch.manual_seed(0)
+        rollout = policy.generate(prompts, group_size=2, max_new_tokens=7)
+        args = (rollout.inputs, rollout.completion_ids, rollout.completion_mask, 2, 0.8)
+        with torch.no_grad():
+            for share in (True, False):
+                lp, ent = policy.token_logprobs_and_entropy(*args, share_prefix=share)
+                torch.testing.assert_close(lp, policy.token_logprobs(*args, share_prefix=share))
+                results.append(ent)
+    mask = rollout.completion_mask
+    assert float((results[0] * ~mask).abs().max()) == 0.0 and float(results[0][mask].min()) > 0
+    for other in results[1:]:
+        torch.testing.assert_close(other, results[0], atol=1e-5, rtol=1e-5)
 
 
 def _labels(b: int, length: int, seed: int = 3) -> torch.Tensor:

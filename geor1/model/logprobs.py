@@ -6,6 +6,9 @@ float32, and a plain `log_softmax` + backward holds several copies of them. Here
 then recomputed in backward (non-reentrant `torch.utils.checkpoint`). Peak memory is then a few tiles' logits,
 whatever N and T are, and values and gradients equal the full-logits computation (tests/test_logprobs.py).
 
+The same tiles optionally give each position's entropy of the full (temperature-scaled) next-token distribution,
+H = -sum_v p_v log p_v, from the tile's log-softmax, with no gradient (a logged diagnostic, `train/entropy`).
+
 The head is always called as a module, `head(h)`, never through `head.weight`, so that FSDP2 unsharding and PEFT
 (LoRA on the head) hooks fire, in the forward and in the recomputation alike.
 """
@@ -19,12 +22,34 @@ from torch.utils.checkpoint import checkpoint
 IGNORE_INDEX = -100
 
 
-def _tile_logprobs(h: Tensor, ids: Tensor, head: nn.Module, temperature: float) -> Tensor:
-    """h: [n, H], ids: [n] -> [n] float32 log softmax(head(h) / temperature)[ids]."""
+def _entropy_of_log_softmax(log_p: Tensor) -> Tensor:
+    """[..., V] normalised log-probabilities -> [...] entropy -sum p log p, without gradient (p = 0 adds 0, also
+    where log p is -inf)."""
+    with torch.no_grad():
+        p = log_p.exp()
+        return -(p * torch.where(p > 0, log_p, torch.zeros_like(log_p))).sum(-1)
+
+
+def entropy_from_logits(logits: Tensor, chunk: int = 8) -> Tensor:
+    """Entropy of softmax(logits) over the last dimension, in float32, `chunk` rows of the first dimension at a time,
+    without gradient (the full-logits path of `Policy.token_logprobs`; the tiled path gets it per tile).
+
+    logits: [N, ..., V] -> [N, ...] float32.
+    """
+    with torch.no_grad():
+        out = [_entropy_of_log_softmax(torch.log_softmax(lg.float(), dim=-1)) for lg in logits.split(chunk)]
+        return torch.cat(out) if out else logits.new_zeros(logits.shape[:-1], dtype=torch.float32)
+
+
+def _tile_logprobs(h: Tensor, ids: Tensor, head: nn.Module, temperature: float, entropy: bool = False):
+    """h: [n, H], ids: [n] -> [n] float32 log softmax(head(h) / temperature)[ids], and with `entropy` also the [n]
+    entropies of those distributions (no gradient)."""
     logits = head(h).float()  # [n, V]
     if temperature != 1.0:
         logits = logits / temperature
-    return torch.log_softmax(logits, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # [n]
+    log_p = torch.log_softmax(logits, dim=-1)
+    picked = log_p.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # [n]
+    return (picked, _entropy_of_log_softmax(log_p)) if entropy else picked
 
 
 def _run_tiles(fn, tiles: list[tuple[Tensor, ...]]) -> list:
@@ -43,21 +68,44 @@ def tiled_token_logprobs(
     -> [N, T] float32 log-probabilities (differentiable w.r.t. `hidden` and the head's parameters).
     Positions are taken row-major over N*T, so at most [tile, V] logits exist at once (per tile in backward too).
     """
+    return _tiled(hidden, head, ids, temperature, tile, entropy=False)[0]
+
+
+def tiled_token_logprobs_and_entropy(
+    hidden: Tensor, head: nn.Module, ids: Tensor, temperature: float = 1.0, tile: int = 32
+) -> tuple[Tensor, Tensor]:
+    """`tiled_token_logprobs` and, from the same tiles, the entropy of each position's full next-token distribution
+    softmax(head(hidden) / temperature) -> ([N, T] float32 log-probs, [N, T] float32 entropies without gradient).
+
+    Under autograd each tile is recomputed in backward (its entropy too: one more exp and sum over its [tile, V]
+    log-probs); no [N, T, V] tensor exists at any time.
+    """
+    lp, ent = _tiled(hidden, head, ids, temperature, tile, entropy=True)
+    assert ent is not None
+    return lp, ent
+
+
+def _tiled(
+    hidden: Tensor, head: nn.Module, ids: Tensor, temperature: float, tile: int, entropy: bool
+) -> tuple[Tensor, Tensor | None]:
     if hidden.shape[:2] != ids.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)} and ids {tuple(ids.shape)} disagree on [N, T]")
     if tile < 1:
         raise ValueError(f"tile must be >= 1, got {tile}")
     n, t = ids.shape
     if n * t == 0:
-        return hidden.new_zeros((n, t), dtype=torch.float32)
+        empty = hidden.new_zeros((n, t), dtype=torch.float32)
+        return empty, (empty.clone() if entropy else None)
     h = hidden.reshape(n * t, hidden.shape[-1])  # [N*T, H]
     flat = ids.reshape(n * t)  # [N*T]
 
-    def fn(h_tile: Tensor, ids_tile: Tensor) -> Tensor:
-        return _tile_logprobs(h_tile, ids_tile, head, temperature)
+    def fn(h_tile: Tensor, ids_tile: Tensor):
+        return _tile_logprobs(h_tile, ids_tile, head, temperature, entropy)
 
     out = _run_tiles(fn, list(zip(h.split(tile), flat.split(tile), strict=True)))
-    return torch.cat(out).view(n, t)
+    if not entropy:
+        return torch.cat(out).view(n, t), None
+    return torch.cat([o[0] for o in out]).view(n, t), torch.cat([o[1] for o in out]).view(n, t)
 
 
 def tiled_lm_loss(

@@ -31,7 +31,7 @@ from geor1.model.adapters import ArchAdapter, adapter_for
 from geor1.model.adapters.base import HFModel
 from geor1.model.batching import append_completions, repeat_rows, select_rows, slice_rows
 from geor1.model.loading import DTYPES, LoraSpec, check_model_dir, load_pretrained, prepare_model
-from geor1.model.logprobs import tiled_token_logprobs
+from geor1.model.logprobs import entropy_from_logits, tiled_token_logprobs, tiled_token_logprobs_and_entropy
 from geor1.model.prefix_cache import cache_through_checkpointing, capture_cache, frozen_prefix
 
 log = logging.getLogger(__name__)
@@ -382,6 +382,38 @@ class Policy(nn.Module):
         (vision tower included) runs once and its KV cache serves its G completions; gradients flow through it.
         The LM head runs on `logprob_tile` positions at a time (no [N, T, V] logits), or, with None, on all.
         """
+        return self._token_logprobs(
+            inputs, completion_ids, completion_mask, group_size, temperature, share_prefix, entropy=False
+        )[0]
+
+    def token_logprobs_and_entropy(
+        self,
+        inputs: BatchFeature,
+        completion_ids: Tensor,
+        completion_mask: Tensor,
+        group_size: int = 1,
+        temperature: float = 1.0,
+        share_prefix: bool = True,
+    ) -> tuple[Tensor, Tensor]:
+        """`token_logprobs` and, from the same forward pass, each completion position's entropy of the full
+        temperature-scaled next-token distribution -> ([B*G, T] float32 log-probs, [B*G, T] float32 entropies, no
+        gradient); both zero where the mask is False. Tiled like the log-probs: no [N, T, V] tensor is kept."""
+        lp, ent = self._token_logprobs(
+            inputs, completion_ids, completion_mask, group_size, temperature, share_prefix, entropy=True
+        )
+        assert ent is not None
+        return lp, ent
+
+    def _token_logprobs(
+        self,
+        inputs: BatchFeature,
+        completion_ids: Tensor,
+        completion_mask: Tensor,
+        group_size: int,
+        temperature: float,
+        share_prefix: bool,
+        entropy: bool,
+    ) -> tuple[Tensor, Tensor | None]:
         t = completion_ids.shape[1]
         shared = share_prefix and self.adapter.shared_prefix and group_size > 1
         tile = self.logprob_tile
@@ -397,12 +429,16 @@ class Policy(nn.Module):
             else:
                 out = self.model(**batch, **self._positions(batch), use_cache=False, logits_to_keep=t + 1).logits
         out = out[:, -(t + 1) : -1]  # [N, T, H or V]: positions that predict the completion tokens
-        if tile is not None:
+        ent: Tensor | None = None
+        if tile is not None and entropy:
+            lp, ent = tiled_token_logprobs_and_entropy(out, self.lm_head, completion_ids, temperature, tile)
+        elif tile is not None:
             lp = tiled_token_logprobs(out, self.lm_head, completion_ids, temperature, tile)
         else:
             logits = out / temperature if temperature != 1.0 else out
             lp = selective_log_softmax(logits, completion_ids)
-        return lp * completion_mask
+            ent = entropy_from_logits(logits) if entropy else None
+        return lp * completion_mask, (ent * completion_mask if ent is not None else None)
 
     def _shared_prefix_forward(
         self, inputs: BatchFeature, completion_ids: Tensor, completion_mask: Tensor, group_size: int, hidden: bool

@@ -10,6 +10,11 @@ each prompt and its images are encoded once per rollout and once per log-prob pa
 a sample no reward can score gets zero advantage (never NaN); G < 2 is an error. With mu = 1 the old policy is the
 current one (ratio 1, as in TRL); with mu > 1 the old log-probs are stored before the first update.
 
+Options other trainers offer: GSPO's sequence-level importance ratio (`loss.importance_level: sequence`), DAPO's
+dynamic sampling (`rollout.dynamic_sampling`: groups with equal rewards dropped, informative ones buffered across
+batches until a step has B of them; see `geor1.objectives.dynamic_sampling`), and the policy's entropy logged every
+step (`train/entropy`, from the LM-head tiles of the update's forward pass).
+
 The settings come in two typed groups, `rollout` (`RolloutSettings`) and `loss` (`LossSettings`), documented and
 validated in `geor1.objectives.grpo_settings`.
 """
@@ -36,7 +41,16 @@ from geor1.data.sample import ChatSample
 from geor1.model.policy import Policy, Rollout
 from geor1.model.vllm_rollout import VLLMRollout, require_vllm
 from geor1.objectives.base import PolicyModule, skip_everywhere
-from geor1.objectives.grpo_math import aggregate, clipped_surrogate, group_advantages, kl_estimate, truncated_is_weights
+from geor1.objectives.dynamic_sampling import ScoredGroup, merge_groups, split_groups
+from geor1.objectives.grpo_math import (
+    aggregate,
+    clipped_surrogate,
+    group_advantages,
+    informative_groups,
+    kl_estimate,
+    sequence_clipped_surrogate,
+    truncated_is_weights,
+)
 from geor1.objectives.grpo_settings import DEFAULT_LOSS, DEFAULT_ROLLOUT, LossSettings, RolloutSettings
 from geor1.objectives.memory import log_peak_memory
 from geor1.objectives.rollout_rng import RolloutRNG
@@ -58,9 +72,9 @@ class GRPOModule(PolicyModule):
         rewards: reward name (registered, or a dotted import path) -> weight.
         reward_kwargs: extra keyword arguments per reward, e.g. {"length": {"max_len": 1024}}.
         rollout: how completions are sampled (`RolloutSettings`: group_size G, max_new_tokens, temperature, top_p,
-            top_k, share_prefix, backend, vllm_engine, vllm_is_cap).
+            top_k, share_prefix, backend, vllm_engine, vllm_is_cap, dynamic_sampling, max_dynamic_batches).
         loss: how scored completions become an update (`LossSettings`: beta, kl_estimator, epsilon, epsilon_high,
-            aggregation, scale_rewards, advantage_eps, mu, micro_batch_prompts, max_grad_norm).
+            aggregation, scale_rewards, advantage_eps, mu, micro_batch_prompts, max_grad_norm, importance_level).
         disable_dropout: set every dropout of the policy (LoRA dropout included) to p=0, so that the old and the
             new log-probs of the same weights agree (TRL's `disable_dropout`).
         sharding: FSDP2 settings under `ModelParallelStrategy` (the reference model is sharded like the policy,
@@ -110,6 +124,8 @@ class GRPOModule(PolicyModule):
         self._engine_step = -1  # the global step whose weights the engine holds
         self._val_counts = ValidationCounts()  # a validation epoch's sums (reset at its start)
         self._rollout_rng = RolloutRNG()  # this rank's sampling generator, saved per rank in checkpoints
+        self._buffer: list[ScoredGroup] = []  # rollout.dynamic_sampling: informative groups not trained on yet
+        self._batches_since_step = 0  # rollout.dynamic_sampling: batches since the last optimizer step
 
     # ------------------------------------------------------------------ reference model
     def setup(self, stage: str) -> None:
@@ -153,9 +169,29 @@ class GRPOModule(PolicyModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # every rank's sampling generator and global RNGs, gathered (a collective: all ranks save together)
         checkpoint["rollout_rng"] = self._rollout_rng.state_dict(self.device)
+        if self.rollout_settings.dynamic_sampling:
+            # the buffered groups (prompts with images, scored completions) are not saved: their number over all
+            # ranks and this rank's keys are, and a resume says they are dropped (see on_load_checkpoint)
+            total = float(len(self._buffer))
+            if self._trainer is not None and self.trainer.world_size > 1:
+                total = float(self.trainer.strategy.reduce(torch.tensor(total, device=self.device), reduce_op="sum"))
+            checkpoint["dynamic_sampling"] = {
+                "buffered_groups": int(total),
+                "keys": [grp.sample.key for grp in self._buffer],
+            }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rollout_rng.load_state_dict(checkpoint.get("rollout_rng"))  # this rank's entry
+        state = checkpoint.get("dynamic_sampling") or {}
+        if state.get("buffered_groups"):
+            log.warning(
+                "resuming a dynamic-sampling run whose checkpoint was saved with %d informative groups waiting for a "
+                "step (all ranks; keys on the saving rank: %s): they were sampled but are not restored and will "
+                "not be trained on; the run continues with an empty buffer",
+                state["buffered_groups"],
+                ", ".join(state.get("keys", [])[:20]) or "-",
+            )
+        self._buffer, self._batches_since_step = [], 0
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # restored here, after the resumed run has built its data iterator (which draws from the global RNG)
@@ -176,10 +212,95 @@ class GRPOModule(PolicyModule):
         advantages, scored = group_advantages(rewards, group_size, settings.advantage_eps, settings.scale_rewards)
         advantages = advantages.to(self.device)
         t2 = time.perf_counter()
-        old_lp, ref_lp = self._fixed_logprobs(rollout)
-        stats = [self._update(rollout, advantages, old_lp, ref_lp) for _ in range(settings.mu)]
+        stats: list[dict[str, float]] | None
+        if self.rollout_settings.dynamic_sampling:
+            stats = self._dynamic_step(batch, rollout, scores, total, rewards)
+        else:
+            stats = self._train_on(rollout, advantages)
         t3 = time.perf_counter()
         self._log_step(batch, rollout, scores, rewards, scored, stats, targets, (t1 - t0, t2 - t1, t3 - t2))
+
+    def _train_on(self, rollout: Rollout, advantages: Tensor, stale_lp: Tensor | None = None) -> list[dict[str, float]]:
+        """The `mu` updates on one scored rollout -> their stats. `stale_lp`: [N, T] old log-probs of the rows sampled
+        by an earlier policy (dynamic sampling's left-over groups), NaN on the others (sampled by this one)."""
+        old_lp, ref_lp = self._fixed_logprobs(rollout, need_old=self._any_rank(stale_lp is not None))
+        if stale_lp is not None and old_lp is not None:
+            old_lp = torch.where(torch.isnan(stale_lp), old_lp, stale_lp)
+        # the entropy of the policy that sampled the rollout: measured in the first update's forward passes
+        return [
+            self._update(rollout, advantages, old_lp, ref_lp, with_entropy=i == 0) for i in range(self.loss_settings.mu)
+        ]
+
+    # ------------------------------------------------------------------ dynamic sampling (DAPO)
+    def _dynamic_step(
+        self,
+        batch: list[ChatSample],
+        rollout: Rollout,
+        scores: dict[str, list[float | None]],
+        total: list[float | None],
+        rewards: Tensor,
+    ) -> list[dict[str, float]] | None:
+        """Keep this batch's informative groups in the buffer; step (on every rank together) once every rank holds
+        as many as its batch has prompts, or after `max_dynamic_batches` batches without a step -> the update's
+        stats, or None when no step was made."""
+        settings, group_size = self.rollout_settings, self.rollout_settings.group_size
+        keep = informative_groups(rewards, group_size).tolist()
+        groups = split_groups(batch, rollout, scores, total)
+        self._buffer.extend(grp for grp, k in zip(groups, keep, strict=True) if k)
+        self._batches_since_step += 1
+        n = len(batch)
+        self.log("rollout/kept_groups", float(sum(keep)), batch_size=n)
+        self.log("rollout/dropped_groups", float(len(keep) - sum(keep)), batch_size=n)
+        self.log("rollout/buffered_groups", float(len(self._buffer)), batch_size=n)
+        ready = self._min_over_ranks(len(self._buffer) - n) >= 0  # every rank steps together, or none does
+        capped = self._batches_since_step >= settings.max_dynamic_batches  # the same count on every rank
+        if not ready and not capped:
+            return None
+        if ready:
+            take, self._buffer = self._buffer[:n], self._buffer[n:]
+        else:
+            take, self._buffer = (self._buffer, []) if self._buffer else (groups, [])
+            log.warning(
+                "dynamic sampling: %d batches without %d informative groups on every rank: rank %d steps on %s",
+                self._batches_since_step,
+                n,
+                self.global_rank,
+                f"its {len(take)} buffered groups" if take is not groups else "its latest batch (no informative group)",
+            )
+        self._batches_since_step = 0
+        self._remember_old_logprobs(self._buffer, take)  # before the step changes the policy that sampled them
+        step_rollout, _, step_total, stale = merge_groups(self.policy, take, group_size)
+        step_rewards = torch.tensor([np.nan if r is None else r for r in step_total], dtype=torch.float32)
+        s = self.loss_settings
+        advantages, _ = group_advantages(step_rewards, group_size, s.advantage_eps, s.scale_rewards)
+        return self._train_on(step_rollout, advantages.to(self.device), stale)
+
+    @torch.no_grad()
+    def _remember_old_logprobs(self, left_over: list[ScoredGroup], spare: list[ScoredGroup]) -> None:
+        """Give the groups a step leaves over their log-probs under the policy that sampled them (the current one,
+        before the step), so that a later step's ratio is taken against it. Under several processes the forward is
+        run by every rank when any rank has such groups (FSDP2: a forward is a collective); a rank with none runs a
+        throw-away one on a `spare` group."""
+        pending = [grp for grp in left_over if grp.old_logprobs is None]
+        if not self._any_rank(bool(pending)):
+            return
+        g = self.rollout_settings.group_size
+        merged, _, _, _ = merge_groups(self.policy, pending or spare[:1], g)
+        lp = self._logprobs(self.policy, merged)
+        for i, grp in enumerate(pending):
+            grp.old_logprobs = lp[i * g : (i + 1) * g, : grp.completion_ids.shape[1]]
+
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether `flag` holds on any rank (one collective under several processes)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return flag
+        return bool(self.trainer.strategy.reduce_boolean_decision(flag, all=False))
+
+    def _min_over_ranks(self, n: int) -> int:
+        """The smallest `n` of all ranks (dynamic sampling: a step only when every rank can make it)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return n
+        return int(self.trainer.strategy.reduce(torch.tensor(float(n), device=self.device), reduce_op="min"))
 
     def _rollout(self, prompts: list) -> Rollout:
         """G samples for each of the B prompts, from the policy itself or from the vLLM engine."""
@@ -215,9 +336,10 @@ class GRPOModule(PolicyModule):
         return scores, combine(scores, self.reward_weights)
 
     @torch.no_grad()
-    def _fixed_logprobs(self, rollout: Rollout) -> tuple[Tensor | None, Tensor | None]:
+    def _fixed_logprobs(self, rollout: Rollout, need_old: bool = False) -> tuple[Tensor | None, Tensor | None]:
+        """The old log-probs (mu > 1, or `need_old`: some rows come from an earlier policy) and the reference's."""
         old = ref = None
-        if self.loss_settings.mu > 1:
+        if self.loss_settings.mu > 1 or need_old:
             old = self._logprobs(self.policy, rollout)
         if self.loss_settings.beta > 0:
             with self._reference_policy() as reference:
@@ -240,11 +362,32 @@ class GRPOModule(PolicyModule):
             self.rollout_settings.share_prefix,
         )
 
+    def _logprobs_and_entropy(
+        self, policy: Policy, rollout: Rollout, rows: slice, prompts: slice | None
+    ) -> tuple[Tensor, Tensor]:
+        """`_logprobs` and the per-token entropy of the temperature-scaled policy (no gradient), one forward."""
+        inputs = rollout.inputs if prompts is None else policy.slice_prompts(rollout.inputs, prompts)
+        return policy.token_logprobs_and_entropy(
+            inputs,
+            rollout.completion_ids[rows],
+            rollout.completion_mask[rows],
+            rollout.group_size,
+            self.rollout_settings.temperature,
+            self.rollout_settings.share_prefix,
+        )
+
     def _update(
-        self, rollout: Rollout, advantages: Tensor, old_lp: Tensor | None, ref_lp: Tensor | None
+        self,
+        rollout: Rollout,
+        advantages: Tensor,
+        old_lp: Tensor | None,
+        ref_lp: Tensor | None,
+        with_entropy: bool = False,
     ) -> dict[str, float]:
         """One optimizer step over the whole batch, in micro-batches of whole groups whose gradients add up to the
-        whole batch's (each micro-batch's loss is `aggregate` with the batch's denominators)."""
+        whole batch's (each micro-batch's loss is `aggregate` with the batch's denominators). `with_entropy`: also
+        the policy's mean entropy over the batch's real completion tokens (before this step), from the same
+        forward passes."""
         s, cap = self.loss_settings, self.rollout_settings.vllm_is_cap
         sampler_lp = rollout.sample_logprobs if cap is not None else None
         if cap is not None and sampler_lp is None:
@@ -258,14 +401,23 @@ class GRPOModule(PolicyModule):
         step = s.micro_batch_prompts or n_prompts
         passes = micro_batches(n_prompts, step, self._max_over_ranks(-(-n_prompts // step)))
         opt = cast(Optimizer, self.optimizers())  # the one optimizer (a LightningOptimizer: an instance of its class)
-        totals = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
+        totals = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "entropy": 0.0}
         for i, (prompts, weight) in enumerate(passes):
             rows = slice(prompts.start * group_size, prompts.stop * group_size)
             with nullcontext() if i == len(passes) - 1 else self._no_backward_sync():
-                lp = self._logprobs(self.policy, rollout, rows, prompts if step < n_prompts else None)  # [n, T]
+                sliced = prompts if step < n_prompts else None
+                if with_entropy:
+                    lp, ent = self._logprobs_and_entropy(self.policy, rollout, rows, sliced)  # [n, T] each
+                else:
+                    lp, ent = self._logprobs(self.policy, rollout, rows, sliced), None  # [n, T]
                 m = mask[rows]
                 old = old_lp[rows] if old_lp is not None else lp.detach()
-                per_token, clipped = clipped_surrogate(lp, old, advantages[rows], s.epsilon, s.epsilon_high)
+                if s.importance_level == "sequence":  # GSPO
+                    per_token, clipped = sequence_clipped_surrogate(
+                        lp, old, advantages[rows], m, s.epsilon, s.epsilon_high
+                    )
+                else:
+                    per_token, clipped = clipped_surrogate(lp, old, advantages[rows], s.epsilon, s.epsilon_high)
                 if cap is not None and sampler_lp is not None:  # TIS: vLLM's sampler drew these tokens
                     per_token = per_token * truncated_is_weights(old, sampler_lp[rows], cap)
                 kl = kl_estimate(lp, ref_lp[rows], s.kl_estimator) if ref_lp is not None else torch.zeros_like(lp)
@@ -285,6 +437,8 @@ class GRPOModule(PolicyModule):
             totals["loss"] += float(loss.detach())
             totals["kl"] += float((kl.detach() * mf).sum())
             totals["clipped"] += float((clipped.float() * mf).sum())
+            if ent is not None:
+                totals["entropy"] += float((ent * mf).sum())
         if s.max_grad_norm is not None:
             self.clip_gradients(opt, gradient_clip_val=s.max_grad_norm, gradient_clip_algorithm="norm")
         opt.step()
@@ -293,7 +447,10 @@ class GRPOModule(PolicyModule):
         if scheduler is not None:
             scheduler.step()
         n_tokens = float(local_tokens)
-        return {"loss": totals["loss"], "kl": totals["kl"] / n_tokens, "clip_ratio": totals["clipped"] / n_tokens}
+        out = {"loss": totals["loss"], "kl": totals["kl"] / n_tokens, "clip_ratio": totals["clipped"] / n_tokens}
+        if with_entropy:
+            out["entropy"] = totals["entropy"] / n_tokens
+        return out
 
     def _mean_over_ranks(self, count: Tensor) -> Tensor:
         """A count (float scalar) summed over all ranks / world size: as a loss denominator, each rank's loss is its
@@ -344,13 +501,17 @@ class GRPOModule(PolicyModule):
 
     # ------------------------------------------------------------------ logging
     def _log_step(self, batch, rollout, scores, rewards, scored, stats, targets, seconds) -> None:
+        """The batch's rollout (rewards, accuracy, lengths, times) and, when a step was made (`stats`: dynamic sampling
+        makes none on some batches), the update's loss, KL, clip ratio and entropy."""
         n = len(batch)
         log = lambda name, value, **kw: self.log(name, float(value), batch_size=n, **kw)
         log_peak_memory(self, batch_size=n)
-        last = stats[-1]
-        log("train/loss", last["loss"], prog_bar=True)
-        log("train/kl", last["kl"])
-        log("train/clip_ratio", last["clip_ratio"])
+        if stats is not None:
+            last = stats[-1]
+            log("train/loss", last["loss"], prog_bar=True)
+            log("train/kl", last["kl"])
+            log("train/clip_ratio", last["clip_ratio"])
+            log("train/entropy", stats[0]["entropy"])  # mean over real completion tokens, temperature-scaled policy
         for name, acc in task_accuracy(rollout.texts, targets).items():
             log(f"train/{name}", acc, prog_bar=name == "pairing_acc")
         valid = rewards[scored]
@@ -363,9 +524,10 @@ class GRPOModule(PolicyModule):
         log("completions/mean_length", rollout.lengths.float().mean())
         log("completions/clipped_ratio", rollout.truncated.float().mean())
         for name, sec in zip(("rollout", "score", "update"), seconds, strict=True):
-            log(f"time/{name}_s", sec)
+            if name != "update" or stats is not None:
+                log(f"time/{name}_s", sec)
         every = self.log_completions_every_n_steps
-        if every and (self.global_step // self.loss_settings.mu) % every == 0:
+        if stats is not None and every and (self.global_step // self.loss_settings.mu) % every == 0:
             self._log_examples(batch, rollout, scores)
 
     def _log_examples(self, batch: list[ChatSample], rollout: Rollout, scores) -> None:

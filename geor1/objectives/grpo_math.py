@@ -11,6 +11,7 @@ from torch import Tensor
 
 AGGREGATIONS = ("grpo", "dr_grpo", "dapo")
 KL_ESTIMATORS = ("k1", "k3")
+IMPORTANCE_LEVELS = ("token", "sequence")
 
 
 def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-4, scale: bool = True) -> tuple[Tensor, Tensor]:
@@ -34,8 +35,25 @@ def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-4, scale:
     adv = r0 - mean
     if scale:
         adv = adv / (var.sqrt() + eps)
-    adv = torch.where(scored & (n >= 2), adv, torch.zeros_like(adv))
+    # exactly 0 for a group whose scored rewards are all equal (r - mean can be a rounding error, e.g. 3 x 0.1)
+    adv = torch.where(scored & informative_groups(rewards, group_size).unsqueeze(1), adv, torch.zeros_like(adv))
     return adv.view(-1).to(rewards.dtype), scored.view(-1)
+
+
+def informative_groups(rewards: Tensor, group_size: int) -> Tensor:
+    """Which groups carry a policy-gradient signal: at least 2 scored samples whose rewards are not all equal.
+
+    rewards: [N] float, NaN where unscored -> [B] bool. The groups it rejects are those `group_advantages` gives
+    zero advantage everywhere (DAPO's dynamic sampling drops them).
+
+    >>> informative_groups(torch.tensor([1.0, 0.0, 0.5, 0.5, 2.0, float("nan")]), 2).tolist()
+    [True, False, False]
+    """
+    r = rewards.double().view(-1, group_size)
+    scored = ~torch.isnan(r)
+    hi = torch.where(scored, r, torch.full_like(r, -torch.inf)).amax(1)
+    lo = torch.where(scored, r, torch.full_like(r, torch.inf)).amin(1)
+    return (scored.sum(1) >= 2) & (hi > lo)
 
 
 def kl_estimate(logp: Tensor, ref_logp: Tensor, estimator: str = "k3") -> Tensor:
@@ -62,6 +80,38 @@ def clipped_surrogate(
     """
     high = epsilon if epsilon_high is None else epsilon_high
     ratio = torch.exp(logp - old_logp)
+    a = advantages.unsqueeze(1)
+    unclipped = ratio * a
+    clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + high) * a
+    return -torch.minimum(unclipped, clipped), clipped < unclipped
+
+
+def sequence_clipped_surrogate(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """GSPO's clipped objective (sequence-level importance ratio) as a per-token loss, in its GSPO-token form.
+
+    logp, old_logp: [N, T]; advantages: [N]; mask: [N, T] bool (True on real tokens) -> (loss [N, T],
+    clipped [N, T] bool, the same for every token of a sequence).
+
+    Each sequence's ratio is the geometric mean of its tokens' ratios, s_i = exp(mean over its real tokens of
+    (logp - old_logp)) (1 for a sequence without real tokens). Token t of sequence i carries
+    s_i,t = sg[s_i] * pi_t / sg[pi_t], whose value is s_i and whose gradient is s_i * grad log pi_t, and the loss
+    -min(s_i,t * A_i, clip(s_i,t, 1-eps, 1+eps_high) * A_i): clipping is decided per sequence. With the "grpo"
+    aggregation (mean over each sequence's tokens, then over sequences) its gradient is the GSPO paper's,
+    s_i * A_i * mean_t grad log pi_t per sequence (as verl's `compute_policy_loss_gspo`). The GSPO paper clips
+    much tighter than token-level PPO (eps about 3e-4 to 4e-4), since s_i averages the log-ratios.
+    """
+    high = epsilon if epsilon_high is None else epsilon_high
+    m = mask.to(logp.dtype)
+    log_ratio = (logp - old_logp) * m
+    seq_log_ratio = log_ratio.sum(1) / m.sum(1).clamp(min=1)  # [N]
+    ratio = torch.exp(logp - logp.detach() + seq_log_ratio.detach().unsqueeze(1))  # [N, T], value s_i
     a = advantages.unsqueeze(1)
     unclipped = ratio * a
     clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + high) * a

@@ -1,6 +1,7 @@
 """The settings of `GRPOModule`, in two typed groups validated in one place (each dataclass's `__post_init__`).
 
-    RolloutSettings   how completions are sampled: G, length, temperature / top_p / top_k, prefix sharing, backend
+    RolloutSettings   how completions are sampled: G, length, temperature / top_p / top_k, prefix sharing, backend,
+                      dynamic sampling
     LossSettings      how scored completions become a policy update: advantages, clipped surrogate, KL, aggregation,
                       updates per batch, micro-batches, gradient clipping
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from geor1 import Geor1Error
-from geor1.objectives.grpo_math import AGGREGATIONS, KL_ESTIMATORS
+from geor1.objectives.grpo_math import AGGREGATIONS, IMPORTANCE_LEVELS, KL_ESTIMATORS
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,12 @@ class RolloutSettings:
         vllm_is_cap: vllm backend only: truncated importance sampling (TIS) against the gap between vLLM's sampler
             and the policy: each token's surrogate is weighted by min(pi_old / pi_vllm, cap), pi_vllm being vLLM's
             log-prob of the sampled token (e.g. 2.0; > 0); None: off.
+        dynamic_sampling: DAPO's dynamic sampling: groups whose scored rewards are all equal (zero advantage) are
+            dropped, informative ones wait in a buffer across batches, and an optimizer step is made only once
+            every rank holds as many informative groups as its batch has prompts (extra groups wait for the next
+            step). Logged as `rollout/kept_groups`, `rollout/dropped_groups`, `rollout/buffered_groups`.
+        max_dynamic_batches: with dynamic_sampling, after this many batches without a step (>= 1), step on the
+            groups buffered so far (a rank with none trains on its latest batch), with a warning.
     """
 
     group_size: int = 8
@@ -67,6 +74,8 @@ class RolloutSettings:
     backend: str = "hf"
     vllm_engine: dict[str, Any] | None = None
     vllm_is_cap: float | None = None
+    dynamic_sampling: bool = False
+    max_dynamic_batches: int = 8
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
@@ -87,6 +96,8 @@ class RolloutSettings:
                 "null, or > 0 with backend 'vllm' (the hf backend has no other sampler)",
                 self.vllm_is_cap,
             )
+        if self.max_dynamic_batches < 1:
+            _fail("rollout.max_dynamic_batches", ">= 1", self.max_dynamic_batches)
         if self.top_p < 1.0 or self.top_k is not None:
             log.warning(
                 "top_p=%s, top_k=%s: rollouts sample from a truncated distribution while the ratio and the KL "
@@ -115,6 +126,10 @@ class LossSettings:
         micro_batch_prompts: prompts per backward pass, whole groups of G (>= 1; a memory knob: the gradient is the
             whole batch's); None: the whole batch at once.
         max_grad_norm: clip the gradient's global norm to this (> 0; over all ranks' shards under FSDP2); None: off.
+        importance_level: "token" (PPO's per-token ratio; GRPO's) or "sequence" (GSPO: one ratio per completion,
+            the geometric mean of its tokens' ratios, clipped per completion; see `sequence_clipped_surrogate`).
+            With mu = 1 both give the same update (every ratio is 1); GSPO's paper uses a much smaller epsilon
+            (about 3e-4 / 4e-4 for epsilon / epsilon_high).
     """
 
     beta: float = 0.04
@@ -127,6 +142,7 @@ class LossSettings:
     mu: int = 1
     micro_batch_prompts: int | None = None
     max_grad_norm: float | None = 1.0
+    importance_level: str = "token"
 
     def __post_init__(self) -> None:
         if not self.beta >= 0:
@@ -147,6 +163,8 @@ class LossSettings:
             _fail("loss.micro_batch_prompts", ">= 1 or null", self.micro_batch_prompts)
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             _fail("loss.max_grad_norm", "> 0 or null", self.max_grad_norm)
+        if self.importance_level not in IMPORTANCE_LEVELS:
+            _fail("loss.importance_level", f"one of {IMPORTANCE_LEVELS}", self.importance_level)
 
 
 DEFAULT_ROLLOUT = RolloutSettings()  # the Geo-R1 recipe's (frozen: safe as a shared default argument)
