@@ -84,8 +84,7 @@ def random_episodes(world: Path, out: Path, splits: tuple[str, ...] = ("train",)
     GRPO data for tests."""
     import json
 
-    from geor1.data.reader import iter_raw_samples
-    from geor1.data.shards import split_shards
+    from geor1.data.reader import iter_raw_samples, split_shards
     from geor1.retrieval.index import IndexSpec, SatIndex
     from geor1.retrieval.mining import Miner, MiningSpec, write_episodes
 

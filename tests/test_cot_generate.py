@@ -254,8 +254,8 @@ def test_a_rerun_skips_done_items_and_ends_as_one_run_would(world, tmp_path):
 
 
 def test_an_unreadable_image_is_skipped_and_counted(world, tmp_path):
-    from geor1.data.reader import iter_raw_samples
-    from geor1.data.shards import ShardWriter, split_shards, write_manifest
+    from geor1.data.reader import iter_raw_samples, split_shards
+    from geor1.data.shards import ShardWriter, write_manifest
 
     src = tmp_path / "src"
     with ShardWriter(src, "train") as w:
@@ -276,8 +276,7 @@ def test_an_unreadable_image_is_skipped_and_counted(world, tmp_path):
 
 
 def test_no_hint_keeps_only_correct_blind_answers(world, tmp_path):
-    from geor1.data.reader import iter_raw_samples
-    from geor1.data.shards import split_shards
+    from geor1.data.reader import iter_raw_samples, split_shards
 
     metas = [json.loads(r["json"]) for r in iter_raw_samples(split_shards(world, "train"))]
     seen: list[str] = []

@@ -12,9 +12,9 @@ from PIL import Image
 
 from geor1 import Geor1Error
 from geor1.data.chat import ChatDecoder
-from geor1.data.reader import iter_raw_samples
+from geor1.data.reader import iter_raw_samples, split_shards
 from geor1.data.schema import SampleError, encode_jpeg
-from geor1.data.shards import ShardWriter, split_shards
+from geor1.data.shards import ShardWriter
 from geor1.eval.runners import score_geolocate, score_pairing
 from geor1.tasks import TASK_NAMES, GeolocationTask, GeoTarget, PairingTarget, get_task, is_well_formed, task_of
 

@@ -147,8 +147,7 @@ def _generate(ns: argparse.Namespace) -> None:
 def _max_images(shards: str, task_name: str, splits: tuple[str, ...]) -> int:
     """Images per prompt for the vLLM engine's limit: those of the first readable item (every item of a shard
     folder has as many)."""
-    from geor1.data.reader import iter_raw_samples
-    from geor1.data.shards import split_shards
+    from geor1.data.reader import iter_raw_samples, split_shards
     from geor1.tasks import get_task
 
     task = get_task(task_name)
@@ -164,8 +163,7 @@ def _max_images(shards: str, task_name: str, splits: tuple[str, ...]) -> int:
 def _show_first_prompt(ns: argparse.Namespace, prompt) -> None:
     """Print the teacher's prompt of the first item of the first split that has one."""
     from geor1.cot.generate import _decode
-    from geor1.data.reader import iter_raw_samples
-    from geor1.data.shards import split_shards
+    from geor1.data.reader import iter_raw_samples, split_shards
     from geor1.tasks import get_task
 
     task = get_task(ns.task)

@@ -167,15 +167,9 @@ class HFTeacher:
 
 def require_vllm_teacher() -> Any:
     """The `vllm` module, or a Geor1Error saying how to get it or to use the HF backend."""
-    import importlib
-    import importlib.util
+    from geor1.model.vllm_rollout import require_vllm
 
-    if importlib.util.find_spec("vllm") is None:
-        raise Geor1Error(
-            "cot generate --backend vllm needs the vllm package, which is not installed: pip install vllm "
-            "(on a CUDA machine, matching its torch), or use --backend hf"
-        )
-    return importlib.import_module("vllm")
+    return require_vllm("cot generate --backend vllm", "--backend hf")
 
 
 class VLLMTeacher:
@@ -410,8 +404,7 @@ def _items(
     shards: Path, settings: GenerateSettings, done: set[tuple[str, str]], task: Task, teacher_prompt: TeacherPrompt
 ) -> Iterator[tuple[_Item | None, dict[str, Any] | None]]:
     """(item to generate, None) or (None, journal record of a skipped sample), in shard order, done keys left out."""
-    from geor1.data.reader import iter_raw_samples
-    from geor1.data.shards import split_shards
+    from geor1.data.reader import iter_raw_samples, split_shards
 
     for split in settings.splits:
         for raw in iter_raw_samples(split_shards(shards, split)):
@@ -565,8 +558,8 @@ def _write_outputs(
 ) -> None:
     """SFT shards of the kept traces (the source sample's images and JSON + task, the task's prompt, the response),
     exemplars.jsonl, factcheck_summary.json and manifest.json, all from the journal."""
-    from geor1.data.reader import iter_raw_samples
-    from geor1.data.shards import ShardWriter, split_shards, write_manifest
+    from geor1.data.reader import iter_raw_samples, split_shards
+    from geor1.data.shards import ShardWriter, write_manifest
 
     chosen = {(r["split"], r["key"]): r for r in records if r.get("chosen")}
     stats = {}

@@ -159,9 +159,9 @@ def synthesize(
     exemplars come from there (e.g. a teacher model) instead of the templates, through the same fact-check."""
     from tqdm import tqdm
 
-    from geor1.data.reader import iter_raw_samples
+    from geor1.data.reader import iter_raw_samples, shard_urls
     from geor1.data.schema import SampleError, decode_image, validate_meta
-    from geor1.data.shards import ShardWriter, split_shards, write_manifest
+    from geor1.data.shards import ShardWriter, write_manifest
 
     spec = get_task(task)  # Geor1Error for an unknown task
     out = Path(out)
@@ -170,7 +170,7 @@ def synthesize(
     stats = {}
     with open(out / "exemplars.jsonl", "w") as jl:
         for split_id, split in enumerate(splits):
-            files = split_shards(shards, split)
+            files = shard_urls(shards, split)
             if not files:
                 continue
             rng = np.random.default_rng([seed, split_id])

@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 from geor1 import Geor1Error
+from geor1.data.reader import shard_urls
 from geor1.data.sample import ChatSample, Prompt
 from geor1.data.schema import SampleError, decode_image, validate_meta
-from geor1.data.shards import split_shards
 from geor1.data.stream import Batch, ShardStream, StreamingDataModule
 from geor1.tasks import TASK_NAMES, get_task
 
@@ -84,7 +84,7 @@ class ChatShardDataModule(StreamingDataModule):
 
     def stream(self, split: str, train: bool) -> ShardStream:
         weights = self.root_weights if train else [1] * len(self.roots)
-        shards = [s for root, w in zip(self.roots, weights, strict=True) for s in split_shards(root, split) * w]
+        shards = [s for root, w in zip(self.roots, weights, strict=True) for s in shard_urls(root, split) * w]
         if not shards:
             raise Geor1Error(f"no shards for split '{split}' in {', '.join(self.roots)}")
         hp = self.hparams

@@ -23,8 +23,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     w.set_defaults(handler=_world)
 
     i = dsub.add_parser("inspect", help="counts per split, schema check of every sample, a PNG grid of pairs")
-    i.add_argument("path", help="folder of shards")
-    i.add_argument("--grid", default=None, help="PNG to write (default: <path>/inspect.png)")
+    i.add_argument("path", help="folder of shards, or a shard URL spec (glob, brace range, pipe:, http(s):)")
+    i.add_argument("--grid", default=None, help="PNG to write (default: <path>/inspect.png, ./inspect.png for a spec)")
     i.add_argument("--grid-count", type=int, default=8)
     i.set_defaults(handler=_inspect)
 
@@ -123,10 +123,12 @@ def _world(ns: argparse.Namespace) -> None:
 
 def _inspect(ns: argparse.Namespace) -> None:
     from geor1.data.inspect import inspect_shards
+    from geor1.data.reader import is_remote
 
-    if not Path(ns.path).is_dir():
-        raise Geor1Error(f"not a folder of shards: {ns.path}")
-    grid = ns.grid or str(Path(ns.path) / "inspect.png")
+    folder = Path(ns.path).is_dir()
+    if not folder and not (is_remote(ns.path) or any(c in ns.path for c in "*?[{")):  # a spec: glob, braces, URL
+        raise Geor1Error(f"not a folder of shards (nor a shard URL spec): {ns.path}")
+    grid = ns.grid or (str(Path(ns.path) / "inspect.png") if folder else "inspect.png")
     try:
         report = inspect_shards(ns.path, grid, ns.grid_count)
     except FileNotFoundError as e:

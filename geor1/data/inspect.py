@@ -10,41 +10,50 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from geor1.data.reader import iter_raw_samples
+from geor1.data.reader import expand_spec, iter_raw_samples
 from geor1.data.schema import PairSample, SampleError, decode_pair
 
 log = logging.getLogger(__name__)
 
 
+def _shard_name(url: str) -> str:
+    """The file name of a shard path or URL (`pipe:cat a/train-000001.tar` -> `train-000001.tar`)."""
+    return url.split("?", 1)[0].rstrip(" -").rsplit("/", 1)[-1].split()[-1]
+
+
 def inspect_shards(root: str | Path, grid_png: str | Path | None = None, grid_count: int = 8) -> dict[str, Any]:
-    """Read every shard under `root` (a folder of `<split>-*.tar`) and check every sample."""
-    root = Path(root)
-    shards = sorted(root.glob("*.tar"))
+    """Read every shard under `root` (a folder of `<split>-*.tar`, or a WebDataset URL spec of shards named
+    `<split>-*`) and check every sample."""
+    is_folder = Path(root).is_dir()
+    shards = [str(p) for p in sorted(Path(root).glob("*.tar"))] if is_folder else expand_spec(str(root))
     if not shards:
         raise FileNotFoundError(f"no .tar shards in {root}")
     report: dict[str, Any] = {"root": str(root), "splits": {}, "corrupt": [], "broken_shards": []}
     examples: list[PairSample] = []
     for shard in shards:
-        split = shard.name.rsplit("-", 1)[0]
+        name = _shard_name(shard)
+        split = name.rsplit("-", 1)[0]
         counts = report["splits"].setdefault(split, Counter())
         for raw in iter_raw_samples([shard], on_broken_shard=report["broken_shards"].append):
             try:
                 sample = decode_pair(raw, require_sat=False)
             except SampleError as e:
                 counts["corrupt"] += 1
-                report["corrupt"].append({"shard": shard.name, "key": e.key, "field": e.field, "reason": e.reason})
+                report["corrupt"].append({"shard": name, "key": e.key, "field": e.field, "reason": e.reason})
                 continue
             counts["valid"] += 1
             counts["ground_only"] += sample.sat is None
             if len(examples) < grid_count and sample.sat is not None:
                 examples.append(sample)
     report["splits"] = {k: dict(v) for k, v in report["splits"].items()}
-    manifest = root / "manifest.json"
-    if manifest.exists():
+    manifest = Path(root) / "manifest.json"
+    if is_folder and manifest.exists():
         declared = json.loads(manifest.read_text()).get("splits", {})
         report["manifest_mismatch"] = {
             s: {"manifest": d.get("samples"), "valid": report["splits"].get(s, {}).get("valid", 0)}
-            for s, d in declared.items() if d.get("samples") != report["splits"].get(s, {}).get("valid", 0)}
+            for s, d in declared.items()
+            if d.get("samples") != report["splits"].get(s, {}).get("valid", 0)
+        }
     if grid_png is not None and examples:
         pair_grid(examples).save(grid_png)
         report["grid_png"] = str(grid_png)

@@ -7,15 +7,21 @@ One sample = `<key>.ground.jpg` (+ `<key>.sat.jpg`, absent for ground-only bench
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import re
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from geor1.geo import check_lat_lon
+
+if TYPE_CHECKING:
+    import torch
 
 SCHEMA_VERSION = 1
 GROUND, SAT, META = "ground.jpg", "sat.jpg", "json"
@@ -65,19 +71,112 @@ def validate_meta(key: str, meta: object) -> dict[str, Any]:
         if meta.get(name) is not None and not isinstance(meta[name], str):
             raise SampleError(key, name, f"must be a string, got {type(meta[name]).__name__}")
     heading = meta.get("heading")
-    if heading is not None and (isinstance(heading, bool) or not isinstance(heading, (int, float))
-                                or not 0.0 <= heading < 360.0):
+    if heading is not None and (
+        isinstance(heading, bool) or not isinstance(heading, (int, float)) or not 0.0 <= heading < 360.0
+    ):
         raise SampleError(key, "heading", f"must be degrees in [0, 360), got {heading!r}")
     return meta
 
 
-def decode_image(key: str, name: str, data: bytes) -> Image.Image:
+_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, walking its marker segments; None when it is not a JPEG or its
+    header cannot be read (the caller then decodes through PIL, which says why)."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _SOF:
+            height, width = struct.unpack_from(">HH", data, i + 5)
+            return (width, height) if width and height else None
+        i += 2 + ((data[i + 2] << 8) | data[i + 3])
+    return None
+
+
+def _jpeg_chw(data: bytes) -> torch.Tensor | None:
+    """A 3-channel JPEG decoded by libjpeg-turbo through torchvision, [3, H, W] uint8 (the same pixels as PIL's
+    decoder, without its per-image Python); None for anything else (grey, CMYK, not a JPEG, damaged), which PIL
+    then decodes or rejects. torchvision fails on every JPEG libjpeg warns about, so it never accepts an image PIL
+    would refuse."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    import torch
+
+    try:
+        chw = _decode_jpeg_op()(torch.frombuffer(bytearray(data), dtype=torch.uint8), 0, False)  # 0: UNCHANGED
+    except RuntimeError:
+        return None
+    return chw if chw.shape[0] == 3 else None
+
+
+@functools.cache
+def _decode_jpeg_op() -> Callable[..., torch.Tensor]:
+    """torchvision's JPEG decoding operator (data, mode, apply_exif_orientation), called directly: its Python wrapper
+    `torchvision.io.decode_jpeg` adds a DeprecationWarning and bookkeeping per image, which costs a tenth of decoding
+    a small JPEG. A signature change shows as a RuntimeError, and PIL decodes instead."""
+    import torch
+    import torchvision.io.image  # noqa: F401  (loads the image operators)
+
+    return torch.ops.image.decode_jpeg
+
+
+def _decode_pil(key: str, name: str, data: bytes, draft: tuple[int, int] | None = None) -> Image.Image:
     try:
         im = Image.open(io.BytesIO(data))
+        if draft is not None:
+            im.draft("RGB", draft)  # JPEG: decode at the smallest 1/2, 1/4, 1/8 scale still >= draft (w, h)
         im.load()
-        return im.convert("RGB")
+        return im if im.mode == "RGB" else im.convert("RGB")
     except Exception as e:  # PIL raises many types on corrupt data
         raise SampleError(key, name, f"undecodable image ({type(e).__name__}: {e})") from None
+
+
+def decode_image(key: str, name: str, data: bytes) -> Image.Image:
+    """Image bytes -> an RGB PIL image; SampleError naming the key and file when they do not decode."""
+    chw = _jpeg_chw(data)
+    if chw is None:
+        return _decode_pil(key, name, data)
+    import numpy as np
+
+    # libjpeg's [H, W, 3] buffer itself (contiguous: no copy); a torch copy here would wake its thread pool
+    hwc = np.ascontiguousarray(chw.permute(1, 2, 0).numpy())
+    return Image.frombuffer("RGB", (hwc.shape[1], hwc.shape[0]), hwc, "raw", "RGB", 0, 1)
+
+
+def decode_image_tensor(key: str, name: str, data: bytes, size: tuple[int, int]) -> torch.Tensor:
+    """Image bytes -> [H, W, 3] uint8 (contiguous) at size=(H, W), resized bilinearly with antialiasing (the layout
+    libjpeg writes: no transposing copy per image; a batch of them stacks into a channels-last [B, 3, H, W] view
+    for free, `collate_tensors`). A JPEG at least twice
+    the target size in both sides is decoded at reduced size (PIL `draft`: libjpeg scales in the DCT, 4-64x less
+    work), any other straight to a tensor (torchvision). SampleError naming the key and file when they do not decode.
+    """
+    import numpy as np
+    import torch
+    from torchvision.transforms.v2.functional import resize
+
+    height, width = size
+    dims = jpeg_size(data)
+    if dims is not None and dims[0] >= 2 * width and dims[1] >= 2 * height:
+        im = _decode_pil(key, name, data, draft=(width, height))
+        if im.size != (width, height):
+            im = im.resize((width, height), Image.Resampling.BILINEAR)
+        return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy())
+    chw = _jpeg_chw(data)  # a [3, H, W] view of libjpeg's [H, W, 3] buffer
+    if chw is None:
+        hwc = torch.from_numpy(np.asarray(_decode_pil(key, name, data), dtype=np.uint8).copy())
+    else:
+        hwc = chw.permute(1, 2, 0)
+    if hwc.shape[:2] != (height, width):
+        hwc = resize(hwc.permute(2, 0, 1), [height, width], antialias=True).permute(1, 2, 0).contiguous()
+    return hwc
 
 
 def decode_pair(raw: dict[str, Any], require_sat: bool = True) -> PairSample:

@@ -98,8 +98,9 @@ class ShardWriter:
         self.close()
 
 
-def write_manifest(root: str | Path, splits: dict[str, dict[str, Any]], source: str, licence: str,
-                   extra: dict[str, Any] | None = None) -> Path:
+def write_manifest(
+    root: str | Path, splits: dict[str, dict[str, Any]], source: str, licence: str, extra: dict[str, Any] | None = None
+) -> Path:
     """Write (or update, split by split) `<root>/manifest.json`."""
     path = Path(root) / "manifest.json"
     manifest: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
@@ -110,8 +111,9 @@ def write_manifest(root: str | Path, splits: dict[str, dict[str, Any]], source: 
     return path
 
 
-def split_shards(root: str | Path, split: str) -> list[Path]:
-    """The shard files of a split, from the manifest when there is one, else by name."""
+def folder_shards(root: str | Path, split: str) -> list[Path]:
+    """The shard files of a split in a local dataset folder, from the manifest when there is one, else by name
+    (`geor1.data.reader.split_shards` also takes WebDataset URL specs)."""
     root = Path(root)
     manifest = root / "manifest.json"
     if manifest.exists():

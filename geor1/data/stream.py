@@ -1,15 +1,21 @@
-"""Streaming shards: a flat list of named stages, each a generator over the previous one.
+"""Streaming shards through webdataset's pipeline: a `wds.DataPipeline` of small named stages, each a generator
+over the previous one's output.
 
-    shards   -> the shard paths this process reads (split by node and worker; resampled with replacement if asked)
-    read     -> raw samples {"__key__", ext: bytes}            (a truncated shard: warning naming it, rest skipped)
-    decode   -> PairSample                                      (a corrupt sample: skipped, counted, key kept)
-    shuffle  -> PairSample, through a seeded buffer
-    to_item  -> what the objective consumes (PairSample, tensors, ChatSample)     <- the sample's shape changes here
+    shards    {"url"}: webdataset's SimpleShardList in a (seed, epoch) order, or its ResampledShards (with replacement)
+    split     this reader's shards: by node (rank), then by worker, as webdataset's split_by_node/split_by_worker
+    open      {"url", "stream"} through webdataset.gopen (`geor1.data.reader.open_shards`)
+    expand    raw samples {"__key__", "__url__", ext: bytes}, grouped by webdataset's group_by_keys; a truncated shard
+              is warned about by name and its incomplete sample never yielded (`geor1.data.reader.tar_samples`)
+    stride    when there are fewer shards than readers, every reader walks all shards and keeps every n-th sample
+    shuffle   webdataset's shuffle buffer over raw samples, seeded by (seed, epoch, reader)
+    decode    StreamItem(PairSample, or the `decode` callable's item)     (a corrupt sample: skipped, counted, key kept)
+    to_item   StreamItem(what the objective consumes: PairSample, tensors, ChatSample)
+    limit     `samples_per_epoch` items per reader
 
-When there are fewer shards than readers (nodes x workers), every reader walks all shards and keeps every n-th
-sample instead, so no reader is idle and no sample is read twice. Skipped keys travel with the next sample a worker
-yields (or with an empty marker at the end of its stream), so the totals logged as `data/skipped` are exact with
-any number of workers.
+With the stride, no reader is idle and no sample is read twice. Skipped keys travel with the next sample a worker
+yields (or with an empty marker at the end of its stream), so the totals logged as `data/skipped` are exact with any
+number of workers. The order of a pass is a function of (seed, epoch) alone: replaying a pass and dropping the
+batches already trained on resumes it exactly (`StreamLoader`).
 """
 
 from __future__ import annotations
@@ -17,17 +23,18 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from geor1 import Geor1Error
-from geor1.data.reader import iter_raw_samples
+from geor1.data.reader import open_shards, tar_samples
 from geor1.data.schema import PairSample, SampleError, decode_pair
 
 log = logging.getLogger(__name__)
@@ -62,65 +69,113 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+@dataclass
+class ReaderSlot:
+    """Where this reader sits: `rank` of `world` processes, `worker` of `workers` DataLoader workers, and the seed of
+    this pass (a function of the stream's seed and epoch only, so every reader agrees on it without sharing state)."""
+
+    rank: int
+    world: int
+    worker: int
+    workers: int
+    epoch_seed: int
+
+    @property
+    def index(self) -> int:
+        return self.rank * self.workers + self.worker
+
+    @property
+    def readers(self) -> int:
+        return self.world * self.workers
+
+
 class ShardStream(IterableDataset):
-    """An iterable over the samples of some shards.
+    """An iterable over the samples of some shards (paths or WebDataset URLs), through `wds.DataPipeline`.
 
     Args:
-        shards: shard paths.
+        shards: shard paths or URLs (`geor1.data.reader.shard_urls` expands specs into these).
         to_item: PairSample -> item (identity by default).
         shuffle_buffer: samples held for shuffling (0: stream order, for evaluation).
-        seed: base seed; each epoch's order derives from it (and from the DataLoader's per-epoch worker seed).
+        seed: base seed; each epoch's order derives from it and the epoch.
         resampled: draw shards with replacement forever (use with `samples_per_epoch`).
         samples_per_epoch: stop each epoch after this many items per reader (None: one pass over the shards).
         require_sat: a sample without `sat.jpg` is corrupt (pair data) or allowed (ground-only benchmarks).
         decode: raw sample -> decoded sample, raising SampleError when corrupt (default: `decode_pair`).
     """
 
-    def __init__(self, shards: Sequence[str | Path], to_item: Callable[[PairSample], Any] | None = None,
-                 shuffle_buffer: int = 0, seed: int = 0, resampled: bool = False,
-                 samples_per_epoch: int | None = None, require_sat: bool = True,
-                 decode: Callable[[dict], Any] | None = None) -> None:
+    def __init__(
+        self,
+        shards: Sequence[str | Path],
+        to_item: Callable[[PairSample], Any] | None = None,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        resampled: bool = False,
+        samples_per_epoch: int | None = None,
+        require_sat: bool = True,
+        decode: Callable[[dict], Any] | None = None,
+    ) -> None:
         super().__init__()
         if not shards:
             raise ValueError("ShardStream needs at least one shard")
         self.shards = [str(s) for s in shards]
-        self.to_item = to_item or (lambda s: s)
+        self.to_item = to_item
         self.shuffle_buffer, self.seed, self.resampled = shuffle_buffer, seed, resampled
         self.samples_per_epoch, self.require_sat = samples_per_epoch, require_sat
         self.decode = decode
         self.epoch = 0
 
-    # ---- stages -------------------------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         """Called by StreamLoader before each pass: the order of a pass depends on (seed, epoch) only, so every
         rank and worker agrees on it without sharing state."""
         self.epoch = epoch
 
-    def _reader_slot(self) -> tuple[int, int, int]:
-        """(this reader's index, number of readers, epoch seed)."""
+    def _reader_slot(self) -> ReaderSlot:
         rank, world = _rank_and_world()
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        return rank * workers + worker, world * workers, self.seed * 1_000_003 + self.epoch
+        return ReaderSlot(rank, world, worker, workers, self.seed * 1_000_003 + self.epoch)
 
-    def stage_shards(self, slot: int, readers: int, rng: random.Random) -> tuple[Iterator[str], int]:
-        """-> (shard paths for this reader, sample stride: 1, or `readers` when shards are fewer than readers)."""
+    # ---- stages (each: an iterable in, a generator out) -----------------------------------------------------
+    def stage_shards(self, slot: ReaderSlot) -> IterableDataset:
+        """{"url"} per shard: webdataset's ResampledShards (every reader draws from all shards, with its own seed),
+        or its SimpleShardList in the order of this pass (the same in every reader: the split is a partition)."""
         if self.resampled:
-            return (rng.choice(self.shards) for _ in iter(int, 1)), 1
+            return wds.ResampledShards(
+                self.shards, seed=slot.epoch_seed, worker_seed=lambda: slot.index, deterministic=True
+            )
         order = list(self.shards)
         if self.shuffle_buffer:
-            rng.shuffle(order)  # the same order in every reader of this epoch: the split below is a partition
-        if len(order) >= readers:
-            return iter(order[slot::readers]), 1
-        return iter(order), readers
+            random.Random(slot.epoch_seed).shuffle(order)
+        return wds.SimpleShardList(order)
 
-    def stage_decode(self, raws: Iterator[dict], slot: int, stride: int) -> Iterator[StreamItem]:
+    def _stride(self, slot: ReaderSlot) -> int:
+        """1, or the number of readers when shards are fewer than readers (each then keeps every n-th sample)."""
+        return 1 if self.resampled or len(self.shards) >= slot.readers else slot.readers
+
+    def stage_split(self, shards: Iterable[dict], slot: ReaderSlot) -> Iterator[dict]:
+        """This reader's shards: webdataset's split_by_node then split_by_worker (islice by rank, then by worker),
+        with the rank from `_rank_and_world` (the strategy's process group); all shards when they are too few."""
+        if self._stride(slot) > 1 or self.resampled:
+            yield from shards
+            return
+        by_node = itertools.islice(shards, slot.rank, None, slot.world)
+        yield from itertools.islice(by_node, slot.worker, None, slot.workers)
+
+    def stage_stride(self, raws: Iterable[dict], slot: ReaderSlot) -> Iterator[dict]:
+        """Fewer shards than readers: every reader walks all of them and keeps samples i with i % readers == index."""
+        stride = self._stride(slot)
+        if stride == 1:
+            yield from raws
+            return
+        yield from itertools.islice(raws, slot.index, None, stride)
+
+    def stage_decode(self, raws: Iterable[dict]) -> Iterator[StreamItem]:
+        """raw sample -> StreamItem(decoded sample); corrupt ones are logged, and their keys ride on the next item."""
+        decode = self.decode or (lambda raw: decode_pair(raw, require_sat=self.require_sat))
         pending: list[str] = []
-        for i, raw in enumerate(raws):
-            if stride > 1 and i % stride != slot:
-                continue
+        for raw in raws:
             try:
-                sample = self.decode(raw) if self.decode else decode_pair(raw, require_sat=self.require_sat)
+                sample = decode(raw)
             except SampleError as e:
                 log.warning("skipping corrupt sample in %s: %s", raw.get("__url__"), e)
                 pending.append(e.key)
@@ -130,40 +185,52 @@ class ShardStream(IterableDataset):
         if pending:
             yield StreamItem(None, pending)
 
-    def stage_shuffle(self, items: Iterator[StreamItem], rng: random.Random) -> Iterator[StreamItem]:
+    def stage_shuffle(self, items: Iterable[dict], slot: ReaderSlot) -> Iterator[dict]:
+        """webdataset's shuffle buffer over raw samples (before decoding: the buffer holds bytes, not images), with a
+        generator seeded by (seed, epoch, reader)."""
         if self.shuffle_buffer <= 1:
             yield from items
             return
-        buf: list[StreamItem] = []
-        for it in items:
-            buf.append(it)
-            if len(buf) >= self.shuffle_buffer:
-                j = rng.randrange(len(buf))
-                buf[j], buf[-1] = buf[-1], buf[j]
-                yield buf.pop()
-        rng.shuffle(buf)
-        yield from buf
+        rng = random.Random(slot.epoch_seed * 31 + slot.index)
+        yield from wds.filters._shuffle(iter(items), self.shuffle_buffer, self.shuffle_buffer, rng=rng)
 
-    # ---- the pipeline -------------------------------------------------------------------------------------
-    def __iter__(self) -> Iterator[StreamItem]:
-        slot, readers, epoch_seed = self._reader_slot()
-        shards, stride = self.stage_shards(slot, readers, random.Random(epoch_seed))
-        raws = iter_raw_samples_lazy(shards)  # raw dicts
-        decoded = self.stage_decode(raws, slot, stride)  # StreamItem(PairSample)
-        stream = self.stage_shuffle(decoded, random.Random(epoch_seed * 31 + slot))
-        count = 0
-        for element in stream:
-            if element.item is not None:
-                element.item = self.to_item(element.item)  # PairSample -> the objective's item
-                count += 1
+    def stage_to_item(self, items: Iterable[StreamItem]) -> Iterator[StreamItem]:
+        to_item = self.to_item
+        for element in items:
+            if to_item is not None and element.item is not None:
+                element.item = to_item(element.item)
             yield element
-            if self.samples_per_epoch is not None and count >= self.samples_per_epoch:
+
+    def stage_limit(self, items: Iterable[StreamItem]) -> Iterator[StreamItem]:
+        """At most `samples_per_epoch` items (end-of-stream markers do not count)."""
+        if self.samples_per_epoch is None:
+            yield from items
+            return
+        count = 0
+        for element in items:
+            yield element
+            count += element.item is not None
+            if count >= self.samples_per_epoch:
                 return
 
+    # ---- the pipeline -------------------------------------------------------------------------------------
+    def pipeline(self) -> wds.DataPipeline:
+        """This reader's pipeline for the current epoch (built in the process that iterates it)."""
+        slot = self._reader_slot()
+        return wds.DataPipeline(
+            self.stage_shards(slot),  # {"url"}
+            lambda src: self.stage_split(src, slot),  # {"url"}: this reader's
+            open_shards,  # {"url", "stream"}
+            tar_samples,  # raw samples {"__key__", "__url__", ext: bytes}   <- shards become samples
+            lambda src: self.stage_stride(src, slot),
+            lambda src: self.stage_shuffle(src, slot),  # raw samples: a few kB each in the buffer, not images
+            self.stage_decode,  # StreamItem(PairSample | decoded sample)     <- raw bytes become samples
+            self.stage_to_item,  # StreamItem(the objective's item)           <- the sample's shape changes here
+            self.stage_limit,
+        )
 
-def iter_raw_samples_lazy(shards: Iterator[str]) -> Iterator[dict]:
-    for shard in shards:
-        yield from iter_raw_samples([shard])
+    def __iter__(self) -> Iterator[StreamItem]:
+        return iter(self.pipeline())
 
 
 def agree_all(has_batch: bool) -> bool:
@@ -209,9 +276,17 @@ class StreamLoader(DataLoader):
 
     dataset: ShardStream
 
-    def __init__(self, dataset: ShardStream, start_pass: int = 0, skip: int = 0,
-                 agree: Callable[[bool], bool] | None = None, on_pass_end: Callable[[PassStats], None] | None = None,
-                 name: str = "stream", ended: Callable[[], bool] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dataset: ShardStream,
+        start_pass: int = 0,
+        skip: int = 0,
+        agree: Callable[[bool], bool] | None = None,
+        on_pass_end: Callable[[PassStats], None] | None = None,
+        name: str = "stream",
+        ended: Callable[[], bool] | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("collate_fn", collate_stream)
         kwargs["persistent_workers"] = False  # workers must receive the new epoch each pass
         super().__init__(dataset, **kwargs)
@@ -225,8 +300,11 @@ class StreamLoader(DataLoader):
 
     def __iter__(self):
         if self.ended is not None and self.ended():
-            log.info("%s: the consumer re-enters a pass whose batches are all done; pass %d is kept for the next "
-                     "iteration", self.name, self.passes)
+            log.info(
+                "%s: the consumer re-enters a pass whose batches are all done; pass %d is kept for the next iteration",
+                self.name,
+                self.passes,
+            )
             return iter(())
         self.dataset.set_epoch(self.passes)
         self.passes += 1
@@ -250,16 +328,24 @@ class StreamLoader(DataLoader):
             yield batch
         if batch is not None:  # another rank ran out first: count what this one leaves unread (no collective here)
             if self.dataset.resampled and self.dataset.samples_per_epoch is None:  # never ends: nothing to count
-                raise Geor1Error(f"{self.name} pass {stats.epoch}: another rank's endless resampled stream ended; "
-                                 "set the same `resampled`/`samples_per_epoch` on every rank")
+                raise Geor1Error(
+                    f"{self.name} pass {stats.epoch}: another rank's endless resampled stream ended; "
+                    "set the same `resampled`/`samples_per_epoch` on every rank"
+                )
             for rest in itertools.chain([batch], it):
                 stats.unread_batches += 1
                 stats.unread_samples += _num_samples(rest)
                 stats.unread_skipped += len(_skipped_keys(rest))
-            log.warning("%s pass %d: %d samples (%d batches) left unread on this rank because another rank's shards "
-                        "ended first (every rank stops after %d batches%s)", self.name, stats.epoch,
-                        stats.unread_samples, stats.unread_batches, stats.batches,
-                        f"; {stats.unread_skipped} corrupt keys among them" if stats.unread_skipped else "")
+            log.warning(
+                "%s pass %d: %d samples (%d batches) left unread on this rank because another rank's shards "
+                "ended first (every rank stops after %d batches%s)",
+                self.name,
+                stats.epoch,
+                stats.unread_samples,
+                stats.unread_batches,
+                stats.batches,
+                f"; {stats.unread_skipped} corrupt keys among them" if stats.unread_skipped else "",
+            )
         stats.complete = True
         if self.on_pass_end is not None:
             self.on_pass_end(stats)
@@ -306,6 +392,7 @@ class StreamingDataModule(L.LightningDataModule):
             totals["passes"] += 1
             totals["batches"] += stats.batches
             totals["unread_samples"] += stats.unread_samples
+
         return record
 
     def _epoch_already_ended(self) -> bool:
@@ -319,8 +406,11 @@ class StreamingDataModule(L.LightningDataModule):
         # Lightning annotates `current` with its base tracker class; these loops hold the processed-counting one
         epochs: Any = trainer.fit_loop.epoch_progress.current
         batches: Any = trainer.fit_loop.epoch_loop.batch_progress
-        if (epochs.started == epochs.processed > 0 and batches.is_last_batch
-                and 0 < batches.current.ready == batches.current.processed):
+        if (
+            epochs.started == epochs.processed > 0
+            and batches.is_last_batch
+            and 0 < batches.current.ready == batches.current.processed
+        ):
             return True
         self._batches_before_pass = int(batches.current.processed)
         return False
@@ -332,11 +422,18 @@ class StreamingDataModule(L.LightningDataModule):
             self._resume = None
         elif train and self.trainer is not None:
             start = self.trainer.current_epoch
-        loader = StreamLoader(self.stream(split, train), start_pass=start, skip=skip, agree=self._agree,
-                              on_pass_end=self._record_pass(split), name=split,
-                              ended=self._epoch_already_ended if train else None,
-                              batch_size=self.hparams["batch_size"], num_workers=self.hparams["num_workers"],
-                              collate_fn=self.collate_fn)
+        loader = StreamLoader(
+            self.stream(split, train),
+            start_pass=start,
+            skip=skip,
+            agree=self._agree,
+            on_pass_end=self._record_pass(split),
+            name=split,
+            ended=self._epoch_already_ended if train else None,
+            batch_size=self.hparams["batch_size"],
+            num_workers=self.hparams["num_workers"],
+            collate_fn=self.collate_fn,
+        )
         if train:
             self._train_loader = loader
         return loader

@@ -17,11 +17,10 @@ def load_chat_samples(
     """The first `limit` (default all) decodable samples of `split` under `root`, as chat samples of `task`, and the
     number of corrupt samples skipped on the way (a count the caller reports, not a silent loss)."""
     from geor1.data.chat import ChatDecoder
-    from geor1.data.reader import iter_raw_samples
+    from geor1.data.reader import iter_raw_samples, shard_urls
     from geor1.data.schema import SampleError
-    from geor1.data.shards import split_shards
 
-    shards = split_shards(root, split)
+    shards = shard_urls(root, split)
     if not shards:
         raise Geor1Error(f"no shards for split '{split}' in {root}")
     decode, samples, skipped = ChatDecoder(task), [], 0

@@ -52,12 +52,12 @@ _WRAPPER_PARTS = ("_orig_mod.", "_checkpoint_wrapped_module.", "_fsdp_wrapped_mo
 _WEIGHT_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json", "*.py")
 
 
-def require_vllm() -> Any:
-    """The `vllm` module, or a Geor1Error that says how to get it."""
+def require_vllm(user: str = "rollout.backend 'vllm'", instead: str = "rollout.backend: hf") -> Any:
+    """The `vllm` module, or a Geor1Error saying that `user` needs it, how to get it, or to use `instead`."""
     if importlib.util.find_spec("vllm") is None:
         raise Geor1Error(
-            "rollout.backend 'vllm' needs the vllm package, which is not installed: pip install vllm "
-            "(on a CUDA machine, matching its torch), or use rollout.backend: hf"
+            f"{user} needs the vllm package, which is not installed: pip install vllm "
+            f"(on a CUDA machine, matching its torch), or use {instead}"
         )
     return importlib.import_module("vllm")
 

@@ -11,7 +11,7 @@ import torch
 
 from geor1 import Geor1Error
 from geor1.data.datamodule import PairToTensors, collate_tensors
-from geor1.data.shards import split_shards
+from geor1.data.reader import shard_urls
 from geor1.data.stream import ShardStream, StreamLoader
 
 log = logging.getLogger(__name__)
@@ -62,10 +62,10 @@ def embed_shards(
 
     grounds, sats, meta = [], [], []
     for split in splits:
-        shards = split_shards(root, split)
+        shards = shard_urls(root, split)
         if not shards:
             raise Geor1Error(f"no shards for split '{split}' in {root}")
-        stream = ShardStream(shards, PairToTensors(ground_size, sat_size))
+        stream = ShardStream(shards, decode=PairToTensors(ground_size, sat_size).decode_raw)
         loader = StreamLoader(stream, batch_size=batch_size, collate_fn=collate_tensors)
         for batch in tqdm(loader, desc=f"embed {split}", unit="batch", disable=None):
             if not batch["key"]:

@@ -196,15 +196,15 @@ def write_episodes(miner: Miner, episodes: list[Episode], shards: str | Path, ou
     """Episode shards `<out>/<split>-%06d.tar`: `ground.jpg`, `cand0.jpg..cand{K-1}.jpg`, `json`."""
     from tqdm import tqdm
 
-    from geor1.data.reader import iter_raw_samples
-    from geor1.data.shards import ShardWriter, split_shards, write_manifest
+    from geor1.data.reader import iter_raw_samples, shard_urls
+    from geor1.data.shards import ShardWriter, write_manifest
 
     stats = {}
     for split in sorted({e.split for e in episodes}):
         eps = [e for e in episodes if e.split == split]
         needed = {miner.index.meta[r]["key"] for e in eps for r in e.candidates}
         images: dict[str, dict[str, bytes]] = {}  # key -> {"ground.jpg", "sat.jpg"} (this split only)
-        for raw in iter_raw_samples(split_shards(shards, split)):
+        for raw in iter_raw_samples(shard_urls(shards, split)):
             if raw["__key__"] in needed:
                 images[raw["__key__"]] = {k: raw[k] for k in ("ground.jpg", "sat.jpg") if k in raw}
         with ShardWriter(out, split) as writer:
