@@ -47,6 +47,13 @@ def main() -> None:
     ap.add_argument("--shards", default=None, help="GeoWorld-style shard folder (default: build one)")
     ap.add_argument("--num-train", type=int, default=2000)
     ap.add_argument("--out", default=None, help="folder for perf_loader.json / .md")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="measure every row (the bound included) this many times and keep the best: on a small machine one "
+        "timing swings by 10-15%% from run to run",
+    )
     args = ap.parse_args()
     tmp = None
     root = args.shards
@@ -57,7 +64,11 @@ def main() -> None:
         root = tmp.name
         build_geoworld(root, args.num_train, 10, 10, seed=0, max_count=250)
     shards = split_shards(root, "train")
-    bound, n = decode_bound(shards)
+    n = 0
+    bound = 0.0
+    for _ in range(args.repeats):
+        rate, n = decode_bound(shards)
+        bound = max(bound, rate)
     rows = [{"pipeline": "decode bound (1 process, JPEGs in memory)", "workers": 0, "samples_per_s": bound}]
     for item in ("pair", "tensors"):
         for workers in (0, 1, 2):
@@ -66,11 +77,11 @@ def main() -> None:
                 {
                     "pipeline": f"PairShardDataModule item={item}",
                     "workers": workers,
-                    "samples_per_s": loader_rate(root, workers, item),
+                    "samples_per_s": max(loader_rate(root, workers, item) for _ in range(args.repeats)),
                 }
             )
     lines = [
-        f"perf_loader: {n} ground+sat pairs in {len(shards)} shards",
+        f"perf_loader: {n} ground+sat pairs in {len(shards)} shards, best of {args.repeats} runs per row",
         "| pipeline | workers | samples/s | ratio to decode bound |",
         "|---|---|---|---|",
     ]
