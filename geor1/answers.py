@@ -16,15 +16,15 @@ Coordinates are read right or not at all: an answer that could mean two points i
    and which holds a name word ("... (Paris, FR)", "... (18 de Marzo, MX)"; not a hemisphere, label or unit) is the
    place: it is set aside (`parse_place` reads it) and its words and numbers play no part. Any other parenthesised
    group (digits in its last part, or only hemispheres, labels and units), or one that is the whole answer
-   ("(51.5074, -0.1278)"), is read like the rest. Quotes around words are ignored; brackets separate (a hemisphere
-   mark does not reach across them).
+   ("(51.5074, -0.1278)"), is read like the rest. Quotes around words and markdown's * and ` are ignored; brackets
+   separate (a hemisphere mark does not reach across them).
 2. Values. A value is a signed decimal number ("-33.86", "+2", ".5"), optionally with a degree mark (° º ˚, "d",
    "deg", "degrees"), then minutes (' ′ ’, "m", "min", "minutes") and seconds (" ″ '' ”, "sec", "seconds", and a
    lower-case "s" in the seconds place):
    "48°51'24\"", "40 deg 42 min". Minutes and seconds need the degrees before them and must be below 60. The sign
    must touch the number: "-" after a digit ("48.85-2.35"), a sign followed by a space ("- 33.9"), or a dash such as
-   U+2013 before a digit (a minus or a range?) make the answer unparseable, as do numbers run together ("1.2.3").
-   U+2212 MINUS SIGN is a minus.
+   U+2013 before a digit, spaced or not (a minus or a range?), make the answer unparseable, as do numbers run
+   together ("1.2.3"). U+2212 MINUS SIGN is a minus.
 3. Exactly one coordinate pair. The answer must hold exactly two values (lat, lon), or four that are the same pair
    written twice (the two readings within 0.01°; the first is returned). Any other count is unparseable, so every
    stray number outside the place part makes the answer unparseable: "Tile 3: 40.71, -74.00", "1. 48.8, 2.3",
@@ -36,12 +36,13 @@ Coordinates are read right or not at all: an answer that could mean two points i
    Africa", "north of Paris") and is ignored, unless it also follows a value ("18.4 South Africa": unparseable).
    Any other lone hemisphere mark is unparseable ("U.S.: 40.7, -74.0"). S and W negate; a negative value with a
    hemisphere ("-33 S") contradicts itself; two marks on one value, or two values on one axis ("N 40 N 74"), are
-   unparseable.
+   unparseable, as is any other single letter right after a value ("43.2 O": Oeste or Ost?).
 5. Labels. lat/latitude and lon/lng/long/longitude name the value that follows them, over ":", "=", ".", "~",
    "is", "of", "about", "approximately", ... ("Latitude: 40.7", "lon=151.2"), or else the value just before them
-   ("48.85° N latitude"). Two labels together name the next two values in their order: "lat/lon: 48.85, 2.35",
-   "(lng, lat) = (2.35, 48.85)", "latitude and longitude are ...". A label that names no value is unparseable
-   ("a long way"), as is a value named twice, or a label contradicting the value's hemisphere ("lat 40 E").
+   ("48.85° N latitude", "48.85 (lat)"). Two labels together name the next two values in their order:
+   "lat/lon: 48.85, 2.35", "(lng, lat) = (2.35, 48.85)", "latitude and longitude are ...". A label that names no
+   value is unparseable ("a long way"), as is a value named twice, or a label contradicting the value's hemisphere
+   ("lat 40 E").
 6. Order and range. Labels and hemispheres fix which value is the latitude; without them the first value is the
    latitude. |lat| <= 90 and |lon| <= 180, else unparseable (a pair is never swapped to fit).
 """
@@ -82,7 +83,7 @@ _TYPOGRAPHY = str.maketrans(
         "\u02ba": '"',
     }
 )  # ″ “ ” ʺ
-_DASH_BEFORE_DIGIT = re.compile(r"[\u2010-\u2015\ufe58]\.?\d")  # ‐ ‑ ‒ – — ―: a minus or a range?
+_DASH_BEFORE_DIGIT = re.compile(r"[\u2010-\u2015\ufe58]\s*\.?\d")  # ‐ ‑ ‒ – — ―: a minus or a range?
 _LOOSE_SIGN = re.compile(r"[-+]\s+\.?\d")  # "- 33.9": a minus or a dash?
 _HEMI = {"n": "N", "s": "S", "e": "E", "w": "W", "north": "N", "south": "S", "east": "E", "west": "W"}
 _LABEL = {"lat": "lat", "latitude": "lat", "lon": "lon", "lng": "lon", "long": "lon", "longitude": "lon"}
@@ -122,7 +123,7 @@ _FILLERS = {
     ":",
     ".",
 }
-_QUOTES = set("'\"")  # quotes that are no minute/second mark are skipped
+_QUOTES = set("'\"*`")  # quotes that are no minute/second mark, and markdown's * and `, are skipped
 
 
 @dataclass
@@ -244,6 +245,8 @@ def _tokenize(s: str) -> list[_Tok] | None:
                 toks.append(_Tok("hemi", text, hemi=_HEMI[low]))
             elif low in _LABEL:
                 toks.append(_Tok("label", text, axis=_LABEL[low]))
+            elif len(text) == 1 and prev is not None and prev.kind in ("num", "deg", "min", "sec"):
+                return None  # "43.2 O": Oeste (west) or Ost (east)? another language's hemisphere letter
             else:
                 toks.append(_Tok("word", text))
         elif after_num and text in _UNIT_MARKS:
@@ -376,7 +379,10 @@ def _attach_labels(seq: list[_Tok], values: list[_Value], hemis: dict[int, int])
             q += 1
         target = _value_at(seq, q)
         if target is None:
-            target = _value_at(seq, p - 1)  # "48.85 latitude"
+            b = p - 1
+            while b >= 0 and seq[b].kind == "paren":
+                b -= 1  # "48.85 (lat)"
+            target = _value_at(seq, b)  # "48.85 latitude"
             if target is None and p - 1 in hemis and _value_at(seq, p - 2) == hemis[p - 1]:
                 target = hemis[p - 1]  # "48.85° N latitude"
         if target is None or values[target].label is not None:

@@ -47,6 +47,8 @@ COORDS = [  # (answer as a VLM writes it, expected (lat, lon) within 0.01 degree
     ("The coordinates are approximately 48.86° N, 2.35° E.", (48.86, 2.35), "a sentence"),
     ("48.85, 2.35 (Paris, FR).", (48.85, 2.35), "a full stop after the place"),
     ("18.96889, -98.16028 (18 de Marzo, MX)", (18.96889, -98.16028), "a place name with a digit (GeoNames)"),
+    ("22.9 S, 43.2 O", None, "O: Oeste (west) or Ost (east)? another language's hemisphere letter"),
+    ("22.9° S, 43.2° O", None, "the same after degree marks"),
     ("-33.9, 18.4 (North Bay, CA)", (-33.9, 18.4), "a hemisphere word inside the place is no hemisphere"),
     ("-33.9, 18.4, Cape Town, South Africa", (-33.9, 18.4), "a place name with a hemisphere word, after a comma"),
     # hemisphere letters and words, after and before
