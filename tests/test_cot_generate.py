@@ -108,6 +108,12 @@ def test_each_filter_drops_what_it_should():
         ("Given the hint, Cape Town.", True),
         ("The correct answer is Cape Town.", True),
         ("Given the dry slopes, the Cape.", False),  # "given" alone is ordinary English
+        ("The true location of this photo is Cape Town.", True),  # the hint's own words
+        ("near 33°55′S, 18°25′E by the bay", True),  # degrees and minutes, cut
+        ("at 33° 55' 30\" S", True),  # degrees, minutes and seconds, rounded
+        ("at 33°55.5′ S", True),  # decimal minutes, rounded
+        ("at 33°56′ S", False),  # neither rounded nor cut
+        ("at 33°54′ S, 18°27′ E", False),
     ],
 )
 def test_hint_leak(think, leaks):
@@ -240,6 +246,11 @@ def test_a_rerun_skips_done_items_and_ends_as_one_run_would(world, tmp_path):
     assert third.calls == []
     with pytest.raises(Geor1Error, match=r"other settings.*sampling"):
         generate(StandIn(), world, tmp_path / "part", GenerateSettings(task="geolocate", samples=2, temperature=1.0))
+    # so is the same teacher loaded otherwise (another backend or dtype changes what it writes)
+    hf32 = {"backend": "hf", "dtype": "float32", "max_pixels": None}
+    generate(StandIn(), world, tmp_path / "tsettings", settings, teacher_settings=hf32)
+    with pytest.raises(Geor1Error, match=r"other settings.*teacher_settings"):
+        generate(StandIn(), world, tmp_path / "tsettings", settings, teacher_settings={**hf32, "dtype": "bfloat16"})
     # a run cut in the middle of writing a journal line: that item is generated again
     journal = tmp_path / "part" / "generations.jsonl"
     lines = journal.read_text().splitlines()

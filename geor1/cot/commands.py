@@ -135,7 +135,10 @@ def _generate(ns: argparse.Namespace) -> None:
         teacher = VLLMTeacher(ns.teacher, ns.max_new_tokens, ns.temperature, ns.top_p, ns.seed, dtype, k, engine)
     else:
         teacher = HFTeacher(ns.teacher, ns.max_new_tokens, ns.temperature, ns.top_p, dtype, ns.max_pixels)
-    report = generate(teacher, ns.shards, ns.out, settings, Path(ns.teacher).name, prompt)
+    teacher_settings = {"backend": ns.backend, "dtype": dtype, "max_pixels": ns.max_pixels}
+    report = generate(
+        teacher, ns.shards, ns.out, settings, Path(ns.teacher).name, prompt, teacher_settings=teacher_settings
+    )
     s = report.as_dict()
     print(
         f"{s['kept']} traces kept of {s['items_generated']} items ({s['samples']} samples; {s['items_new_this_run']} "

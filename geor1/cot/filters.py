@@ -8,7 +8,8 @@ A sample of an item goes through, in this order, and is counted under the first 
    sample is counted under the first of its fact-check reasons in `dropped`; every reason it had is also counted
    in `factcheck_reasons`.
 2. hint leakage (`hint_leak`, only when the teacher was given a hint): the reasoning quotes the hint's
-   coordinates (a number that equals the hint's latitude or longitude to 2 or more decimals, rounded or cut), or
+   coordinates (a number that equals the hint's latitude or longitude to 2 or more decimals, rounded or cut, or
+   degrees and minutes (and seconds) equal to it to the last place written), or
    says it was given the answer ("hint", "I was told", "given answer", ...). The <answer> itself is not searched:
    it must hold the coordinates.
 3. length window (`LengthWindow`): the reasoning (the text inside <think>) has fewer than `min_words` or more than
@@ -37,10 +38,13 @@ FILTER_REASONS = ("hint_leak", "too_short", "too_long", "near_duplicate", "not_b
 _LEAK_WORDS = re.compile(
     r"\b(hints?|hinted|i (?:was|am|have been|'ve been) (?:told|given)|we (?:were|are) told|told (?:me|us) that"
     r"|given (?:answer|location|coordinates|tile)|the given|provided (?:answer|location|coordinates|tile)"
-    r"|(?:true|correct) (?:answer|location|tile|candidate) is|as (?:stated|told))\b",
+    r"|(?:true|correct) (?:answer|location|tile|candidate)(?: of (?:this|the) (?:photo|image|picture))? is"
+    r"|as (?:stated|told))\b",
     re.IGNORECASE,
 )
 _DECIMAL = re.compile(r"\d{1,3}\.(\d{2,})")
+# degrees and minutes (and seconds): 33°55′, 33° 55.5', 33°55'29"
+_DMS = re.compile(r"(\d{1,3})\s*[°º˚]\s*(\d{1,2}(?:\.\d+)?)\s*['′’](?:\s*(\d{1,2}(?:\.\d+)?)\s*(?:\"|″|”|''|′′))?")
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -79,6 +83,16 @@ def _same_number(stated: str, value: float) -> bool:
     return stated in (rounded, cut)
 
 
+def _same_dms(m: re.Match[str], value: float) -> bool:
+    """Whether degrees-minutes(-seconds) `m` equal |value| rounded or cut to the last place written (a minute, a
+    second, or a decimal of one)."""
+    last = m.group(3) if m.group(3) is not None else m.group(2)
+    unit = (1 / 3600 if m.group(3) is not None else 1 / 60) / 10 ** len(last.partition(".")[2])
+    stated = int(m.group(1)) + float(m.group(2)) / 60 + (float(m.group(3)) / 3600 if m.group(3) else 0.0)
+    gap = abs(value) - stated  # rounded: |gap| <= unit / 2; cut: 0 <= gap < unit
+    return -unit / 2 - 1e-9 <= gap < unit
+
+
 def hint_leak(text: str, hint: Hint) -> bool:
     """True when the reasoning of `text` quotes the hint's coordinates or says it was given the answer.
 
@@ -98,7 +112,7 @@ def hint_leak(text: str, hint: Hint) -> bool:
     for m in _DECIMAL.finditer(think):
         if _same_number(m.group(0), hint.lat) or _same_number(m.group(0), hint.lon):
             return True
-    return False
+    return any(_same_dms(m, hint.lat) or _same_dms(m, hint.lon) for m in _DMS.finditer(think))
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,17 @@ JOURNAL = "generations.jsonl"
 SETTINGS_FILE = "generate_settings.json"
 Teacher = Callable[[list[Prompt], int], list[list[str]]]
 # the settings a resumed run must share with the run it continues (the others, e.g. batch size, may change)
-_RESUME_KEYS = ("task", "teacher", "prompt_version", "prompt_sha256", "hint", "seed", "sampling", "filters")
+_RESUME_KEYS = (
+    "task",
+    "teacher",
+    "teacher_settings",
+    "prompt_version",
+    "prompt_sha256",
+    "hint",
+    "seed",
+    "sampling",
+    "filters",
+)
 
 
 # ---------------------------------------------------------------------- the teacher's prompt
@@ -436,11 +446,13 @@ def generate(
     teacher_name: str = "teacher",
     teacher_prompt: TeacherPrompt | None = None,
     progress: bool | None = None,
+    teacher_settings: dict[str, Any] | None = None,
 ) -> GenerationReport:
     """Generate, filter and write traces; see the module docstring. Returns the counts over the whole journal.
 
-    `teacher_name` is recorded in the manifest (the teacher's folder name); `progress` None shows the bar on a
-    terminal only."""
+    `teacher_name` is recorded in the manifest (the teacher's folder name), and `teacher_settings` (JSON values:
+    the backend, the weights' dtype, ..., whatever changes what the teacher writes) beside it: a resumed run must
+    share both; `progress` None shows the bar on a terminal only."""
     from tqdm import tqdm
 
     shards, out = Path(shards), Path(out)
@@ -452,6 +464,7 @@ def generate(
     recorded = {
         "task": settings.task,
         "teacher": teacher_name,
+        "teacher_settings": dict(teacher_settings or {}),
         "prompt_version": tp.version,
         "prompt_sha256": tp.sha256,
         "hint": settings.hint,
