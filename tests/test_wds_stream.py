@@ -280,6 +280,23 @@ def test_fast_decoders_keep_the_pixels(tmp_path):
         decode_image_tensor("k", "g", jpeg[:300], (40, 64))
 
 
+def test_fast_decoders_keep_pils_decompression_bomb_limit(monkeypatch):
+    """An image over twice PIL's pixel limit is a corrupt sample (DecompressionBombError) whichever decoder runs:
+    torchvision's fast path does not take in what PIL refuses."""
+    import numpy as np
+    from conftest import random_image
+    from PIL import Image
+
+    from geor1.data.schema import decode_image, decode_image_tensor, encode_jpeg
+
+    jpeg = encode_jpeg(random_image(np.random.default_rng(1), 40, 50))  # 2000 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 900)
+    with pytest.raises(SampleError, match="DecompressionBomb"):
+        decode_image("k", "g", jpeg)
+    with pytest.raises(SampleError, match="DecompressionBomb"):
+        decode_image_tensor("k", "g", jpeg, (40, 50))
+
+
 def test_chat_datamodule_reads_url_specs(tmp_path):
     """ChatShardDataModule `roots` take the same specs: a folder and a `pipe:` spec of the same shards, weighted."""
     from geor1.cot.synthesize import synthesize
@@ -324,3 +341,109 @@ def test_tensor_batches_are_the_same_with_workers(tmp_path):
         main, workers = items(0, size), items(2, size)
         assert sorted(main) == sorted(workers) == [f"s{i:04d}" for i in range(7)]
         assert all(torch.equal(main[k][0], workers[k][0]) and torch.equal(main[k][1], workers[k][1]) for k in main)
+
+
+def test_local_folder_with_a_colon_in_its_name_is_a_folder(tmp_path, monkeypatch):
+    """A relative folder `gw:v2` looks like a URL scheme to urlparse: it is still the local dataset folder, and its
+    shards open as local files (not as an unknown `gw:` URL)."""
+    _write_split(tmp_path / "gw:v2", "train", 5, max_count=3)
+    monkeypatch.chdir(tmp_path)
+    for root in ("gw:v2", "./gw:v2"):
+        urls = shard_urls(root, "train")
+        assert len(urls) == 2, root
+        assert sorted(raw["__key__"] for raw in iter_raw_samples(urls)) == [f"s{i:04d}" for i in range(5)]
+
+
+def _small_tar(n: int = 4) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for i in range(n):
+            info = tarfile.TarInfo(f"k{i}.bin")
+            info.size = 3000
+            tar.addfile(info, io.BytesIO(bytes(3000)))
+    return buf.getvalue()
+
+
+class _CutChunkedHandler(http.server.BaseHTTPRequestHandler):
+    """Serves a tar with chunked transfer encoding and drops the connection inside its second chunk."""
+
+    protocol_version = "HTTP/1.1"
+    data = _small_tar()
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        half = len(self.data) // 2
+        self.wfile.write(b"%x\r\n" % half + self.data[:half] + b"\r\n")
+        self.wfile.write(b"%x\r\n" % (len(self.data) - half) + self.data[half : half + 100])  # cut in the chunk
+        self.wfile.flush()
+        self.close_connection = True
+
+
+def test_cut_chunked_http_response_and_corrupt_gzip_shard_are_broken_shards(tmp_path, caplog):
+    """A chunked HTTP response cut short (http.client.IncompleteRead) and a gzip shard with damaged data
+    (zlib.error) are truncated/unreadable shards like the others: named, reported, the stream goes on."""
+    import gzip
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CutChunkedHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    damaged = bytearray(gzip.compress(_small_tar()))
+    damaged[len(damaged) // 2 : len(damaged) // 2 + 20] = bytes(range(20))
+    (tmp_path / "bad.tar.gz").write_bytes(bytes(damaged))
+    (tmp_path / "good.tar").write_bytes(_small_tar(2))
+    url = f"http://127.0.0.1:{server.server_address[1]}/train-000000.tar"
+    broken: list[dict[str, str]] = []
+    try:
+        with caplog.at_level(logging.WARNING):
+            raws = list(
+                iter_raw_samples([url, str(tmp_path / "bad.tar.gz"), str(tmp_path / "good.tar")], broken.append)
+            )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [b["shard"] for b in broken] == [url, str(tmp_path / "bad.tar.gz")]
+    assert "IncompleteRead" in broken[0]["error"] and "error" in broken[1]["error"]
+    assert [r["__key__"] for r in raws][-2:] == ["k0", "k1"]  # the good shard after them is read
+
+
+def test_a_glob_part_of_a_spec_that_matches_nothing_is_an_error(shards):
+    """`a/*.tar::b/*.tar` with a mistyped `b`: an error naming the part, not a run on `a`'s shards alone."""
+    root, _, _ = shards
+    with pytest.raises(Geor1Error, match=r"typo-.*names no shard"):
+        shard_urls(f"{root}/train-*.tar::{root}/typo-*.tar", "train")
+
+
+def test_rank_is_taken_when_the_pass_starts_not_in_the_reader(tmp_path, monkeypatch):
+    """The fast test of the path below: the rank noted by `set_epoch` (main process) is the one the readers use,
+    even where `_rank_and_world` says rank 0 of 1 (a worker started without the process group)."""
+    import geor1.data.stream as stream_mod
+
+    _write_split(tmp_path, "train", 8, max_count=2)  # 4 shards
+    urls = split_shards(tmp_path, "train")
+    monkeypatch.setattr(stream_mod, "_rank_and_world", lambda: (1, 2))
+    it = iter(StreamLoader(ShardStream(urls), batch_size=8, agree=lambda b: b))  # the pass starts here
+    monkeypatch.setattr(stream_mod, "_rank_and_world", lambda: (0, 1))
+    assert sorted(s.key for batch in it for s in batch) == ["s0002", "s0003", "s0006", "s0007"]
+
+
+@pytest.mark.slow
+def test_spawned_workers_read_their_rank_s_shards(tmp_path, monkeypatch):
+    """DataLoader workers started by `spawn` (or forkserver, Python 3.14's default on Linux) hold no process
+    group: the rank and world size are taken in the main process when a pass starts, so that two ranks still read
+    disjoint shards (not each rank all of them)."""
+    import geor1.data.stream as stream_mod
+
+    _write_split(tmp_path, "train", 8, max_count=2)  # 4 shards: 2 ranks x 1 worker
+    urls = split_shards(tmp_path, "train")
+    seen = []
+    for rank in range(2):
+        monkeypatch.setattr(stream_mod, "_rank_and_world", lambda r=rank: (r, 2))
+        loader = StreamLoader(
+            ShardStream(urls), batch_size=8, num_workers=1, multiprocessing_context="spawn", agree=lambda b: b
+        )
+        seen += [s.key for batch in loader for s in batch]
+    assert sorted(seen) == [f"s{i:04d}" for i in range(8)]

@@ -21,11 +21,14 @@ A file name splits at the first dot of its basename, as in WebDataset: `abc.grou
 from __future__ import annotations
 
 import glob
+import http.client
 import logging
+import lzma
 import re
 import tarfile
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,7 +65,8 @@ def _local_path(spec: str) -> str:
 
 def expand_spec(spec: str) -> list[str]:
     """A WebDataset URL spec -> URLs: `::`-separated parts, each brace-expanded, local paths glob-expanded (sorted).
-    Geor1Error naming the spec when it expands to nothing or names a local file that does not exist."""
+    Geor1Error naming the spec when it expands to nothing, a glob matches no file or it names a local file that does
+    not exist."""
     urls: list[str] = []
     for url in wds.shardlists.expand_urls(spec):
         if is_remote(url):
@@ -70,7 +74,10 @@ def expand_spec(spec: str) -> list[str]:
             continue
         path = _local_path(url)
         if glob.has_magic(path):
-            urls += sorted(glob.glob(path))
+            matches = sorted(glob.glob(path))
+            if not matches:  # one mistyped part of a `::` spec must not leave the others to run alone
+                raise Geor1Error(f"shard spec {spec!r}: the glob {path!r} names no shard")
+            urls += matches
         elif Path(path).is_file():
             urls.append(path)
         else:
@@ -94,11 +101,10 @@ def shard_urls(spec: str | Path, split: str) -> list[str]:
     """
     text = str(spec)
     local = _local_path(text)
-    if not is_remote(text):
-        if Path(local).is_dir():
-            return [str(p) for p in folder_shards(local, split)]
-        if not Path(local).suffix and not any(c in local for c in "{}*?[:"):  # a dataset folder not built yet
-            return []
+    if Path(local).is_dir():  # first: a local folder named like `gw:v2` is no URL
+        return [str(p) for p in folder_shards(local, split)]
+    if not is_remote(text) and not Path(local).suffix and not any(c in local for c in "{}*?[:"):
+        return []  # a dataset folder not built yet
     has_split = "{split}" in text
     urls = expand_spec(text.replace("{split}", split))
     if has_split:
@@ -123,6 +129,8 @@ def open_url(url: str) -> Any:
     try:
         if url.startswith(("http://", "https://")):
             return urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S)
+        if not url.startswith("pipe:") and Path(url).is_file():  # a local file, even one urlparse sees a scheme in
+            return open(url, "rb")
         return wds.gopen(url, "rb")
     except (OSError, urllib.error.URLError, ValueError) as e:
         raise Geor1Error(f"cannot open shard {url}: {type(e).__name__}: {e}") from None
@@ -284,7 +292,7 @@ def tar_samples(
             # cut short raises inside `tar_members` before that, so the incomplete sample is never yielded
             yield from group_by_keys(tar_members(stream, url), lcase=False, handler=_duplicate_file)
             read_to_end = True
-        except (tarfile.TarError, OSError, EOFError) as e:
+        except (tarfile.TarError, OSError, EOFError, http.client.HTTPException, zlib.error, lzma.LZMAError) as e:
             log.warning(
                 "shard %s is truncated or unreadable (%s: %s); skipping the rest of it", url, type(e).__name__, e
             )

@@ -103,11 +103,14 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 def _jpeg_chw(data: bytes) -> torch.Tensor | None:
     """A 3-channel JPEG decoded by libjpeg-turbo through torchvision, [3, H, W] uint8 (the same pixels as PIL's
-    decoder, without its per-image Python); None for anything else (grey, CMYK, not a JPEG, damaged), which PIL
-    then decodes or rejects. torchvision fails on every JPEG libjpeg warns about, so it never accepts an image PIL
-    would refuse."""
+    decoder, without its per-image Python); None for anything else (grey, CMYK, not a JPEG, damaged, over PIL's
+    pixel limit), which PIL then decodes or rejects. torchvision fails on a truncated JPEG (PIL then refuses it); on
+    damage libjpeg only warns about, both decoders accept it with the same pixels."""
     if data[:2] != b"\xff\xd8":
         return None
+    dims, limit = jpeg_size(data), Image.MAX_IMAGE_PIXELS
+    if dims is None or (limit is not None and dims[0] * dims[1] > limit):
+        return None  # PIL's decompression-bomb check (a warning, or an error past twice the limit) decides
     import torch
 
     try:

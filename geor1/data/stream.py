@@ -123,14 +123,18 @@ class ShardStream(IterableDataset):
         self.samples_per_epoch, self.require_sat = samples_per_epoch, require_sat
         self.decode = decode
         self.epoch = 0
+        self.rank_world: tuple[int, int] | None = None  # taken in the main process by `set_epoch`
 
     def set_epoch(self, epoch: int) -> None:
         """Called by StreamLoader before each pass: the order of a pass depends on (seed, epoch) only, so every
-        rank and worker agrees on it without sharing state."""
+        rank and worker agrees on it without sharing state. Also notes the rank and world size here, in the main
+        process: DataLoader workers started by spawn or forkserver hold no process group, and would read as rank 0
+        of 1 (every rank then reading every shard)."""
         self.epoch = epoch
+        self.rank_world = _rank_and_world()
 
     def _reader_slot(self) -> ReaderSlot:
-        rank, world = _rank_and_world()
+        rank, world = self.rank_world or _rank_and_world()
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         return ReaderSlot(rank, world, worker, workers, self.seed * 1_000_003 + self.epoch)
