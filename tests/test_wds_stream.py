@@ -447,3 +447,29 @@ def test_spawned_workers_read_their_rank_s_shards(tmp_path, monkeypatch):
         )
         seen += [s.key for batch in loader for s in batch]
     assert sorted(seen) == [f"s{i:04d}" for i in range(8)]
+
+
+def test_an_unusable_torchvision_decoder_is_said_once_and_pil_decodes(monkeypatch, caplog):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from geor1.data import schema
+
+    def changed(*args):  # an operator whose signature changed in a torchvision release
+        raise RuntimeError("decode_jpeg() expected 4 arguments")
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 24, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    monkeypatch.setattr(torch.ops.image, "decode_jpeg", changed)
+    schema._decode_jpeg_op.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="geor1.data.schema"):
+            images = [schema.decode_image("k", "ground.jpg", buf.getvalue()) for _ in range(3)]
+    finally:
+        monkeypatch.undo()
+        schema._decode_jpeg_op.cache_clear()
+    said = [r for r in caplog.records if "JPEG decoder is unusable" in r.getMessage()]
+    assert len(said) == 1  # once, not per image
+    expected = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    assert all(np.array_equal(np.asarray(im), expected) for im in images)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import logging
 import re
 import struct
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from geor1.geo import check_lat_lon
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 GROUND, SAT, META = "ground.jpg", "sat.jpg", "json"
@@ -113,22 +116,36 @@ def _jpeg_chw(data: bytes) -> torch.Tensor | None:
         return None  # PIL's decompression-bomb check (a warning, or an error past twice the limit) decides
     import torch
 
+    op = _decode_jpeg_op()
+    if op is None:
+        return None
     try:
-        chw = _decode_jpeg_op()(torch.frombuffer(bytearray(data), dtype=torch.uint8), 0, False)  # 0: UNCHANGED
+        chw = op(torch.frombuffer(bytearray(data), dtype=torch.uint8), 0, False)  # 0: UNCHANGED
     except RuntimeError:
         return None
     return chw if chw.shape[0] == 3 else None
 
 
 @functools.cache
-def _decode_jpeg_op() -> Callable[..., torch.Tensor]:
+def _decode_jpeg_op() -> Callable[..., torch.Tensor] | None:
     """torchvision's JPEG decoding operator (data, mode, apply_exif_orientation), called directly: its Python wrapper
     `torchvision.io.decode_jpeg` adds a DeprecationWarning and bookkeeping per image, which costs a tenth of decoding
-    a small JPEG. A signature change shows as a RuntimeError, and PIL decodes instead."""
+    a small JPEG. Checked once on a tiny JPEG: when it is missing or its signature changed, a warning says so and PIL
+    decodes every image (the same pixels, slower)."""
     import torch
-    import torchvision.io.image  # noqa: F401  (loads the image operators)
 
-    return torch.ops.image.decode_jpeg
+    try:
+        import torchvision.io.image  # noqa: F401  (loads the image operators)
+
+        op = torch.ops.image.decode_jpeg
+        probe = io.BytesIO()
+        Image.new("RGB", (2, 2), (200, 30, 60)).save(probe, format="JPEG")
+        if op(torch.frombuffer(bytearray(probe.getvalue()), dtype=torch.uint8), 0, False).shape != (3, 2, 2):
+            raise RuntimeError("unexpected output shape")
+    except (ImportError, AttributeError, RuntimeError) as e:
+        log.warning("torchvision's JPEG decoder is unusable (%s): decoding with PIL, slower", e)
+        return None
+    return op
 
 
 def _decode_pil(key: str, name: str, data: bytes, draft: tuple[int, int] | None = None) -> Image.Image:
