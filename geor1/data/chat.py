@@ -3,13 +3,12 @@ and GRPO objectives, and `ChatShardDataModule` to stream them."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from geor1 import Geor1Error
 from geor1.data.reader import shard_urls
 from geor1.data.sample import ChatSample, Prompt
-from geor1.data.schema import SampleError, decode_image, validate_meta
+from geor1.data.schema import SampleError, decode_image, read_meta
 from geor1.data.stream import Batch, ShardStream, StreamingDataModule
 from geor1.tasks import TASK_NAMES, get_task
 
@@ -26,14 +25,7 @@ class ChatDecoder:
         self.task = task
 
     def __call__(self, raw: dict[str, Any]) -> ChatSample:
-        key = str(raw.get("__key__", "?"))
-        if "json" not in raw:
-            raise SampleError(key, "json", "missing")
-        try:
-            meta = json.loads(raw["json"])
-        except (ValueError, UnicodeDecodeError) as e:
-            raise SampleError(key, "json", f"bad JSON ({e})") from None
-        validate_meta(key, meta)
+        key, meta = read_meta(raw)
         name = meta.get("task") or self.task
         if name is None:  # backwards compatibility: shards of before `task`; episode shards are those with `k`
             name = "pairing" if "k" in meta else "geolocate"
@@ -69,16 +61,28 @@ class ChatShardDataModule(StreamingDataModule):
             ratio of the roots, e.g. [3, 1] for three pairing shards per geolocation shard); None: once each.
     """
 
-    def __init__(self, roots: str | list[str] = "data/sft", task: str | None = None, batch_size: int = 8,
-                 num_workers: int = 0, shuffle_buffer: int = 500, samples_per_epoch: int | None = None,
-                 resampled: bool = False, train_split: str = "train", val_split: str = "val",
-                 test_split: str = "test", seed: int = 0, root_weights: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        roots: str | list[str] = "data/sft",
+        task: str | None = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        shuffle_buffer: int = 500,
+        samples_per_epoch: int | None = None,
+        resampled: bool = False,
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str = "test",
+        seed: int = 0,
+        root_weights: list[int] | None = None,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.roots = [roots] if isinstance(roots, str) else list(roots)
         if root_weights is not None and (len(root_weights) != len(self.roots) or min(root_weights) < 1):
-            raise Geor1Error(f"root_weights needs one whole number >= 1 per root ({len(self.roots)} roots), got "
-                             f"{root_weights}")
+            raise Geor1Error(
+                f"root_weights needs one whole number >= 1 per root ({len(self.roots)} roots), got {root_weights}"
+            )
         self.root_weights = list(root_weights or [1] * len(self.roots))
         self.decoder = ChatDecoder(task)
 
@@ -88,9 +92,14 @@ class ChatShardDataModule(StreamingDataModule):
         if not shards:
             raise Geor1Error(f"no shards for split '{split}' in {', '.join(self.roots)}")
         hp = self.hparams
-        return ShardStream(shards, shuffle_buffer=hp["shuffle_buffer"] if train else 0, seed=hp["seed"],
-                           resampled=hp["resampled"] and train,
-                           samples_per_epoch=hp["samples_per_epoch"] if train else None, decode=self.decoder)
+        return ShardStream(
+            shards,
+            shuffle_buffer=hp["shuffle_buffer"] if train else 0,
+            seed=hp["seed"],
+            resampled=hp["resampled"] and train,
+            samples_per_epoch=hp["samples_per_epoch"] if train else None,
+            decode=self.decoder,
+        )
 
     def transfer_batch_to_device(self, batch: Any, device, dataloader_idx: int) -> Any:
         return batch  # PIL images and text: the Policy tokenises and moves them

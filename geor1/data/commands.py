@@ -48,37 +48,64 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--split", default="test")
     f.add_argument("--ext", default=".jpg")
     f.add_argument("--source", default=None, help="data set name (default: the CSV's file stem)")
-    f.add_argument("--lat-lon-check", choices=["auto", "off", "swap"], default="auto",
-                   help="auto: detect swapped LAT/LON headers by the share of points on land")
+    f.add_argument(
+        "--lat-lon-check",
+        choices=["auto", "off", "swap"],
+        default="auto",
+        help="auto: detect swapped LAT/LON headers by the share of points on land",
+    )
     f.set_defaults(handler=_convert_csv)
 
     v = csub.add_parser("vigor", parents=[common], help="VIGOR (panorama/satellite folders, splits/)")
     v.add_argument("--root", required=True)
     v.add_argument("--mode", choices=["cross", "same"], default="cross")
-    v.set_defaults(handler=lambda ns: _convert(ns, "vigor", "VIGOR (research use; see its licence)",
-                                               _rows("vigor_rows", ns.root, mode=ns.mode)))
+    v.set_defaults(
+        handler=lambda ns: _convert(
+            ns, "vigor", "VIGOR (research use; see its licence)", _rows("vigor_rows", ns.root, mode=ns.mode)
+        )
+    )
 
     u = csub.add_parser("cvusa", parents=[common], help="CVUSA (splits/*-19zl.csv + a locations file)")
     u.add_argument("--root", required=True)
     u.add_argument("--locations", default="split_locations/all.csv")
-    u.add_argument("--location-columns", default="sat_lat,sat_lon,lat,lon,id",
-                   help="names of the header-less locations file's columns")
-    u.set_defaults(handler=lambda ns: _convert(ns, "cvusa", "CVUSA (research use; see its licence)",
-                                               _rows("cvusa_rows", ns.root, ns.locations, ns.location_columns)))
+    u.add_argument(
+        "--location-columns",
+        default="sat_lat,sat_lon,lat,lon,id",
+        help="names of the header-less locations file's columns",
+    )
+    u.set_defaults(
+        handler=lambda ns: _convert(
+            ns,
+            "cvusa",
+            "CVUSA (research use; see its licence)",
+            _rows("cvusa_rows", ns.root, ns.locations, ns.location_columns),
+        )
+    )
 
     a = csub.add_parser("cvact", parents=[common], help="CVACT (ACT_data.mat, streetview/, satview_polish/)")
     a.add_argument("--root", required=True)
     a.add_argument("--mat", default="ACT_data.mat")
     a.add_argument("--utm-zone", type=int, default=55)
-    a.set_defaults(handler=lambda ns: _convert(ns, "cvact", "CVACT (research use; see its licence)",
-                                               _rows("cvact_rows", ns.root, ns.mat, ns.utm_zone, True)))
+    a.set_defaults(
+        handler=lambda ns: _convert(
+            ns,
+            "cvact",
+            "CVACT (research use; see its licence)",
+            _rows("cvact_rows", ns.root, ns.mat, ns.utm_zone, True),
+        )
+    )
 
     cc = csub.add_parser("cvcities", parents=[common], help="CV-Cities (<City>/{ground,satellite}/, <City>.csv)")
     cc.add_argument("--root", required=True)
     cc.add_argument("--test-cities", default="", help="comma-separated cities for the test split")
-    cc.set_defaults(handler=lambda ns: _convert(
-        ns, "cvcities", "CV-Cities (see its licence)",
-        _rows("cvcities_rows", ns.root, [c for c in ns.test_cities.split(",") if c])))
+    cc.set_defaults(
+        handler=lambda ns: _convert(
+            ns,
+            "cvcities",
+            "CV-Cities (see its licence)",
+            _rows("cvcities_rows", ns.root, [c for c in ns.test_cities.split(",") if c]),
+        )
+    )
 
 
 def _rows(name: str, *args, **kwargs):
@@ -104,20 +131,33 @@ def _convert_csv(ns: argparse.Namespace) -> None:
         land = check_lat_lon_columns(ns.csv, ns.lat_col, ns.lon_col)
         if land["land_swapped"] > land["land_as_given"] + 0.2:
             swap = True
-            print(f"warning: {ns.csv}: only {land['land_as_given']:.0%} of points fall on land as the header says, "
-                  f"{land['land_swapped']:.0%} with {ns.lat_col}/{ns.lon_col} swapped: reading them swapped "
-                  f"(--lat-lon-check off to keep the header)")
+            print(
+                f"warning: {ns.csv}: only {land['land_as_given']:.0%} of points fall on land as the header says, "
+                f"{land['land_swapped']:.0%} with {ns.lat_col}/{ns.lon_col} swapped: reading them swapped "
+                f"(--lat-lon-check off to keep the header)"
+            )
     source = ns.source or Path(ns.csv).stem
-    rows = csv_rows(ns.csv, ns.images, ns.id_col, ns.lat_col, ns.lon_col, ns.path_col, ns.sat_col, ns.city_col,
-                    ns.country_col, ns.split, ns.ext, swap_lat_lon=swap)
+    rows = csv_rows(
+        ns.csv,
+        ns.images,
+        ns.id_col,
+        ns.lat_col,
+        ns.lon_col,
+        ns.path_col,
+        ns.sat_col,
+        ns.city_col,
+        ns.country_col,
+        ns.split,
+        ns.ext,
+        swap_lat_lon=swap,
+    )
     _convert(ns, source, "see the data set's own licence", rows)
 
 
 def _world(ns: argparse.Namespace) -> None:
     from geor1.data.geoworld import build_geoworld
 
-    out = build_geoworld(ns.out, ns.num_train, ns.num_val, ns.num_test, ns.seed,
-                         min_separation_km=ns.min_separation_km)
+    out = build_geoworld(ns.out, ns.num_train, ns.num_val, ns.num_test, ns.seed, min_separation_km=ns.min_separation_km)
     print(f"GeoWorld written to {out} (train {ns.num_train}, val {ns.num_val}, test {ns.num_test}, seed {ns.seed})")
 
 
@@ -134,8 +174,10 @@ def _inspect(ns: argparse.Namespace) -> None:
     except FileNotFoundError as e:
         raise Geor1Error(str(e)) from None
     for split, counts in sorted(report["splits"].items()):
-        print(f"{split:>8}: {counts.get('valid', 0)} valid, {counts.get('corrupt', 0)} corrupt"
-              + (f", {counts['ground_only']} ground-only" if counts.get("ground_only") else ""))
+        print(
+            f"{split:>8}: {counts.get('valid', 0)} valid, {counts.get('corrupt', 0)} corrupt"
+            + (f", {counts['ground_only']} ground-only" if counts.get("ground_only") else "")
+        )
     for c in report["corrupt"][:20]:
         print(f"  corrupt {c['shard']} {c['key']}: {c['field']}: {c['reason']}")
     for b in report["broken_shards"]:

