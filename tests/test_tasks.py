@@ -39,7 +39,7 @@ PLACE = {"lat": -33.8688, "lon": 151.2093, "city": "Sydney", "country": "AU", "s
 
 
 def test_names_and_lookup():
-    assert TASK_NAMES == ("pairing", "geolocate")
+    assert TASK_NAMES == ("pairing", "geolocate", "describe")
     assert PAIRING.name == "pairing" and GEO.name == "geolocate"
     with pytest.raises(Geor1Error, match=r"unknown task 'pairs'.*pairing, geolocate"):
         get_task("pairs")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from geor1.answers import normalize_name
-from geor1.tasks import GeolocationTask, GeoTarget, PairingTarget, PairingTask, Target, split_completion
+from geor1.tasks import GeolocationTask, GeoTarget, PairingTarget, PairingTask, Target, split_completion, task_of
 
 _CANDIDATE = re.compile(r"\bcandidate ([A-Za-z])\b|\b([A-Z]):", re.IGNORECASE)
 # a coordinate pair stated in prose: two decimals (percentages and counts are integers), optional N/S and E/W
@@ -30,6 +30,7 @@ REASONS = (
     "wrong_city",
     "wrong_country",
     "wrong_hemisphere",
+    "wrong_answer",
 )
 
 
@@ -41,7 +42,10 @@ def fact_check(text: str, target: Target, tolerance_km: float = 25.0) -> list[st
     think, answer = parts
     if isinstance(target, PairingTarget):
         return _check_pairing(text, think, target)
-    return _check_geolocation(think, answer, target, tolerance_km)
+    if isinstance(target, GeoTarget):
+        return _check_geolocation(think, answer, target, tolerance_km)
+    # the describe task's answers are measured on the pixels (geor1.data.instruct), not written by a teacher
+    return [] if task_of(target).is_correct(text, target) else ["wrong_answer"]
 
 
 def _check_pairing(text: str, think: str, target: PairingTarget) -> list[str]:

@@ -22,6 +22,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--min-separation-km", type=float, default=60.0, help="minimum distance between any two places")
     w.set_defaults(handler=_world)
 
+    n = dsub.add_parser(
+        "instruct", help="generic questions about the images of pair shards (the demo's instruction-following data)"
+    )
+    n.add_argument("--shards", required=True, help="pair shards (ground.jpg + sat.jpg): a folder or a URL spec")
+    n.add_argument("--out", required=True, help="folder for the describe shards")
+    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--margin", type=float, default=0.1, help="a 'cover' answer must lead the second cover by this")
+    n.add_argument("--more-margin", type=float, default=0.15, help="a 'more' answer must lead the second by this")
+    n.add_argument("--max-images", type=int, default=2, help="images of a 'more' question: 2..this (at most 4)")
+    n.set_defaults(handler=_instruct)
+
     i = dsub.add_parser("inspect", help="counts per split, schema check of every sample, a PNG grid of pairs")
     i.add_argument("path", help="folder of shards, or a shard URL spec (glob, brace range, pipe:, http(s):)")
     i.add_argument("--grid", default=None, help="PNG to write (default: <path>/inspect.png, ./inspect.png for a spec)")
@@ -159,6 +170,14 @@ def _world(ns: argparse.Namespace) -> None:
 
     out = build_geoworld(ns.out, ns.num_train, ns.num_val, ns.num_test, ns.seed, min_separation_km=ns.min_separation_km)
     print(f"GeoWorld written to {out} (train {ns.num_train}, val {ns.num_val}, test {ns.num_test}, seed {ns.seed})")
+
+
+def _instruct(ns: argparse.Namespace) -> None:
+    from geor1.data.instruct import build_instruct
+
+    report = build_instruct(ns.shards, ns.out, ns.seed, ns.margin, ns.more_margin, ns.max_images)
+    print(json.dumps(report.as_dict(), indent=2))
+    print(f"describe shards written to {ns.out}")
 
 
 def _inspect(ns: argparse.Namespace) -> None:

@@ -70,7 +70,7 @@ class ChatSample:
 
     @property
     def task(self) -> str | None:
-        """The name of the target's task ("pairing", "geolocate"), or None without a target."""
+        """The name of the target's task ("pairing", "geolocate", "describe"), or None without a target."""
         return None if self.target is None else self.target.task
 
     def to(self, *args: Any, **kwargs: Any) -> ChatSample:

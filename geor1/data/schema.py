@@ -57,16 +57,23 @@ def validate_key(key: str) -> None:
         raise SampleError(str(key), "__key__", "keys are 1-200 characters of letters, digits, '_' and '-'")
 
 
+PLACELESS_TASKS = frozenset({"describe"})
+"""Tasks whose samples are not of one place (`geor1.tasks.describe`): their JSON needs no lat/lon."""
+
+
 def validate_meta(key: str, meta: object) -> dict[str, Any]:
-    """The metadata, checked; SampleError naming the field otherwise."""
+    """The metadata, checked; SampleError naming the field otherwise. `lat` and `lon` are required, except in a
+    sample of a task of PLACELESS_TASKS (checked when present)."""
     if not isinstance(meta, dict):
         raise SampleError(key, "json", f"metadata must be a JSON object, got {type(meta).__name__}")
+    placeless = meta.get("task") in PLACELESS_TASKS
     for name in ("lat", "lon"):
-        if name not in meta:
+        if name not in meta and not placeless:
             raise SampleError(key, name, "required field is missing")
-    reason = check_lat_lon(meta["lat"], meta["lon"])
-    if reason:
-        raise SampleError(key, reason.split()[0], reason)
+    if "lat" in meta or "lon" in meta:
+        reason = check_lat_lon(meta.get("lat"), meta.get("lon"))
+        if reason:
+            raise SampleError(key, reason.split()[0], reason)
     country = meta.get("country")
     if country is not None and (not isinstance(country, str) or not _COUNTRY.fullmatch(country)):
         raise SampleError(key, "country", f"must be an ISO 3166-1 alpha-2 code like 'FR', got {country!r}")

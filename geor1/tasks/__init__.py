@@ -1,5 +1,6 @@
-"""The tasks geor1 trains and evaluates, one module each: pairing (`geor1.tasks.pairing`) and geolocation
-(`geor1.tasks.geolocation`). A task owns its prompt, its typed target, the reading and checking of an answer, the
+"""The tasks geor1 trains and evaluates, one module each: pairing (`geor1.tasks.pairing`), geolocation
+(`geor1.tasks.geolocation`) and describe (`geor1.tasks.describe`, generic questions about images: the demo's
+instruction-following stage). A task owns its prompt, its typed target, the reading and checking of an answer, the
 task-specific part of the rewards and its evaluation metrics (`geor1.tasks.base.Task`).
 
 The task of a sample is named, never guessed: by the shard's JSON "task", or by the DataModule's `task`; a target's
@@ -18,12 +19,17 @@ from typing import Any
 
 from geor1 import Geor1Error
 from geor1.tasks.base import TargetError, Task, is_well_formed, split_completion
+from geor1.tasks.describe import DescribeTarget, DescribeTask
 from geor1.tasks.geolocation import GeoAnswer, GeolocationTask, GeoTarget
 from geor1.tasks.pairing import PairingTarget, PairingTask
 
-Target = PairingTarget | GeoTarget
-TASKS: dict[str, Task] = {PairingTask.name: PairingTask(), GeolocationTask.name: GeolocationTask()}
-TASK_NAMES: tuple[str, ...] = tuple(TASKS)  # ("pairing", "geolocate"): the names in shards' JSON and configs
+Target = PairingTarget | GeoTarget | DescribeTarget
+TASKS: dict[str, Task] = {
+    PairingTask.name: PairingTask(),
+    GeolocationTask.name: GeolocationTask(),
+    DescribeTask.name: DescribeTask(),
+}
+TASK_NAMES: tuple[str, ...] = tuple(TASKS)  # ("pairing", "geolocate", "describe"): the names in shards and configs
 
 
 def get_task(name: str) -> Task:
@@ -43,7 +49,9 @@ def task_of(target: Target, **settings: Any) -> Task:
     """
     name = getattr(target, "task", None)
     if name not in TASKS:
-        raise Geor1Error(f"{type(target).__name__} is not a task target (known: PairingTarget, GeoTarget)")
+        raise Geor1Error(
+            f"{type(target).__name__} is not a task target (known: PairingTarget, GeoTarget, DescribeTarget)"
+        )
     task = TASKS[name]
     if settings:
         own = {f.name for f in dataclasses.fields(task)}  # type: ignore[arg-type]  # tasks are dataclasses
@@ -56,6 +64,8 @@ def task_of(target: Target, **settings: Any) -> Task:
 __all__ = [
     "TASKS",
     "TASK_NAMES",
+    "DescribeTarget",
+    "DescribeTask",
     "GeoAnswer",
     "GeoTarget",
     "GeolocationTask",
