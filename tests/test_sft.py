@@ -103,3 +103,53 @@ def test_root_weights_set_the_mixing_ratio_of_sft_sets(tmp_path):
     assert 0.68 < counts["[3, 1]"] < 0.82 and 0.4 < counts["None"] < 0.6, counts
     with pytest.raises(Geor1Error, match="root_weights"):
         ChatShardDataModule(roots, root_weights=[1])
+
+
+def test_curriculum_sets_the_roots_of_each_pass_and_resumes_in_its_pass(tmp_path):
+    import pytest
+
+    from geor1 import Geor1Error
+    from geor1.cot.synthesize import synthesize
+    from geor1.data.chat import ChatShardDataModule
+    from geor1.data.geoworld import build_geoworld
+
+    world = build_geoworld(tmp_path / "gw", num_train=8, num_val=2, num_test=2, seed=3)
+    synthesize(world, tmp_path / "sft", "geolocate")  # exemplars (with a response) vs plain pairs (without)
+    roots = [str(tmp_path / "sft"), str(world)]
+
+    def module() -> ChatShardDataModule:
+        dm = ChatShardDataModule(
+            roots, curriculum=[[1, 0], [1, 1], [0, 1]], batch_size=4, resampled=True, samples_per_epoch=400
+        )
+        dm.setup("fit")
+        return dm
+
+    loader = module().train_dataloader()
+    passes = [[[(s.key, s.response is not None) for s in batch] for batch in loader] for _ in range(4)]
+    share = [sum(r for batch in p for _, r in batch) / sum(map(len, p)) for p in passes]
+    assert share[0] == 1.0 and 0.3 < share[1] < 0.7 and share[2] == share[3] == 0.0, share
+    # a run resumed in pass 1 after 3 batches reads the rest of pass 1, then pass 2's roots
+    dm = module()
+    dm.load_state_dict({"epoch": 1, "batches_done": 3})
+    loader = dm.train_dataloader()
+    resumed = [[[(s.key, s.response is not None) for s in batch] for batch in loader] for _ in range(2)]
+    assert resumed == [passes[1][3:], passes[2]]
+    with pytest.raises(Geor1Error, match=r"curriculum\[1\]"):
+        ChatShardDataModule(roots, curriculum=[[1, 0], [0, 0]])
+    with pytest.raises(Geor1Error, match="not both"):
+        ChatShardDataModule(roots, curriculum=[[1, 0]], root_weights=[1, 1])
+
+
+def test_a_resampled_stream_of_nothing_but_corrupt_samples_is_an_error_not_an_endless_loop(tmp_path):
+    import pytest
+
+    from geor1 import Geor1Error
+    from geor1.data.chat import ChatShardDataModule
+    from geor1.data.geoworld import build_geoworld
+
+    world = build_geoworld(tmp_path / "gw", num_train=4, num_val=2, num_test=2, seed=3)
+    # pair shards read as pairing episodes: every sample lacks 'k' and 'answer'
+    dm = ChatShardDataModule(str(world), task="pairing", resampled=True, samples_per_epoch=8, val_split="")
+    dm.setup("fit")
+    with pytest.raises(Geor1Error, match=r"all corrupt; the first: .*'k'"):
+        next(iter(dm.train_dataloader()))

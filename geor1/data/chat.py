@@ -59,6 +59,11 @@ class ChatShardDataModule(StreamingDataModule):
         seed: data order seed.
         root_weights: per root, how many times its training shards enter the draw (with `resampled`: the mixing
             ratio of the roots, e.g. [3, 1] for three pairing shards per geolocation shard); None: once each.
+        curriculum: root weights per training pass (epoch), whole numbers >= 0 with one > 0 in each row; the last
+            row holds for every later pass. With `resampled` and `samples_per_epoch` a pass is that many samples:
+            e.g. roots [random episodes, hard episodes] with [[1, 0], [1, 1], [0, 1]] goes from random to hard
+            negatives, and roots of K=2, 3, 4 episodes with [[1, 0, 0], [0, 1, 0], [0, 0, 1]] grows K. Replaces
+            `root_weights` (give one or the other). Exact on resume: a pass's data depends on its number only.
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class ChatShardDataModule(StreamingDataModule):
         test_split: str = "test",
         seed: int = 0,
         root_weights: list[int] | None = None,
+        curriculum: list[list[int]] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -83,17 +89,35 @@ class ChatShardDataModule(StreamingDataModule):
             raise Geor1Error(
                 f"root_weights needs one whole number >= 1 per root ({len(self.roots)} roots), got {root_weights}"
             )
+        if curriculum is not None:
+            if root_weights is not None:
+                raise Geor1Error("give root_weights or curriculum, not both (a curriculum sets the weights per pass)")
+            for i, row in enumerate(curriculum):
+                if len(row) != len(self.roots) or min(row) < 0 or max(row) < 1:
+                    raise Geor1Error(
+                        f"curriculum[{i}] = {row}: one whole number >= 0 per root ({len(self.roots)} roots), "
+                        "at least one > 0"
+                    )
+            if not curriculum:
+                raise Geor1Error("curriculum needs at least one row of root weights (or leave it out)")
         self.root_weights = list(root_weights or [1] * len(self.roots))
+        self.curriculum = [list(row) for row in curriculum] if curriculum else None
         self.decoder = ChatDecoder(task)
+
+    def _shards(self, split: str, weights: list[int]) -> list[str]:
+        shards = [s for root, w in zip(self.roots, weights, strict=True) for s in shard_urls(root, split) * w]
+        if not shards:
+            raise Geor1Error(f"no shards for split '{split}' in {', '.join(self.roots)} (root weights {weights})")
+        return shards
 
     def stream(self, split: str, train: bool) -> ShardStream:
         weights = self.root_weights if train else [1] * len(self.roots)
-        shards = [s for root, w in zip(self.roots, weights, strict=True) for s in shard_urls(root, split) * w]
-        if not shards:
-            raise Geor1Error(f"no shards for split '{split}' in {', '.join(self.roots)}")
+        shards = self._shards(split, weights)
+        passes = [self._shards(split, row) for row in self.curriculum] if train and self.curriculum else None
         hp = self.hparams
         return ShardStream(
             shards,
+            passes=passes,
             shuffle_buffer=hp["shuffle_buffer"] if train else 0,
             seed=hp["seed"],
             resampled=hp["resampled"] and train,

@@ -89,6 +89,9 @@ class ReaderSlot:
         return self.world * self.workers
 
 
+ALL_CORRUPT_LIMIT = 1000  # a resampled stream whose first this many samples are all corrupt is an error
+
+
 class ShardStream(IterableDataset):
     """An iterable over the samples of some shards (paths or WebDataset URLs), through `wds.DataPipeline`.
 
@@ -101,6 +104,9 @@ class ShardStream(IterableDataset):
         samples_per_epoch: stop each epoch after this many items per reader (None: one pass over the shards).
         require_sat: a sample without `sat.jpg` is corrupt (pair data) or allowed (ground-only benchmarks).
         decode: raw sample -> decoded sample, raising SampleError when corrupt (default: `decode_pair`).
+        passes: a curriculum: the shards of pass 0, 1, ... (the last list holds for every later pass); `shards`
+            is then the shards of pass 0 and is ignored otherwise. A pass's order still depends on (seed, pass)
+            only, so a resumed run reads what an uninterrupted one would.
     """
 
     def __init__(
@@ -113,10 +119,14 @@ class ShardStream(IterableDataset):
         samples_per_epoch: int | None = None,
         require_sat: bool = True,
         decode: Callable[[dict], Any] | None = None,
+        passes: Sequence[Sequence[str | Path]] | None = None,
     ) -> None:
         super().__init__()
-        if not shards:
-            raise ValueError("ShardStream needs at least one shard")
+        self.passes = [[str(s) for s in shard_list] for shard_list in passes] if passes else None
+        if self.passes is not None:
+            shards = self.passes[0]
+        if not shards or (self.passes is not None and not all(self.passes)):
+            raise ValueError("ShardStream needs at least one shard (in every pass of a curriculum)")
         self.shards = [str(s) for s in shards]
         self.to_item = to_item
         self.shuffle_buffer, self.seed, self.resampled = shuffle_buffer, seed, resampled
@@ -132,6 +142,8 @@ class ShardStream(IterableDataset):
         of 1 (every rank then reading every shard)."""
         self.epoch = epoch
         self.rank_world = _rank_and_world()
+        if self.passes is not None:
+            self.shards = self.passes[min(epoch, len(self.passes) - 1)]
 
     def _reader_slot(self) -> ReaderSlot:
         rank, world = self.rank_world or _rank_and_world()
@@ -174,16 +186,26 @@ class ShardStream(IterableDataset):
         yield from itertools.islice(raws, slot.index, None, stride)
 
     def stage_decode(self, raws: Iterable[dict]) -> Iterator[StreamItem]:
-        """raw sample -> StreamItem(decoded sample); corrupt ones are logged, and their keys ride on the next item."""
+        """raw sample -> StreamItem(decoded sample); corrupt ones are logged, and their keys ride on the next item.
+        A resampled stream (which never ends by itself) whose first ALL_CORRUPT_LIMIT samples are all corrupt is an
+        error naming the first reason: the wrong data for this reader, not a few bad samples."""
         decode = self.decode or (lambda raw: decode_pair(raw, require_sat=self.require_sat))
         pending: list[str] = []
+        decoded = False
         for raw in raws:
             try:
                 sample = decode(raw)
             except SampleError as e:
                 log.warning("skipping corrupt sample in %s: %s", raw.get("__url__"), e)
                 pending.append(e.key)
+                if self.resampled and not decoded and len(pending) >= ALL_CORRUPT_LIMIT:
+                    raise Geor1Error(
+                        f"the first {len(pending)} samples drawn from {len(self.shards)} shard(s) (e.g. "
+                        f"{raw.get('__url__')}) are all corrupt; the first: {e}. Is this the data this reader "
+                        "expects?"
+                    ) from None
                 continue
+            decoded = True
             yield StreamItem(sample, pending)
             pending = []
         if pending:
