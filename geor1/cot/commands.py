@@ -17,10 +17,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     common.add_argument("--splits", default="train,val,test")
     s = csub.add_parser("synthesize", parents=[common], help="template exemplars grounded in each sample's cues")
     s.add_argument("--seed", type=int, default=0, help="phrasing seed")
+    s.add_argument(
+        "--compact",
+        action="store_true",
+        help="geolocation: short traces (cover, relief, latitude band, hemispheres, continent) and a 1-decimal point",
+    )
     s.set_defaults(handler=_run)
     i = csub.add_parser("import", parents=[common], help="exemplars from a JSONL of key, reasoning, answer")
     i.add_argument("--jsonl", required=True)
-    i.set_defaults(handler=_run, seed=0)
+    i.set_defaults(handler=_run, seed=0, compact=False)
     _add_generate(csub)
 
 
@@ -88,6 +93,7 @@ def _run(ns: argparse.Namespace) -> None:
         tolerance_km=ns.tolerance_km,
         splits=tuple(s for s in ns.splits.split(",") if s),
         imported=imported,
+        compact=ns.compact,
     )
     summary = report.as_dict()
     print(

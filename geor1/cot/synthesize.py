@@ -112,13 +112,28 @@ def pairing_exemplar(
     return f"<think>{' '.join(parts)}</think><answer>{letters[answer]}</answer>", None
 
 
-def geolocate_exemplar(ground: Image.Image, meta: dict[str, Any], rng: np.random.Generator) -> str:
+def geolocate_exemplar(
+    ground: Image.Image, meta: dict[str, Any], rng: np.random.Generator, compact: bool = False
+) -> str:
+    """The geolocation trace of a place; `compact`: the short form (cues, then a point to 0.1 degree, no place
+    name), ~40 tokens instead of ~125, which a small model learns to write in a few hundred steps.
+
+    Compact: "<think>View: green 94%, flat. Temperate latitudes, northern hemisphere, eastern hemisphere,
+    Europe.</think><answer>48.1, 11.6</answer>".
+    """
     below = ground_below_horizon(ground)
     cover = cover_fractions(below)
     lat, lon = float(meta["lat"]), float(meta["lon"])
     cues = place_cues(lat, lon, cover)
     relief = "rugged, broken terrain" if ruggedness(below) > 6.0 else "fairly flat terrain"
     continent = CONTINENT_NAMES[meta.get("continent") or continent_of(lat, lon)]
+    if compact:
+        think = (
+            f"View: {describe_short(cover)}, {'rugged' if ruggedness(below) > 6.0 else 'flat'}. "
+            f"{cues.band.capitalize()} latitudes, {cues.hemisphere_ns} hemisphere, {cues.hemisphere_ew} hemisphere, "
+            f"{continent}."
+        )
+        return f"<think>{think}</think><answer>{lat:.1f}, {lon:.1f}</answer>"
     parts = [f"{rng.choice(_OPEN)} {describe(cover)} and {relief}."]
     if cover["water"] > 0.15:
         parts.append("Open water is in view, so the place is near a coast or a large lake.")
@@ -153,10 +168,12 @@ def synthesize(
     tolerance_km: float = 25.0,
     splits: tuple[str, ...] = ("train", "val", "test"),
     imported: dict[str, dict[str, str]] | None = None,
+    compact: bool = False,
 ) -> SynthesisReport:
     """Write SFT shards (the sample's images + json with `task`, `prompt`, `response`) of fact-checked exemplars,
     plus `exemplars.jsonl` and `factcheck_summary.json`. With `imported` ({key: {"reasoning", "answer"}}), the
-    exemplars come from there (e.g. a teacher model) instead of the templates, through the same fact-check."""
+    exemplars come from there (e.g. a teacher model) instead of the templates, through the same fact-check.
+    `compact`: the short geolocation traces of `geolocate_exemplar` (pairing traces are always compact)."""
     from tqdm import tqdm
 
     from geor1.data.reader import iter_raw_samples, shard_urls
@@ -202,7 +219,7 @@ def synthesize(
                             report.dropped[reason] += 1
                             continue
                     else:
-                        text = geolocate_exemplar(ground, meta, rng)
+                        text = geolocate_exemplar(ground, meta, rng, compact)
                     failures = fact_check(text, target, tolerance_km)
                     if failures:
                         for r in failures:
@@ -219,7 +236,13 @@ def synthesize(
         stats,
         f"cot-{task}",
         "derived from the source shards; their licence applies",
-        extra={"task": task, "seed": seed, "tolerance_km": tolerance_km, "source_shards": str(shards)},
+        extra={
+            "task": task,
+            "seed": seed,
+            "tolerance_km": tolerance_km,
+            "compact": compact,
+            "source_shards": str(shards),
+        },
     )
     (out / "factcheck_summary.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
     return report
