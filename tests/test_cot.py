@@ -90,6 +90,18 @@ def test_geolocate_exemplar_passes_its_own_check_and_varies():
         assert "southern hemisphere" in t and "Africa" in t and "near a coast" in t
 
 
+def test_compact_geolocate_exemplar_is_short_checked_and_names_no_place():
+    ground = Image.new("RGB", (96, 64), (30, 60, 170))
+    text = geolocate_exemplar(ground, META, np.random.default_rng(0), compact=True)
+    assert text == (
+        "<think>View: water 100%, flat. Subtropical latitudes, southern hemisphere, eastern hemisphere, "
+        "Africa.</think><answer>-33.9, 18.4</answer>"
+    )
+    assert fact_check(text, TARGET) == []
+    wrong = text.replace("southern hemisphere", "northern hemisphere")
+    assert fact_check(wrong, TARGET) == ["wrong_hemisphere"]
+
+
 def test_synthesize_and_import_write_sft_shards(tmp_path):
     import webdataset as wds
 
