@@ -17,7 +17,7 @@ from geor1 import Geor1Error
 from geor1.demo import STAGES, DemoConfig, DemoPaths, recipes, run_demo
 from geor1.metrics import wilson_interval
 
-MODELS = ("base (untrained)", "SFT only", "SFT+GRPO", "GRPO only (Zero)")
+MODELS = ("base (instruct)", "SFT only", "SFT+GRPO", "GRPO only (Zero)")
 
 
 def test_wilson_interval_by_hand():
@@ -58,15 +58,22 @@ def test_miniature_demo_from_an_installed_package_runs_every_stage_and_resumes(t
         assert f"| {model} |" in text
     assert all((out / stage / "DONE").is_file() for stage in STAGES)
     results = json.loads((out / "eval" / "results.json").read_text())
-    assert list(results) == list(MODELS)
-    assert results["SFT only"]["pairing"]["n"] == 6 and results["SFT only"]["geolocate"]["n"] == 4
+    assert list(results["models"]) == list(MODELS)
+    sft = results["models"]["SFT only"]
+    assert sft["pairing"]["n"] == 6 and sft["geolocate"]["n"] == 4 and sft["describe"]["n"] == 4
+    assert sft["pairing_geo"]["n"] == sft["pairing_hard"]["n"] == 4 and sft["shuffled"]["shuffled"]["n"] == 4
+    assert results["mean_location"]["geolocate"]["n"] == 4 and len(results["mean_location"]["point"]) == 2
+    assert set(results["comparisons"]) == {"SFT+GRPO - SFT only", "GRPO only (Zero) - base", "indirect"}
+    for section in ("## Pairing", "## Geolocation", "## Comparisons", "mean location of the training places"):
+        assert section in text
     paths = DemoPaths(out)
-    for name in ("sft", "grpo", "zero"):
+    rows = {"base": "base (instruct)", "sft": "SFT only", "grpo": "SFT+GRPO", "zero": "GRPO only (Zero)"}
+    for name, row in rows.items():
         assert (paths.model(name) / "config.json").is_file()
         assert paths.config(name).is_file()
-        assert results[{"sft": "SFT only", "grpo": "SFT+GRPO", "zero": "GRPO only (Zero)"}[name]]["path"] == str(
-            paths.model(name)
-        )
+        assert results["models"][row]["path"] == str(paths.model(name))
+    for kind in ("geo", "hard"):
+        assert (paths.episodes_of(kind) / "manifest.json").is_file()
     assert list((out / "grpo").rglob("events.out.tfevents.*"))
     assert (out / "eval" / "world_map.png").is_file() and (out / "eval" / "error_cdf.png").is_file()
 
@@ -113,6 +120,18 @@ DEMO_SETS = {
         "model.init_args.scheduler.init_args.total_steps",
         "model.init_args.export_dir",
         "model.init_args.max_new_tokens",
+        "model.init_args.policy.init_args.path",
+        "data.init_args.roots",
+        "data.init_args.root_weights",
+    },
+    "instruct": FOLDERS
+    | {
+        "seed_everything",
+        "trainer.max_steps",
+        "trainer.val_check_interval",
+        "model.init_args.scheduler.init_args.total_steps",
+        "model.init_args.export_dir",
+        "model.init_args.max_new_tokens",
         "data.init_args.roots",
         "data.init_args.root_weights",
     },
@@ -136,19 +155,21 @@ def test_demo_fit_configs_are_the_shipped_recipes_but_for_the_demos_own_settings
     cfg, paths = DemoConfig(), DemoPaths(tmp_path)
     built = {
         "retrieval": recipes.retrieval(cfg, paths),
+        "instruct": recipes.instruct(cfg, paths),
         "sft": recipes.sft(cfg, paths),
-        "grpo": recipes.grpo(cfg, paths, "grpo", paths.model("sft"), cfg.grpo_steps),
+        "grpo": recipes.grpo(cfg, paths, "grpo", paths.model("sft"), cfg.grpo_steps, cfg.grpo_lr),
     }
+    shipped_at = {"instruct": "sft/geoworld_instruct_tiny.yaml"}
     for name, config in built.items():
-        shipped = _flat(yaml.safe_load((REPO / "configs" / name / "geoworld_tiny.yaml").read_text()))
+        path = REPO / "configs" / shipped_at.get(name, f"{name}/geoworld_tiny.yaml")
+        shipped = _flat(yaml.safe_load(path.read_text()))
         ours = _flat(yaml.safe_load(yaml.safe_dump(config)))  # as written to <out>/configs/<stage>.yaml
         assert DEMO_SETS[name] <= set(ours), f"{name}: not set by the demo: {DEMO_SETS[name] - set(ours)}"
         assert {k: v for k, v in ours.items() if k not in DEMO_SETS[name]} == {
             k: v for k, v in shipped.items() if k not in DEMO_SETS[name]
         }, name
-        assert ours[CHECKPOINT] == str(tmp_path / name / "checkpoints")
-    zero = recipes.grpo(cfg, paths, "zero", None, cfg.zero_steps)
-    assert zero["model"]["init_args"]["policy"] == {
-        "class_path": "geor1.model.TinyPolicy",
-        "init_args": {"seed": 0, "max_pixels": recipes.MAX_PIXELS},
-    }
+        stage = {"instruct": "base"}.get(name, name)
+        assert ours[CHECKPOINT] == str(tmp_path / stage / "checkpoints")
+    zero = recipes.grpo(cfg, paths, "zero", paths.base_model, cfg.zero_steps, cfg.zero_lr)
+    assert zero["model"]["init_args"]["policy"]["init_args"]["path"] == str(paths.model("base"))
+    assert recipes.sft(cfg, paths)["model"]["init_args"]["policy"]["init_args"]["path"] == str(paths.model("base"))

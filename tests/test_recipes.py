@@ -40,7 +40,8 @@ STEPS = 2  # optimizer steps per recipe
 
 # The exact overrides of each recipe (dotted paths into the YAML; list items by index). Placeholders:
 # {out} the run's folder, {real} the real-shaped Qwen2.5-VL fixture, {world} tiny GeoWorld shards, {episodes}
-# K=2 pairing episodes of it, {sft_pairing} / {sft_geolocate} fact-checked CoT exemplars of both.
+# K=2 pairing episodes of it, {sft_pairing} / {sft_geolocate} fact-checked CoT exemplars of both, {instruct} the
+# instruction questions of the world's images.
 SINGLE_CPU = {"trainer.accelerator": "cpu", "trainer.devices": 1, "trainer.num_nodes": 1, "trainer.strategy": "auto"}
 OVERRIDES: dict[str, dict] = {
     "debug/tiny_sft.yaml": {
@@ -49,11 +50,22 @@ OVERRIDES: dict[str, dict] = {
         "trainer.default_root_dir": "{out}",
         "trainer.logger.init_args.save_dir": "{out}",
     },
+    "sft/geoworld_instruct_tiny.yaml": {
+        "trainer.max_steps": STEPS,
+        "trainer.limit_val_batches": 1,
+        "model.init_args.max_new_tokens": 8,
+        "data.init_args.roots": ["{instruct}"],
+        "trainer.default_root_dir": "{out}",
+        "trainer.logger.init_args.save_dir": "{out}",
+        "trainer.callbacks.1.init_args.dirpath": "{out}/checkpoints",
+        "model.init_args.export_dir": "{out}/model",
+    },
     "sft/geoworld_tiny.yaml": {
         "trainer.max_steps": STEPS,
         "trainer.limit_val_batches": 1,
         "model.init_args.max_new_tokens": 8,
-        "data.init_args.roots": ["{sft_pairing}"],
+        "model.init_args.policy.init_args.path": "{real}",
+        "data.init_args.roots": ["{sft_pairing}", "{sft_geolocate}"],
         "trainer.default_root_dir": "{out}",
         "trainer.logger.init_args.save_dir": "{out}",
         "trainer.callbacks.1.init_args.dirpath": "{out}/checkpoints",
@@ -65,6 +77,18 @@ OVERRIDES: dict[str, dict] = {
         "model.init_args.rollout.max_new_tokens": 4,
         "model.init_args.policy.init_args.path": "{real}",
         "data.init_args.roots": "{episodes}",
+        "trainer.default_root_dir": "{out}",
+        "trainer.logger.init_args.save_dir": "{out}",
+        "trainer.callbacks.1.init_args.dirpath": "{out}/checkpoints",
+        "model.init_args.export_dir": "{out}/model",
+    },
+    "grpo/geoworld_tiny_curriculum.yaml": {
+        "trainer.max_steps": STEPS,
+        "trainer.limit_val_batches": 1,
+        "model.init_args.rollout.max_new_tokens": 4,
+        "model.init_args.policy.init_args.path": "{real}",
+        "data.init_args.roots": ["{episodes}", "{episodes}"],
+        "data.init_args.samples_per_epoch": 8,  # a pass of 1 step: both passes of the run read their own roots
         "trainer.default_root_dir": "{out}",
         "trainer.logger.init_args.save_dir": "{out}",
         "trainer.callbacks.1.init_args.dirpath": "{out}/checkpoints",
@@ -114,19 +138,22 @@ def data(tmp_path_factory) -> dict[str, str]:
 
     from geor1.cot.synthesize import synthesize
     from geor1.data.geoworld import build_geoworld
+    from geor1.data.instruct import build_instruct
     from geor1.model.real_shaped import save_real_shaped_qwen2_5_vl
 
     root = tmp_path_factory.mktemp("recipes")
     world = build_geoworld(root / "geoworld", num_train=16, num_val=4, num_test=2, seed=3, max_count=4)
     random_episodes(world, root / "episodes", splits=("train", "val"))
     synthesize(root / "episodes", root / "sft_pairing", "pairing")
-    synthesize(world, root / "sft_geolocate", "geolocate")
+    synthesize(world, root / "sft_geolocate", "geolocate", compact=True)
+    build_instruct(world, root / "instruct")
     real = save_real_shaped_qwen2_5_vl(root / "qwen2_5_vl_real_shaped")
     return {
         "world": str(world),
         "episodes": str(root / "episodes"),
         "sft_pairing": str(root / "sft_pairing"),
         "sft_geolocate": str(root / "sft_geolocate"),
+        "instruct": str(root / "instruct"),
         "real": str(real),
     }
 

@@ -3,12 +3,14 @@
     world      geor1.data.geoworld.build_geoworld          (`geor1 data world`)
     retrieval  geor1.train.fit, recipes.retrieval           (`geor1 fit --config <out>/configs/retrieval.yaml`)
     index      geor1.retrieval.index.build_index            (`geor1 index build`)
-    mine       geor1.retrieval.mining.mine_episodes         (`geor1 mine episodes`)
+    mine       geor1.retrieval.mining.mine_episodes         (`geor1 mine episodes`: random, geo, hard episodes)
+    instruct   geor1.data.instruct.build_instruct           (`geor1 data instruct`: generic image questions)
+    base       geor1.train.fit, recipes.instruct            (the instruction-following base, from random init)
     cot        geor1.cot.synthesize.synthesize              (`geor1 cot synthesize`, pairing and geolocation)
-    sft        geor1.train.fit, recipes.sft
+    sft        geor1.train.fit, recipes.sft from the base
     grpo       geor1.train.fit, recipes.grpo from the SFT model ("SFT+GRPO")
-    zero       geor1.train.fit, recipes.grpo from the untrained base ("GRPO only (Zero)")
-    eval       geor1.eval.runners (run_policy, score_pairing, score_geolocate, write_results) on every model
+    zero       geor1.train.fit, recipes.grpo from the base ("GRPO only (Zero)")
+    eval       geor1.demo.evaluate.evaluate: every model on every episode type, shuffled, geolocation, describe
     report     geor1.demo.report.write_report
 
 Every stage writes under `out/<stage>` and, when it finishes, a `DONE` marker with its duration; a stage with a
@@ -25,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
@@ -34,19 +36,13 @@ from geor1.demo import recipes
 from geor1.demo.config import STAGES, DemoConfig, DemoPaths
 from geor1.demo.report import write_report
 
-if TYPE_CHECKING:
-    from geor1.data.sample import ChatSample
-
 log = logging.getLogger(__name__)
-
-EVAL_BATCH = 32
-MAP_MODEL = "SFT+GRPO"  # the model whose predictions the world map shows
 
 
 def models(paths: DemoPaths) -> dict[str, Path]:
     """The evaluated models, by the name of their row in the report, in the table's order."""
     return {
-        "base (untrained)": paths.base_model,
+        "base (instruct)": paths.base_model,
         "SFT only": paths.model("sft"),
         "SFT+GRPO": paths.model("grpo"),
         "GRPO only (Zero)": paths.model("zero"),
@@ -93,14 +89,23 @@ def run_demo(cfg: DemoConfig, out: str | Path = "runs/demo", redo: Iterable[str]
     st.run("retrieval", lambda: fit_stage(recipes.retrieval(cfg, paths), paths.config("retrieval")))
     st.run("index", lambda: build_index(paths))
     st.run("mine", lambda: mine(cfg, paths))
-    st.run("cot", lambda: synthesize_cot(paths))
+    st.run("instruct", lambda: build_instruct(cfg, paths))
+    st.run("base", lambda: fit_stage(recipes.instruct(cfg, paths), paths.config("base")))
+    st.run("cot", lambda: synthesize_cot(cfg, paths))
     st.run("sft", lambda: fit_stage(recipes.sft(cfg, paths), paths.config("sft")))
     st.run(
         "grpo",
-        lambda: fit_stage(recipes.grpo(cfg, paths, "grpo", paths.model("sft"), cfg.grpo_steps), paths.config("grpo")),
+        lambda: fit_stage(
+            recipes.grpo(cfg, paths, "grpo", paths.model("sft"), cfg.grpo_steps, cfg.grpo_lr), paths.config("grpo")
+        ),
     )
-    st.run("zero", lambda: fit_stage(recipes.grpo(cfg, paths, "zero", None, cfg.zero_steps), paths.config("zero")))
-    st.run("eval", lambda: evaluate(cfg, paths))
+    st.run(
+        "zero",
+        lambda: fit_stage(
+            recipes.grpo(cfg, paths, "zero", paths.base_model, cfg.zero_steps, cfg.zero_lr), paths.config("zero")
+        ),
+    )
+    st.run("eval", lambda: evaluate(cfg, paths, models(paths)))
     st.run("report", lambda: None)
     return write_report(cfg, paths, st.seconds, json.loads(paths.results.read_text()))
 
@@ -141,22 +146,41 @@ def build_index(paths: DemoPaths) -> None:
     log.info("flat index of %d tiles written to %s", len(index.meta), paths.index)
 
 
+def mining_specs(cfg: DemoConfig) -> dict[str, Any]:
+    """The MiningSpec of each episode type (EPISODE_TYPES): "random" trains and evaluates; "geo" (negatives from
+    the geo-neighbourhood) and "hard" (the encoder's most similar tiles) evaluate."""
+    from geor1.retrieval.mining import MiningSpec
+
+    return {
+        "random": MiningSpec(k=cfg.k, strategy=cfg.strategy, min_km=cfg.min_km, max_km=cfg.max_km, seed=cfg.seed),
+        "geo": MiningSpec(k=cfg.k, strategy="geo", min_km=cfg.geo_min_km, max_km=cfg.geo_max_km, seed=cfg.seed),
+        "hard": MiningSpec(k=cfg.k, strategy="hard", min_km=cfg.geo_min_km, seed=cfg.seed),
+    }
+
+
 def mine(cfg: DemoConfig, paths: DemoPaths) -> None:
-    from geor1.retrieval.mining import MiningSpec, mine_episodes
+    from geor1.retrieval.mining import mine_episodes
 
-    spec = MiningSpec(k=cfg.k, strategy=cfg.strategy, min_km=cfg.min_km, max_km=cfg.max_km, seed=cfg.seed)
-    report = mine_episodes(paths.index, paths.world, paths.episodes, spec)
-    log.info("episodes mined: %s", report.episodes)
+    for kind, spec in mining_specs(cfg).items():
+        report = mine_episodes(paths.index, paths.world, paths.episodes_of(kind), spec)
+        log.info("%s episodes mined: %s", kind, report.episodes)
 
 
-def synthesize_cot(paths: DemoPaths) -> None:
+def build_instruct(cfg: DemoConfig, paths: DemoPaths) -> None:
+    from geor1.data.instruct import build_instruct as build
+
+    report = build(paths.world, paths.instruct, seed=cfg.seed)
+    log.info("instruction questions: %s", report.as_dict())
+
+
+def synthesize_cot(cfg: DemoConfig, paths: DemoPaths) -> None:
     from geor1.cot.synthesize import synthesize
 
     for shards, dest, task in (
         (paths.episodes, paths.sft_pairing, "pairing"),
         (paths.world, paths.sft_geolocate, "geolocate"),
     ):
-        summary = synthesize(shards, dest, task).as_dict()
+        summary = synthesize(shards, dest, task, compact=cfg.compact_geolocate).as_dict()
         log.info(
             "%s exemplars: %d of %d kept; dropped by reason: %s",
             task,
@@ -166,50 +190,7 @@ def synthesize_cot(paths: DemoPaths) -> None:
         )
 
 
-def evaluate(cfg: DemoConfig, paths: DemoPaths) -> None:
-    """Every model of `models` on the same held-out pairing episodes and places (greedy): per model the metrics and
-    predictions of each task under `eval/model<i>/`, all metrics in `eval/results.json`, the error CDF of all
-    models and the world map of MAP_MODEL."""
-    import numpy as np
+def evaluate(cfg: DemoConfig, paths: DemoPaths, evaluated: dict[str, Path]) -> None:
+    from geor1.demo.evaluate import evaluate as run
 
-    from geor1.eval.plots import error_cdf, world_map
-    from geor1.eval.runners import run_policy, score_geolocate, score_pairing, write_results
-    from geor1.eval.samples import load_chat_samples
-    from geor1.model.policy import Policy
-    from geor1.model.tiny import save_tiny_checkpoint
-    from geor1.tasks import GeoTarget
-
-    if not (paths.base_model / "config.json").exists():
-        save_tiny_checkpoint(paths.base_model, seed=cfg.seed)
-    pairs = _samples(load_chat_samples(paths.episodes, "test", "pairing", cfg.eval_pairing), paths.episodes)
-    places = _samples(load_chat_samples(paths.world, "test", "geolocate", cfg.eval_geolocate), paths.world)
-    results: dict[str, Any] = {}
-    distances, totals, predictions = {}, {}, {}
-    for i, (name, path) in enumerate(models(paths).items()):
-        policy = Policy(str(path), max_pixels=recipes.MAX_PIXELS).eval()
-        pm, pp = score_pairing(run_policy(policy, pairs, EVAL_BATCH, cfg.max_new_tokens))
-        gm, gp = score_geolocate(run_policy(policy, places, EVAL_BATCH, cfg.geolocate_tokens))
-        write_results(paths.eval / f"model{i}" / "pairing", pm, pp, f"{name}: pairing")
-        write_results(paths.eval / f"model{i}" / "geolocate", gm, gp, f"{name}: geolocation")
-        results[name] = {"path": str(path), "pairing": pm, "geolocate": gm}
-        distances[name] = np.array([r["km"] for r in gp if r["parsed"]], dtype=float)
-        totals[name] = len(gp)
-        predictions[name] = gp
-        log.info("%s: pairing acc %.3f, geolocation unparseable %.3f", name, pm["pairing_acc"], gm["unparseable_share"])
-    paths.results.write_text(json.dumps(results, indent=2))
-    error_cdf(distances, totals, paths.eval / "error_cdf.png")
-    truth = np.array(
-        [[t.lat, t.lon] if isinstance(t, GeoTarget) else [np.nan, np.nan] for t in (s.target for s in places)],
-        dtype=float,
-    )
-    pred = np.array(
-        [[r["lat"], r["lon"]] if r["parsed"] else [np.nan, np.nan] for r in predictions[MAP_MODEL]], dtype=float
-    )
-    world_map(pred, truth, paths.eval / "world_map.png", f"{MAP_MODEL}: predictions (red) vs truth (green)")
-
-
-def _samples(loaded: tuple[list[ChatSample], int], root: Path) -> list[ChatSample]:
-    samples, skipped = loaded
-    if skipped:
-        log.warning("%d corrupt samples skipped in %s", skipped, root)
-    return samples
+    run(cfg, paths, evaluated)

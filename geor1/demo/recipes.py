@@ -75,15 +75,18 @@ def retrieval(cfg: DemoConfig, paths: DemoPaths) -> dict[str, Any]:
     }
 
 
-def sft(cfg: DemoConfig, paths: DemoPaths) -> dict[str, Any]:
-    """Scaffolding (configs/sft/geoworld_tiny.yaml): the untrained tiny policy on the fact-checked pairing traces
-    (and the geolocation traces, 1 shard in 7, with `sft_geolocate`); exports to `paths.model("sft")`."""
-    root = paths.stage("sft")
-    roots, weights = (
-        ([str(paths.sft_pairing), str(paths.sft_geolocate)], [6, 1])
-        if cfg.sft_geolocate
-        else ([str(paths.sft_pairing)], None)
-    )
+def _sft(
+    cfg: DemoConfig,
+    paths: DemoPaths,
+    stage: str,
+    policy: dict[str, Any],
+    steps: int,
+    roots: list[str],
+    weights: list[int] | None,
+) -> dict[str, Any]:
+    """The SFT recipe (configs/sft/geoworld_tiny.yaml) for `steps` steps on `roots` from `policy`, exporting to
+    `paths.model(stage)`."""
+    root = paths.stage(stage)
     return {
         "seed_everything": cfg.seed,
         "trainer": trainer(
@@ -91,23 +94,21 @@ def sft(cfg: DemoConfig, paths: DemoPaths) -> dict[str, Any]:
             {"every_n_train_steps": 300, "save_last": True},
             accelerator="cpu",
             devices=1,
-            max_steps=cfg.sft_steps,
-            val_check_interval=max(1, cfg.sft_steps // 3),
+            max_steps=steps,
+            val_check_interval=max(1, steps // 3),
             limit_val_batches=4,
             log_every_n_steps=10,
             gradient_clip_val=1.0,
         ),
         "model": component(
             "geor1.objectives.SFTModule",
-            policy=component("geor1.model.TinyPolicy", seed=cfg.seed, max_pixels=MAX_PIXELS),
+            policy=policy,
             optimizer=component("torch.optim.AdamW", lr=0.003, weight_decay=0.0),
-            scheduler=component(
-                "torch.optim.lr_scheduler.OneCycleLR", max_lr=0.003, total_steps=cfg.sft_steps, pct_start=0.1
-            ),
+            scheduler=component("torch.optim.lr_scheduler.OneCycleLR", max_lr=0.003, total_steps=steps, pct_start=0.1),
             max_length=768,
             num_val_generations=8,
             max_new_tokens=cfg.max_new_tokens,
-            export_dir=str(paths.model("sft")),
+            export_dir=str(paths.model(stage)),
         ),
         "data": component(
             "geor1.data.ChatShardDataModule",
@@ -119,6 +120,27 @@ def sft(cfg: DemoConfig, paths: DemoPaths) -> dict[str, Any]:
             root_weights=weights,
         ),
     }
+
+
+def instruct(cfg: DemoConfig, paths: DemoPaths) -> dict[str, Any]:
+    """The instruction-following base: the SFT recipe on the generic describe questions (`geor1.data.instruct`),
+    from the untrained tiny policy; exports to `paths.base_model`. Stands in for the instruction tuning of the
+    paper's base model (Qwen2.5-VL-7B-Instruct): the answer format and describing images, nothing geospatial."""
+    policy = component("geor1.model.TinyPolicy", seed=cfg.seed, max_pixels=MAX_PIXELS)
+    return _sft(cfg, paths, "base", policy, cfg.instruct_steps, [str(paths.instruct)], None)
+
+
+def sft(cfg: DemoConfig, paths: DemoPaths) -> dict[str, Any]:
+    """Scaffolding (configs/sft/geoworld_tiny.yaml): the base on the fact-checked pairing traces and geolocation
+    traces (`sft_pairing_weight` : `sft_geolocate_weight` shards; pairing only with weight 0); exports to
+    `paths.model("sft")`."""
+    policy = component("geor1.model.Policy", path=str(paths.base_model), max_pixels=MAX_PIXELS)
+    if cfg.sft_geolocate_weight:
+        roots = [str(paths.sft_pairing), str(paths.sft_geolocate)]
+        weights: list[int] | None = [cfg.sft_pairing_weight, cfg.sft_geolocate_weight]
+    else:
+        roots, weights = [str(paths.sft_pairing)], None
+    return _sft(cfg, paths, "sft", policy, cfg.sft_steps, roots, weights)
 
 
 def grpo_settings(cfg: DemoConfig) -> dict[str, Any]:
@@ -150,16 +172,12 @@ def grpo_settings(cfg: DemoConfig) -> dict[str, Any]:
     }
 
 
-def grpo(cfg: DemoConfig, paths: DemoPaths, stage: str, init: Path | None, steps: int) -> dict[str, Any]:
-    """Elevating (configs/grpo/geoworld_tiny.yaml) on the mined pairing episodes, from the model folder `init`, or,
-    with `init=None`, from the untrained tiny policy ("Zero"); `steps` optimizer steps; exports to
+def grpo(cfg: DemoConfig, paths: DemoPaths, stage: str, init: Path, steps: int, lr: float) -> dict[str, Any]:
+    """Elevating (configs/grpo/geoworld_tiny.yaml) on the mined pairing episodes, from the model folder `init` (the
+    SFT model for "SFT+GRPO", the base for "Zero"); `steps` optimizer steps at learning rate `lr`; exports to
     `paths.model(stage)`."""
     root = paths.stage(stage)
-    policy = (
-        component("geor1.model.TinyPolicy", seed=cfg.seed, max_pixels=MAX_PIXELS)
-        if init is None
-        else component("geor1.model.Policy", path=str(init), max_pixels=MAX_PIXELS)
-    )
+    policy = component("geor1.model.Policy", path=str(init), max_pixels=MAX_PIXELS)
     return {
         "seed_everything": cfg.seed,
         "trainer": trainer(
@@ -175,7 +193,7 @@ def grpo(cfg: DemoConfig, paths: DemoPaths, stage: str, init: Path | None, steps
         "model": component(
             "geor1.objectives.GRPOModule",
             policy=policy,
-            optimizer=component("torch.optim.AdamW", lr=1.0e-4, weight_decay=0.0),
+            optimizer=component("torch.optim.AdamW", lr=lr, weight_decay=0.0),
             **grpo_settings(cfg),
             export_dir=str(paths.model(stage)),
         ),
