@@ -102,6 +102,16 @@ def _flat(node, prefix: str = "") -> dict[str, object]:
 # What the demo sets itself in each recipe (its seed, sizes and folders); every other setting is the shipped one.
 CHECKPOINT = "trainer.callbacks.ModelCheckpoint.init_args.dirpath"
 FOLDERS = {"trainer.default_root_dir", "trainer.logger.init_args.save_dir", CHECKPOINT}
+SFT_SETS = FOLDERS | {  # the SFT recipe's settings the demo sets (both SFT-shaped stages)
+    "seed_everything",
+    "trainer.max_steps",
+    "trainer.val_check_interval",
+    "model.init_args.scheduler.init_args.total_steps",
+    "model.init_args.export_dir",
+    "model.init_args.max_new_tokens",
+    "data.init_args.roots",
+    "data.init_args.root_weights",
+}
 DEMO_SETS = {
     "retrieval": FOLDERS
     | {
@@ -112,29 +122,8 @@ DEMO_SETS = {
         "data.init_args.sat_size",
         "model.init_args.scheduler.init_args.T_max",
     },
-    "sft": FOLDERS
-    | {
-        "seed_everything",
-        "trainer.max_steps",
-        "trainer.val_check_interval",
-        "model.init_args.scheduler.init_args.total_steps",
-        "model.init_args.export_dir",
-        "model.init_args.max_new_tokens",
-        "model.init_args.policy.init_args.path",
-        "data.init_args.roots",
-        "data.init_args.root_weights",
-    },
-    "instruct": FOLDERS
-    | {
-        "seed_everything",
-        "trainer.max_steps",
-        "trainer.val_check_interval",
-        "model.init_args.scheduler.init_args.total_steps",
-        "model.init_args.export_dir",
-        "model.init_args.max_new_tokens",
-        "data.init_args.roots",
-        "data.init_args.root_weights",
-    },
+    "sft": SFT_SETS | {"model.init_args.policy.init_args.path"},  # the SFT stage starts from the base's export
+    "instruct": SFT_SETS,
     "grpo": FOLDERS
     | {
         "seed_everything",
