@@ -35,7 +35,7 @@ from typing import Any
 from geor1 import Geor1Error
 from geor1.cot.filters import FilterSettings, Hint, NearDuplicateIndex, select_best
 from geor1.data.sample import Prompt
-from geor1.tasks import PairingTarget, Target, Task, get_task
+from geor1.tasks import GeoTarget, PairingTarget, Target, Task, get_task
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,8 @@ class TeacherPrompt:
         if isinstance(target, PairingTarget):
             text = self._fill("hint:pairing", letter=target.letter)
             return Hint(self._fill("hint", hint=text), letter=target.letter)
+        if not isinstance(target, GeoTarget):
+            raise Geor1Error(f"cot generate writes pairing and geolocation traces, not {target.task!r}")
         city, country = meta.get("city"), meta.get("country")
         place = f" ({city}, {country})" if city and country else ""
         text = self._fill("hint:geolocate", lat=f"{target.lat:.4f}", lon=f"{target.lon:.4f}", place=place)

@@ -57,7 +57,7 @@ from geor1.objectives.rollout_rng import RolloutRNG
 from geor1.objectives.sharding import ShardingSpec, is_sharded, reshard, shard_policy
 from geor1.rewards import combine, get_reward
 from geor1.rewards.registry import call_reward
-from geor1.tasks import TASK_NAMES, PairingTarget, Target, is_well_formed, task_of
+from geor1.tasks import TASK_NAMES, GeoTarget, PairingTarget, Target, is_well_formed, task_of
 
 log = logging.getLogger(__name__)
 
@@ -628,7 +628,9 @@ def _truth(target: Target | None) -> str:
     """The right answer, for the completions table."""
     if isinstance(target, PairingTarget):
         return target.letter
-    return "" if target is None else f"{target.lat:.4f}, {target.lon:.4f}"
+    if isinstance(target, GeoTarget):
+        return f"{target.lat:.4f}, {target.lon:.4f}"
+    return "" if target is None else str(target.answer)  # describe: the word or letter
 
 
 def disable_dropout_in(module: nn.Module) -> int:
