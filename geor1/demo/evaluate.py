@@ -130,13 +130,14 @@ def evaluate(cfg: DemoConfig, paths: DemoPaths, models: dict[str, Path]) -> dict
         result: dict[str, Any] = {"path": str(path)}
         for kind in EPISODE_TYPES:
             part = "pairing" if kind == "random" else f"pairing_{kind}"
-            m, p = score_rows(get_task("pairing"), run_policy(policy, pairs[kind], EVAL_BATCH, cfg.max_new_tokens))
+            generated = run_policy(policy, pairs[kind], EVAL_BATCH, cfg.max_new_tokens)
+            m, p = score_rows(get_task("pairing"), generated)
             if kind == "random":
                 correct[name] = [r["correct"] for r in p]
                 few = pairs[kind][: cfg.eval_hard]
                 sm, sp = evaluate_shuffled(policy, few, SHUFFLE_SEED, EVAL_BATCH, cfg.max_new_tokens)
-                base_m = _subset_metrics(p[: len(few)])
-                result["shuffled"] = compare_orders(base_m, p[: len(few)], sm, sp, SHUFFLE_SEED)
+                fm, fp = score_rows(get_task("pairing"), generated[: len(few)])  # the same episodes, shard order
+                result["shuffled"] = compare_orders(fm, fp, sm, sp, SHUFFLE_SEED)
                 write_results(out / "shuffled", sm, sp, f"{name}: pairing, candidates shuffled")
             write_results(out / part, m, p, f"{name}: {part} ({kind} episodes)")
             result[part] = m
@@ -188,12 +189,3 @@ def evaluate(cfg: DemoConfig, paths: DemoPaths, models: dict[str, Path]) -> dict
     )
     world_map(pred, true_points, paths.eval / "world_map.png", f"{shown}: predictions (red) vs truth (green)")
     return results
-
-
-def _subset_metrics(preds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Accuracy and its Wilson interval of some pairing prediction rows (what `compare_orders` reads)."""
-    from geor1.metrics.intervals import wilson_interval
-
-    n, k = len(preds), sum(p["correct"] for p in preds)
-    lo, hi = wilson_interval(k, n)
-    return {"pairing_acc": k / max(n, 1), "ci95_low": lo, "ci95_high": hi, "n": n}
