@@ -14,7 +14,8 @@ and one model-free row: every test place answered with the training places' mean
 their unit vectors). Comparisons on the same items (`comparisons` in eval/results.json): SFT+GRPO - SFT and Zero -
 base on pairing; and the indirect-reward question, SFT+GRPO - SFT on geolocation (acc@750/2500 km and country
 accuracy: Newcombe; median error: paired bootstrap, an unreadable answer counted as the largest possible error,
-half the Earth's circumference).
+half the Earth's circumference); and, the same way, SFT - the mean location on geolocation ("baseline": has SFT
+learned to geolocate beyond always answering one point?).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ PAIRED = {  # name of the comparison -> (first model, second model): second - fi
     "GRPO only (Zero) - base": ("base (instruct)", "GRPO only (Zero)"),
 }
 INDIRECT = ("SFT only", "SFT+GRPO")  # does GRPO on pairing change the SFT model's geolocation?
+LEARNED = "SFT only"  # the model whose geolocation is compared with the mean-location baseline ("baseline")
 THRESHOLDS_KM = (750, 2500)
 MAX_ERROR_KM = float(np.pi * 6371.0088)  # an unreadable answer, in the median-error bootstrap
 SHUFFLE_SEED = 0
@@ -170,6 +172,8 @@ def evaluate(cfg: DemoConfig, paths: DemoPaths, models: dict[str, Path]) -> dict
     a, b = INDIRECT
     if a in hits and b in hits:
         comparisons["indirect"] = compare_geolocation(hits[a], hits[b])
+    if LEARNED in hits:
+        comparisons["baseline"] = compare_geolocation(geo_hits(bp, truth), hits[LEARNED])
     results = {
         "models": rows,
         "mean_location": {"point": list(point), "geolocate": bm},

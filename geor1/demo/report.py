@@ -145,24 +145,33 @@ def position_table(results: dict[str, Any]) -> list[str]:
 
 
 def comparison_lines(results: dict[str, Any]) -> list[str]:
-    """The paired comparisons, one line each, and the indirect-reward answer."""
+    """The paired comparisons, one line each: pairing, the indirect-reward answer, SFT against the mean location."""
     comp = results["comparisons"]
     lines = [
         f"- {label}, pairing (random negatives, same episodes): {_diff(d)} (Newcombe; {d['discordant']} discordant)"
         for label, d in comp.items()
-        if label != "indirect"
+        if label not in GEO_COMPARISONS
     ]
-    if "indirect" in comp:
-        ind = comp["indirect"]
-        parts = [f"{k} {_diff(v)}" for k, v in ind.items() if k != "median_km"]
-        med = ind["median_km"]
-        lines.append(
-            "- Indirect reward, SFT+GRPO - SFT only on geolocation (same places): "
-            + ", ".join(parts)
-            + f"; median error {med['diff']:+,.0f} km [{med['ci95_low']:+,.0f}, {med['ci95_high']:+,.0f}] "
-            "(paired bootstrap; an unreadable answer counts as the largest possible error)."
-        )
+    for key, title in GEO_COMPARISONS.items():
+        if key in comp:
+            lines.append(f"- {title} (same places): {_geo_diff(comp[key])}.")
     return lines
+
+
+GEO_COMPARISONS = {  # eval/results.json "comparisons" key -> its line in the report
+    "baseline": "SFT only - mean location on geolocation",
+    "indirect": "Indirect reward, SFT+GRPO - SFT only on geolocation",
+}
+
+
+def _geo_diff(d: dict[str, Any]) -> str:
+    parts = [f"{k} {_diff(v)}" for k, v in d.items() if k != "median_km"]
+    med = d["median_km"]
+    return (
+        ", ".join(parts)
+        + f"; median error {med['diff']:+,.0f} km [{med['ci95_low']:+,.0f}, {med['ci95_high']:+,.0f}] "
+        "(paired bootstrap; an unreadable answer counts as the largest possible error)"
+    )
 
 
 def render_report(cfg: DemoConfig, paths: DemoPaths, seconds: dict[str, float], results: dict[str, Any]) -> str:
