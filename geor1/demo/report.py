@@ -168,8 +168,7 @@ def _geo_diff(d: dict[str, Any]) -> str:
     parts = [f"{k} {_diff(v)}" for k, v in d.items() if k != "median_km"]
     med = d["median_km"]
     return (
-        ", ".join(parts)
-        + f"; median error {med['diff']:+,.0f} km [{med['ci95_low']:+,.0f}, {med['ci95_high']:+,.0f}] "
+        ", ".join(parts) + f"; median error {med['diff']:+,.0f} km [{med['ci95_low']:+,.0f}, {med['ci95_high']:+,.0f}] "
         "(paired bootstrap; an unreadable answer counts as the largest possible error)"
     )
 
