@@ -56,7 +56,7 @@ def reproduce(cfg: DemoConfig, paths: DemoPaths) -> dict[str, list[str]]:
 def notes(cfg: DemoConfig) -> list[str]:
     """Why the settings are what they are, where a reader of the table would ask."""
     geo = (
-        f"SFT mixes {cfg.sft_pairing_weight} pairing trace shards per {cfg.sft_geolocate_weight} geolocation shard"
+        f"SFT draws pairing and geolocation trace shards {cfg.sft_pairing_weight}:{cfg.sft_geolocate_weight}"
         if cfg.sft_geolocate_weight
         else "SFT uses the pairing traces only (no model was taught the geolocation answer)"
     )
