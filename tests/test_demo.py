@@ -65,8 +65,8 @@ def test_miniature_demo_from_an_installed_package_runs_every_stage_and_resumes(t
     assert results["mean_location"]["geolocate"]["n"] == 4 and len(results["mean_location"]["point"]) == 2
     comps = results["comparisons"]
     assert set(comps) == {"SFT+GRPO - SFT only", "GRPO only (Zero) - base", "indirect", "baseline"}
+    learned, base = sft["geolocate"], results["mean_location"]["geolocate"]
     for metric in ("acc@750km", "acc@2500km", "country_acc"):  # SFT - mean location, on the same 4 places
-        learned, base = sft["geolocate"], results["mean_location"]["geolocate"]
         assert comps["baseline"][metric]["diff"] == pytest.approx(learned[metric] - base[metric])
     assert "SFT only - mean location on geolocation" in text
     for section in ("## Pairing", "## Geolocation", "## Comparisons", "mean location of the training places"):

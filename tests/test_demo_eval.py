@@ -62,3 +62,21 @@ def test_geo_hits_and_the_indirect_comparison_count_unreadable_answers_as_misses
     comp = compare_geolocation(h1, h2)
     assert comp["acc@2500km"]["diff"] == pytest.approx(0.5) and comp["acc@750km"]["diff"] == 0.0
     assert comp["median_km"]["diff"] == pytest.approx(np.median([2400.0, 100.0]) - np.median([600.0, MAX_ERROR_KM]))
+
+
+def test_geo_hits_on_scored_rows_give_back_the_metrics_of_the_scorer():
+    """The baseline comparison reads `geodesic_metrics`' own rows: per-place hits averaged = its acc@ and country."""
+    from geor1.tasks.geolocation import geodesic_metrics
+
+    truth = {
+        "a": GeoTarget(48.85, 2.35, "Paris", "FR"),
+        "b": GeoTarget(52.52, 13.40, "Berlin", "DE"),
+        "c": GeoTarget(40.71, -74.0, "New York", "US"),
+        "d": GeoTarget(-33.87, 151.21, "Sydney", "AU"),
+    }
+    pred = {"a": (49.0, 2.5), "b": (48.85, 2.35), "c": (41.0, -73.9), "d": None}
+    metrics, rows = geodesic_metrics(pred, truth)
+    hits = geo_hits(rows, list(truth.values()))
+    for name in ("acc@750km", "acc@2500km", "country_acc"):
+        assert np.mean(hits[name]) == pytest.approx(metrics[name])
+    assert hits["error_km"][3] == MAX_ERROR_KM

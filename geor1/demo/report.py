@@ -144,6 +144,12 @@ def position_table(results: dict[str, Any]) -> list[str]:
     return rows
 
 
+GEO_COMPARISONS = {  # eval/results.json "comparisons" key -> its line in the report
+    "baseline": "SFT only - mean location on geolocation",
+    "indirect": "Indirect reward, SFT+GRPO - SFT only on geolocation",
+}
+
+
 def comparison_lines(results: dict[str, Any]) -> list[str]:
     """The paired comparisons, one line each: pairing, the indirect-reward answer, SFT against the mean location."""
     comp = results["comparisons"]
@@ -156,12 +162,6 @@ def comparison_lines(results: dict[str, Any]) -> list[str]:
         if key in comp:
             lines.append(f"- {title} (same places): {_geo_diff(comp[key])}.")
     return lines
-
-
-GEO_COMPARISONS = {  # eval/results.json "comparisons" key -> its line in the report
-    "baseline": "SFT only - mean location on geolocation",
-    "indirect": "Indirect reward, SFT+GRPO - SFT only on geolocation",
-}
 
 
 def _geo_diff(d: dict[str, Any]) -> str:
