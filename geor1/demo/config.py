@@ -28,7 +28,7 @@ class DemoConfig:
     geo_min_km: float = 100.0  # geo-neighbourhood and encoder-hard evaluation episodes: negatives this far at least
     geo_max_km: float = 1500.0  # ... and geo-neighbourhood negatives this far at most
     instruct_steps: int = 1000  # the instruction-following base (generic questions about images)
-    sft_steps: int = 2400
+    sft_steps: int = 3600
     sft_geolocate_weight: int = 2  # geolocation traces per `sft_pairing_weight` pairing traces in SFT (0: none)
     sft_pairing_weight: int = 1
     compact_geolocate: bool = True  # short geolocation traces (geor1.cot.synthesize.geolocate_exemplar)
