@@ -42,7 +42,7 @@ class DemoConfig:
     geolocate_tokens: int = 200  # geolocation completions (traces are ~125 tokens)
     eval_pairing: int = 1200  # random-negative test episodes (and the same episodes with the order shuffled)
     eval_hard: int = 400  # geo-neighbourhood, encoder-hard and shuffled-order test episodes, each
-    eval_geolocate: int = 400
+    eval_geolocate: int = 1200  # every test place
     eval_describe: int = 200
 
     @classmethod
