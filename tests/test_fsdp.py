@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -25,9 +26,35 @@ SCRIPT = Path(__file__).with_name("fsdp_run.py")
 TIMEOUT = 420  # a rank that stops stepping hangs the other: the run fails instead of blocking the suite
 
 
+def _launch(tmp: Path, n: int, modes: str, env: dict[str, str]) -> subprocess.Popen:
+    with open(tmp / f"log{n}.txt", "w") as log:
+        return subprocess.Popen(
+            [sys.executable, str(SCRIPT), str(tmp / f"d{n}"), str(n), modes],
+            cwd=tmp,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _wait(procs: dict[int, subprocess.Popen]) -> None:
+    try:
+        for p in procs.values():
+            p.wait(timeout=TIMEOUT)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:  # a hung run: end it and the rank processes it launched (its own session)
+                os.killpg(p.pid, signal.SIGKILL)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
-    """One 2-process launch and one 1-process launch, side by side (one Trainer per mode in each)."""
+    """One 2-process launch and one 1-process launch, side by side (one Trainer per mode in each).
+
+    A launch whose main process dies from a signal (a native crash: once, glibc's "munmap_chunk(): invalid pointer"
+    abort in the 2-process launch between two Trainers, not reproduced in 6 re-runs) is launched once more, with a
+    warning that keeps the crashed log's tail; a Python error (exit status 1) or a second crash fails the test."""
     tmp = tmp_path_factory.mktemp("fsdp")
     env = dict(
         os.environ,
@@ -37,24 +64,15 @@ def runs(tmp_path_factory) -> Path:
         2: "sft,grpo,grpo_ddp,grpo_lora,grpo_uneven,rollout,contrastive",
         1: "sft,grpo,grpo_lora,grpo_uneven,contrastive",
     }
-    procs = {}
-    for n, modes in launches.items():
-        with open(tmp / f"log{n}.txt", "w") as log:
-            procs[n] = subprocess.Popen(
-                [sys.executable, str(SCRIPT), str(tmp / f"d{n}"), str(n), modes],
-                cwd=tmp,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-    try:
-        for p in procs.values():
-            p.wait(timeout=TIMEOUT)
-    finally:
-        for p in procs.values():
-            if p.poll() is None:  # a hung run: end it and the rank processes it launched (its own session)
-                os.killpg(p.pid, signal.SIGKILL)
+    procs = {n: _launch(tmp, n, modes, env) for n, modes in launches.items()}
+    _wait(procs)
+    crashed = [n for n, p in procs.items() if p.returncode is not None and p.returncode < 0]
+    for n in crashed:
+        tail = (tmp / f"log{n}.txt").read_text()[-1500:]
+        signum = -procs[n].returncode
+        warnings.warn(f"{n}-process FSDP launch died from signal {signum}; launched again. Log:\n{tail}", stacklevel=2)
+        procs[n] = _launch(tmp, n, launches[n], env)
+    _wait({n: procs[n] for n in crashed})
     for n, p in procs.items():
         assert p.returncode == 0, (tmp / f"log{n}.txt").read_text()[-4000:]
     return tmp
