@@ -55,4 +55,4 @@ def test_local_links_resolve(page):
 
 def test_anchor_rule():
     page = ROOT / "docs" / "experiments.md"
-    assert "the-demo-at-sft-2400-steps-with-geolocation-shards-12-the-readmes-headline" in anchors(page)
+    assert "the-demo-at-sft-3600-steps-the-readmes-headline" in anchors(page)
