@@ -218,3 +218,32 @@ def test_ranks_with_different_prompt_counts_and_micro_batches_equal_one_process(
     rank's own: the update equals one process on the 4 prompts."""
     two, _ = _assert_same_step(runs, "grpo_uneven")
     assert [len(r["keys"]) for r in two] == [3, 1]
+
+
+@pytest.mark.parametrize("crashes", [1, 2])
+def test_a_launch_killed_by_a_signal_is_launched_once_more_and_only_once(
+    tmp_path, tmp_path_factory, monkeypatch, crashes
+):
+    """The `runs` fixture's retry, with a stand-in script that aborts itself on its first `crashes` launches."""
+    script = tmp_path / "abort.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "count = Path(sys.argv[1] + '.launches')\n"
+        "n = int(count.read_text()) + 1 if count.exists() else 1\n"
+        "count.write_text(str(n))\n"
+        f"if n <= {crashes}:\n"
+        "    print('aborting', flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGABRT)\n"
+        "print('finished')\n"
+    )
+    monkeypatch.setattr(sys.modules[__name__], "SCRIPT", script)
+    fixture = runs.__wrapped__  # type: ignore[attr-defined]
+    if crashes == 1:
+        with pytest.warns(UserWarning, match=r"(?s)died from signal 6; launched again.*aborting"):
+            tmp = fixture(tmp_path_factory)
+        assert [(tmp / f"log{n}.txt").read_text().strip() for n in (1, 2)] == ["finished", "finished"]
+        assert [(tmp / f"d{n}.launches").read_text() for n in (1, 2)] == ["2", "2"]
+    else:
+        with pytest.warns(UserWarning), pytest.raises(AssertionError, match="aborting"):
+            fixture(tmp_path_factory)
