@@ -19,13 +19,16 @@ from geor1 import Geor1Error
 def run_lightning(args: Sequence[str], prog: str = "geor1") -> None:
     """LightningCLI with the LightningModule and DataModule chosen by `class_path` in the YAML."""
     from lightning.pytorch import LightningDataModule, LightningModule
-    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+    evaluation = next(iter(args), None) in ("test", "predict")
     LightningCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        # an evaluation keeps its outputs in the module's out_dir, not a config.yaml in the current folder
+        save_config_callback=None if evaluation else SaveConfigCallback,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"prog": prog},
         # None lets LightningCLI read sys.argv itself (it warns when given both)

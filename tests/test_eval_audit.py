@@ -303,7 +303,7 @@ def test_eval_pairing_cli_reports_the_audits(test_episodes, tmp_path):
     assert 0.0 <= m["pass@1"] <= m["pass@2"] <= m["pass@3"] <= 1.0
     assert m["pass@1"] == pytest.approx(m["sampled_acc"])
     with open(out / "predictions.csv") as f, open(out / "predictions_shuffled.csv") as g:
-        assert [r["id"] for r in csv.DictReader(f)] == [r["id"] for r in csv.DictReader(g)]
+        assert [r["key"] for r in csv.DictReader(f)] == [r["id"] for r in csv.DictReader(g)]
     md = (out / "metrics.md").read_text()
     assert "## Position of the true tile and letters answered" in md and "| pass@2 |" in md
 

@@ -7,10 +7,12 @@ over the previous one's output.
     expand    raw samples {"__key__", "__url__", ext: bytes}, grouped by webdataset's group_by_keys; a truncated shard
               is warned about by name and its incomplete sample never yielded (`geor1.data.reader.tar_samples`)
     stride    when there are fewer shards than readers, every reader walks all shards and keeps every n-th sample
+    exclude   raw samples whose key is in `exclude` are dropped unread (evaluation resumed by key)
     shuffle   webdataset's shuffle buffer over raw samples, seeded by (seed, epoch, reader)
     decode    StreamItem(PairSample, or the `decode` callable's item)     (a corrupt sample: skipped, counted, key kept)
     to_item   StreamItem(what the objective consumes: PairSample, tensors, ChatSample)
     limit     `samples_per_epoch` items per reader
+    group     evaluation: items sorted by prompt size within windows of `group_window` (batches of like lengths)
 
 With the stride, no reader is idle and no sample is read twice. Skipped keys travel with the next sample a worker
 yields (or with an empty marker at the end of its stream), so the totals logged as `data/skipped` are exact with any
@@ -89,6 +91,7 @@ class ReaderSlot:
         return self.world * self.workers
 
 
+EVAL_GROUP_BATCHES = 16  # evaluation batches prompts of like sizes within windows of this many batches
 ALL_CORRUPT_LIMIT = 1000  # a resampled stream whose first this many samples are all corrupt is an error
 
 
@@ -107,6 +110,9 @@ class ShardStream(IterableDataset):
         passes: a curriculum: the shards of pass 0, 1, ... (the last list holds for every later pass); `shards`
             is then the shards of pass 0 and is ignored otherwise. A pass's order still depends on (seed, pass)
             only, so a resumed run reads what an uninterrupted one would.
+        exclude: keys not to read (an evaluation resumed by key skips what it has written).
+        group_window: > 1 sorts the items within windows of this many by `item_size` (evaluation: batches of
+            prompts of like lengths, less padding); the order within a window then follows the size, not the shard.
     """
 
     def __init__(
@@ -120,8 +126,12 @@ class ShardStream(IterableDataset):
         require_sat: bool = True,
         decode: Callable[[dict], Any] | None = None,
         passes: Sequence[Sequence[str | Path]] | None = None,
+        exclude: frozenset[str] | None = None,
+        group_window: int = 0,
     ) -> None:
         super().__init__()
+        self.exclude = exclude or frozenset()
+        self.group_window = group_window
         self.passes = [[str(s) for s in shard_list] for shard_list in passes] if passes else None
         if self.passes is not None:
             shards = self.passes[0]
@@ -185,6 +195,13 @@ class ShardStream(IterableDataset):
             return
         yield from itertools.islice(raws, slot.index, None, stride)
 
+    def stage_exclude(self, raws: Iterable[dict]) -> Iterator[dict]:
+        """Raw samples whose key is not in `exclude` (before decoding: a done sample costs no image decode)."""
+        if not self.exclude:
+            yield from raws
+            return
+        yield from (raw for raw in raws if raw.get("__key__") not in self.exclude)
+
     def stage_decode(self, raws: Iterable[dict]) -> Iterator[StreamItem]:
         """raw sample -> StreamItem(decoded sample); corrupt ones are logged, and their keys ride on the next item.
         A resampled stream (which never ends by itself) whose first ALL_CORRUPT_LIMIT samples are all corrupt is an
@@ -239,6 +256,18 @@ class ShardStream(IterableDataset):
             if count >= self.samples_per_epoch:
                 return
 
+    def stage_group(self, items: Iterable[StreamItem]) -> Iterator[StreamItem]:
+        """Items sorted by `item_size` within windows of `group_window` (stable; markers keep their place in the
+        window's tail, so no skipped key is lost)."""
+        if self.group_window <= 1:
+            yield from items
+            return
+        for window in _windows(items, self.group_window):
+            real = sorted((e for e in window if e.item is not None), key=lambda e: item_size(e.item))
+            markers = [e for e in window if e.item is None]
+            yield from real
+            yield from markers
+
     # ---- the pipeline -------------------------------------------------------------------------------------
     def pipeline(self) -> wds.DataPipeline:
         """This reader's pipeline for the current epoch (built in the process that iterates it)."""
@@ -249,14 +278,32 @@ class ShardStream(IterableDataset):
             open_shards,  # {"url", "stream"}
             tar_samples,  # raw samples {"__key__", "__url__", ext: bytes}   <- shards become samples
             lambda src: self.stage_stride(src, slot),
+            self.stage_exclude,
             lambda src: self.stage_shuffle(src, slot),  # raw samples: a few kB each in the buffer, not images
             self.stage_decode,  # StreamItem(PairSample | decoded sample)     <- raw bytes become samples
             self.stage_to_item,  # StreamItem(the objective's item)           <- the sample's shape changes here
             self.stage_limit,
+            self.stage_group,  # StreamItem(the same items, like prompt sizes next to each other)
         )
 
     def __iter__(self) -> Iterator[StreamItem]:
         return iter(self.pipeline())
+
+
+def _windows(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    it = iter(items)
+    while window := list(itertools.islice(it, size)):
+        yield window
+
+
+def item_size(item: Any) -> tuple[int, int]:
+    """The size of a chat item's prompt, for grouping: (image pixels, characters of text); (0, 0) for other items.
+    Prompts of equal size tokenise to equal lengths with the Qwen-VL processors (image tokens follow the pixels)."""
+    prompt = getattr(item, "prompt", None)
+    if prompt is None:
+        return (0, 0)
+    pixels = sum(getattr(im, "width", 0) * getattr(im, "height", 0) for im in prompt.images)
+    return (pixels, len(prompt.text))
 
 
 def agree_all(has_batch: bool) -> bool:
@@ -311,6 +358,7 @@ class StreamLoader(DataLoader):
         on_pass_end: Callable[[PassStats], None] | None = None,
         name: str = "stream",
         ended: Callable[[], bool] | None = None,
+        until_all_done: Callable[[bool], bool] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("collate_fn", collate_stream)
@@ -322,6 +370,7 @@ class StreamLoader(DataLoader):
         self.on_pass_end = on_pass_end
         self.name = name
         self.ended = ended
+        self.until_all_done = until_all_done
         self.stats: PassStats | None = None
 
     def __iter__(self):
@@ -346,6 +395,9 @@ class StreamLoader(DataLoader):
         for _ in range(skip):  # local: every rank trained on these, so every rank holds them
             if next(it, None) is None:
                 break
+        if self.until_all_done is not None:
+            yield from self._padded(it, self.until_all_done, stats)
+            return
         while True:
             batch = next(it, None)
             if not self.agree(batch is not None):
@@ -376,6 +428,22 @@ class StreamLoader(DataLoader):
         if self.on_pass_end is not None:
             self.on_pass_end(stats)
 
+    def _padded(self, it: Iterator[Any], any_rank: Callable[[bool], bool], stats: PassStats) -> Iterator[Any]:
+        """Evaluation: every batch of every rank is read; a rank whose batches ran out yields empty batches
+        (`Batch()`) while another rank still has one (`any_rank`, a collective), so ranks stay in step (a sharded
+        model's forward is a collective) and nothing is left unread."""
+        exhausted = False
+        while True:
+            batch = None if exhausted else next(it, None)
+            exhausted = batch is None
+            if not any_rank(not exhausted):
+                break
+            stats.batches += 1
+            yield Batch() if batch is None else batch
+        stats.complete = True
+        if self.on_pass_end is not None:
+            self.on_pass_end(stats)
+
 
 def _num_samples(batch: Any) -> int:
     """Samples in a collated batch: a Batch (list), or a dict batch with a "key" list (`collate_tensors`)."""
@@ -401,9 +469,25 @@ class StreamingDataModule(L.LightningDataModule):
         self.stream_stats: dict[str, dict[str, int]] = {}
         self._train_loader: StreamLoader | None = None
         self._batches_before_pass = 0  # Lightning's in-epoch batch count when the training pass began
+        self._exclude: frozenset[str] = frozenset()  # keys an evaluation resumed by key does not read again
+        self._eval_limit: int | None = None
 
     def stream(self, split: str, train: bool) -> ShardStream:
         raise NotImplementedError
+
+    def exclude_keys(self, keys: Iterable[str]) -> None:
+        """Keys the test and predict loaders do not read (an evaluation resumed by key: those are written)."""
+        self._exclude = frozenset(keys)
+
+    def limit_evaluation(self, samples: int | None) -> None:
+        """The test and predict loaders read at most `samples` samples per process (None: all)."""
+        self._eval_limit = samples
+
+    def _any_rank(self, has_batch: bool) -> bool:
+        """Some rank still has a batch (a collective under several processes)."""
+        if self.trainer is not None and self.trainer.world_size > 1:
+            return bool(self.trainer.strategy.reduce_boolean_decision(has_batch, all=False))
+        return has_batch
 
     def _agree(self, has_batch: bool) -> bool:
         """Every rank has a batch: through the trainer's strategy when attached (the collective on its device),
@@ -441,21 +525,31 @@ class StreamingDataModule(L.LightningDataModule):
         self._batches_before_pass = int(batches.current.processed)
         return False
 
-    def _loader(self, split: str, train: bool) -> StreamLoader:
+    def _loader(self, split: str, train: bool, evaluation: bool = False) -> StreamLoader:
+        """The loader of `split`. `evaluation` (test, predict): every sample of every rank is read (ranks that ran
+        out yield empty batches until all are done), keys in `exclude_keys` are not read, and prompts of like sizes
+        are batched together."""
         start, skip = 0, 0
         if train and self._resume is not None:
             start, skip = self._resume["epoch"], self._resume["batches_done"]
             self._resume = None
         elif train and self.trainer is not None:
             start = self.trainer.current_epoch
+        stream = self.stream(split, train)
+        if evaluation:
+            stream.exclude = self._exclude
+            stream.group_window = EVAL_GROUP_BATCHES * int(self.hparams["batch_size"])
+            if self._eval_limit is not None:
+                stream.samples_per_epoch = self._eval_limit
         loader = StreamLoader(
-            self.stream(split, train),
+            stream,
             start_pass=start,
             skip=skip,
             agree=self._agree,
             on_pass_end=self._record_pass(split),
             name=split,
             ended=self._epoch_already_ended if train else None,
+            until_all_done=self._any_rank if evaluation else None,
             batch_size=self.hparams["batch_size"],
             num_workers=self.hparams["num_workers"],
             collate_fn=self.collate_fn,
@@ -498,7 +592,7 @@ class StreamingDataModule(L.LightningDataModule):
         return self._loader(self.hparams["val_split"], False) if self.hparams["val_split"] else []
 
     def test_dataloader(self) -> StreamLoader:
-        return self._loader(self.hparams["test_split"], False)
+        return self._loader(self.hparams["test_split"], False, evaluation=True)
 
     def predict_dataloader(self) -> StreamLoader:
-        return self._loader(self.hparams["test_split"], False)
+        return self._loader(self.hparams["test_split"], False, evaluation=True)

@@ -18,6 +18,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     common.add_argument("--batch-size", type=int, default=16)
     common.add_argument("--max-new-tokens", type=int, default=256)
     common.add_argument("--max-pixels", type=int, default=None, help="image resolution cap (default: processor's)")
+    common.add_argument("--devices", default="auto", help="devices of this machine (default: all; DDP over several)")
+    common.add_argument(
+        "--restart", action="store_true", help="start over instead of skipping the samples --out already holds"
+    )
     pe = esub.add_parser(
         "pairing",
         parents=[common],
@@ -56,6 +60,25 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ge.add_argument("--predictions", default=None, help="CSV id,lat,lon or id,text (model-free scoring)")
     ge.add_argument("--truth", default=None, help="CSV id,lat,lon[,city,country] (model-free scoring)")
     ge.set_defaults(handler=_geolocate)
+    g = sub.add_parser(
+        "geolocate",
+        help="where were these photos taken? a local model on photos without coordinates -> predictions.csv + map",
+        description="Geolocate photos that have no coordinates with a local model: writes <out>/predictions.csv "
+        "(key, path, lat, lon, city, country, how the answer was read, the answer and the reasoning) and "
+        "<out>/world_map.png. Runs the loop of `geor1 predict` (geor1.eval.module.EvalModule over "
+        "geor1.data.photos.PhotoDataModule); started again over the same --out it skips the photos already done.",
+    )
+    g.add_argument("photos", nargs="+", help="photo files, folders (searched recursively), quoted globs, CSVs of paths")
+    g.add_argument("--model", required=True, help="local Hugging Face model folder")
+    g.add_argument("--out", required=True, help="folder for predictions.csv and world_map.png")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--max-new-tokens", type=int, default=512)
+    g.add_argument("--max-pixels", type=int, default=None, help="image resolution cap (default: processor's)")
+    g.add_argument("--question", default=None, help="the prompt, with one <image> marker (default: the task's)")
+    g.add_argument("--path-col", default=None, help="the path column of a CSV of photos")
+    g.add_argument("--devices", default="auto", help="devices of this machine (default: all; DDP over several)")
+    g.add_argument("--restart", action="store_true", help="start over instead of skipping photos already done")
+    g.set_defaults(handler=_photos)
     re_ = esub.add_parser("retrieval", help="cross-view Recall@1/5/10 of a split's ground views against an index")
     re_.add_argument("--index", required=True, help="index folder from `geor1 index build`")
     re_.add_argument("--shards", required=True, help="pair shards whose ground views are the queries")
@@ -112,17 +135,21 @@ def _geolocate(ns: argparse.Namespace) -> None:
     if ns.predictions or ns.truth:
         if not (ns.predictions and ns.truth) or ns.model:
             raise Geor1Error("model-free scoring takes --predictions and --truth (and no --model)")
-        from geor1.eval.runners import write_results
-        from geor1.eval.scoring import read_predictions, read_truth, score
+        from geor1.eval.module import GEO_COLUMNS
+        from geor1.eval.report import geolocation_plots, write_metrics
+        from geor1.eval.scoring import read_predictions, read_truth, score_texts
+        from geor1.eval.writer import write_csv
 
         for path in (ns.predictions, ns.truth):
             if not Path(path).is_file():
                 raise Geor1Error(f"CSV not found: {path}")
-        truth = read_truth(ns.truth)
-        metrics, rows = score(read_predictions(ns.predictions), truth)
-        metrics = {"predictions": ns.predictions, "truth": ns.truth, **metrics}
-        out = write_results(ns.out, metrics, rows, "geolocation scoring")
-        _plots(out, rows, truth)
+        metrics, rows = score_texts(read_predictions(ns.predictions), read_truth(ns.truth))
+        metrics = {"predictions": ns.predictions, "truth": ns.truth, "task": "geolocate", **metrics}
+        out = Path(ns.out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(out / "predictions.csv", rows, GEO_COLUMNS)
+        write_metrics(out, metrics)
+        geolocation_plots(out, rows)
         print(json.dumps(metrics, indent=2))
         return
     if not (ns.model and ns.data):
@@ -173,31 +200,32 @@ def _csv_to_shards(ns: argparse.Namespace) -> Path:
     return out
 
 
-def _plots(out: Path, rows: list[dict], truth: dict[str, dict]) -> None:
-    """Error CDF and world map as PNGs, also logged to TensorBoard under <out>/tb."""
-    import numpy as np
+def _devices(value: str) -> str | int:
+    return int(value) if value.isdigit() else value
 
-    from geor1.eval.plots import error_cdf, world_map
 
-    d = np.array([r["km"] for r in rows if r["parsed"]], dtype=float)
-    pred = np.array([[r["lat"], r["lon"]] if r["parsed"] else [np.nan, np.nan] for r in rows], dtype=float)
-    true = np.array([[truth[r["id"]]["lat"], truth[r["id"]]["lon"]] for r in rows], dtype=float)
-    cdf = error_cdf({"predictions": d}, {"predictions": len(rows)}, out / "error_cdf.png")
-    wm = world_map(pred, true, out / "world_map.png", f"{int(np.sum(~np.isnan(pred[:, 0])))} of {len(rows)} parsed")
-    try:
-        from PIL import Image
-        from torch.utils.tensorboard import SummaryWriter
+def _photos(ns: argparse.Namespace) -> None:
+    from geor1.data.photos import PhotoDataModule
+    from geor1.eval.loop import run_loop
+    from geor1.eval.module import EvalModule
+    from geor1.model.policy import Policy
 
-        with SummaryWriter(str(out / "tb")) as writer:
-            for tag, png in (("eval/error_cdf", cdf), ("eval/world_map", wm)):
-                writer.add_image(tag, np.asarray(Image.open(png).convert("RGB")), 0, dataformats="HWC")
-    except ImportError:
-        pass
+    datamodule = PhotoDataModule(ns.photos, question=ns.question, path_col=ns.path_col, batch_size=ns.batch_size)
+    policy = Policy(ns.model, max_pixels=ns.max_pixels)
+    module = EvalModule(
+        policy, out_dir=ns.out, task="geolocate", max_new_tokens=ns.max_new_tokens, resume=not ns.restart
+    )
+    run_loop("predict", module, datamodule, devices=_devices(ns.devices))
+    print(f"predictions of {len(datamodule.items)} photos written to {Path(ns.out) / 'predictions.csv'}")
 
 
 def _run(ns: argparse.Namespace, task: str, root: str) -> None:
+    """The test loop of `EvalModule` over `root`'s split (one path with `geor1 test --config`), then for pairing the
+    optional audits (shuffled candidates, pass@k) on the same episodes."""
     from geor1 import Geor1Error
-    from geor1.eval.runners import run_policy, score_geolocate, score_pairing, write_results
+    from geor1.data.chat import ChatShardDataModule
+    from geor1.eval.loop import run_loop
+    from geor1.eval.module import EvalModule
     from geor1.model.policy import Policy
 
     if not ns.model:
@@ -212,34 +240,45 @@ def _run(ns: argparse.Namespace, task: str, root: str) -> None:
     if temperature is not None and not temperature > 0:
         raise Geor1Error(f"--temperature must be > 0, got {temperature}")
 
-    policy = Policy(ns.model, max_pixels=ns.max_pixels).eval()
-    samples = load_samples(root, ns.split, task, ns.limit)
-    rows = run_policy(policy, samples, ns.batch_size, ns.max_new_tokens)
-    metrics, preds = (score_pairing if task == "pairing" else score_geolocate)(rows)
-    metrics = {"model": ns.model, "data": root, "split": ns.split, **metrics}
-    shuffled_preds = None
-    if task == "pairing" and shuffle:
-        from geor1.eval.runners import compare_orders, evaluate_shuffled
+    policy = Policy(ns.model, max_pixels=ns.max_pixels)
+    module = EvalModule(policy, out_dir=ns.out, task=task, max_new_tokens=ns.max_new_tokens, resume=not ns.restart)
+    datamodule = ChatShardDataModule(roots=root, task=task, batch_size=ns.batch_size, val_split="", test_split=ns.split)
+    datamodule.limit_evaluation(ns.limit)
+    run_loop("test", module, datamodule, devices=_devices(ns.devices))
+    out = Path(ns.out)
+    metrics = {"model": ns.model, "data": root, "split": ns.split, **json.loads((out / "metrics.json").read_text())}
+    if task == "pairing" and (shuffle or num_samples is not None):
+        metrics.update(_pairing_audits(ns, policy.eval(), root, out))
+    from geor1.eval.report import write_metrics
 
+    write_metrics(out, metrics)
+    print(json.dumps(metrics, indent=2))
+    print(f"predictions and metrics written to {out}")
+
+
+def _pairing_audits(ns: argparse.Namespace, policy, root: str, out: Path) -> dict:
+    """The shuffled-candidates re-run and pass@k of sampled completions, on the episodes the test loop read."""
+    import csv
+
+    from geor1.eval.runners import compare_orders, evaluate_shuffled, sample_policy, score_pass_at_k, write_predictions
+    from geor1.tasks import get_task
+
+    samples = load_samples(root, ns.split, "pairing", ns.limit)
+    samples.sort(key=lambda s: s.key)  # the order of predictions.csv
+    with open(out / "predictions.csv", newline="", encoding="utf-8") as f:
+        preds = [{"id": r["key"], "correct": int(r["correct"])} for r in csv.DictReader(f)]
+    extra: dict = {}
+    if ns.shuffle_candidates:
+        base = json.loads((out / "metrics.json").read_text())
         shuffled_metrics, shuffled_preds = evaluate_shuffled(
             policy, samples, ns.shuffle_seed, ns.batch_size, ns.max_new_tokens
         )
-        metrics.update(compare_orders(metrics, preds, shuffled_metrics, shuffled_preds, ns.shuffle_seed))
-    if task == "pairing" and num_samples is not None:
-        from geor1.eval.runners import sample_policy, score_pass_at_k
-        from geor1.tasks import get_task
-
-        t = 1.0 if temperature is None else temperature
-        sampled = sample_policy(policy, samples, num_samples, t, ns.batch_size, ns.max_new_tokens, ns.sample_seed)
-        metrics.update(
-            temperature=t, sample_seed=ns.sample_seed, **score_pass_at_k(get_task("pairing"), sampled, num_samples)
-        )
-    out = write_results(ns.out, metrics, preds, f"{task} evaluation")
-    if shuffled_preds is not None:
-        from geor1.eval.runners import write_predictions
-
+        extra.update(compare_orders(base, preds, shuffled_metrics, shuffled_preds, ns.shuffle_seed))
         write_predictions(out / "predictions_shuffled.csv", shuffled_preds)
-    if task == "geolocate":
-        _plots(out, preds, {s.key: s.meta for s in samples})
-    print(json.dumps(metrics, indent=2))
-    print(f"predictions and metrics written to {out}")
+    if ns.samples is not None:
+        t = 1.0 if ns.temperature is None else ns.temperature
+        sampled = sample_policy(policy, samples, ns.samples, t, ns.batch_size, ns.max_new_tokens, ns.sample_seed)
+        extra.update(
+            temperature=t, sample_seed=ns.sample_seed, **score_pass_at_k(get_task("pairing"), sampled, ns.samples)
+        )
+    return extra

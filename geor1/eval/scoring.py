@@ -1,9 +1,9 @@
 """Scoring geolocation predictions against the truth, with or without a model: the same `GeodesicError` either way,
 so a peer's outputs or a commercial API's can sit in the same table as geor1's.
 
-Truth CSV: `id,lat,lon` (optionally `city,country`). Predictions CSV: `id,lat,lon` or `id,text` (free text read by
-the geolocation task of `geor1.tasks`: the content of the last <answer> tag when there is one, else the whole text).
-Every truth row counts: a missing, empty or unparseable prediction is a failure.
+Truth CSV: `id,lat,lon` (optionally `city,country`). Predictions CSV: `id,lat,lon` or `id,text` (any model's raw
+output, read by `geor1.reading.read_point`: answer tags, JSON, labelled values, a final coordinates line, the strict
+pair). Every truth row counts: a missing, empty or unreadable prediction is a failure, counted by reason.
 """
 
 from __future__ import annotations
@@ -15,26 +15,31 @@ from typing import Any
 from geor1 import Geor1Error
 from geor1.geo import check_lat_lon
 from geor1.tasks import GeolocationTask, GeoTarget, get_task
-from geor1.tasks.geolocation import geodesic_metrics
 
 
 def coordinates_from_text(text: str) -> tuple[float, float] | None:
-    """The point of a free-text prediction, read by the geolocation task: the content of the last <answer> tag
-    when there is one, else the whole text."""
-    ans = get_task(GeolocationTask.name).parse(text, tagged=False)
-    return None if ans is None else ans.point
+    """The point of a free-text prediction, read as any model's answer is (`geor1.reading.read_point`)."""
+    from geor1.reading import read_point
+
+    return read_point(text).point
 
 
-def score(
-    predictions: dict[str, tuple[float, float] | None], truth: dict[str, dict[str, Any]]
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """predictions: id -> (lat, lon) or None; truth: id -> {lat, lon[, city, country]} -> (metrics, rows), as
-    `geor1.tasks.geolocation.geodesic_metrics` computes them."""
-    targets = {
-        i: GeoTarget(float(t["lat"]), float(t["lon"]), t.get("city") or None, t.get("country") or None)
-        for i, t in truth.items()
-    }
-    return geodesic_metrics(predictions, targets)
+def score_texts(texts: dict[str, str], truth: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[dict]]:
+    """Answers (id -> text; a missing id is an empty answer) against the truth (id -> {lat, lon[, city, country]})
+    -> (metrics, rows): the rows and metrics `EvalModule` writes for a model's completions, so a peer's or an API
+    model's outputs sit in the same table as geor1's."""
+    from geor1.data.sample import ChatSample, Prompt
+    from geor1.eval.rows import geolocation_rows, metrics_of_rows
+
+    if not truth:
+        raise Geor1Error("no truth rows to score against")
+    samples = []
+    for i, t in truth.items():
+        target = GeoTarget(float(t["lat"]), float(t["lon"]), t.get("city") or None, t.get("country") or None)
+        samples.append(ChatSample(i, Prompt("", []), target))
+    ids = list(truth)
+    rows = geolocation_rows(get_task(GeolocationTask.name), samples, [texts.get(i, "") for i in ids], [None] * len(ids))
+    return metrics_of_rows(GeolocationTask.name, rows), rows
 
 
 def read_truth(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -56,22 +61,18 @@ def read_truth(path: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def read_predictions(path: str | Path) -> dict[str, tuple[float, float] | None]:
-    out: dict[str, tuple[float, float] | None] = {}
+def read_predictions(path: str | Path) -> dict[str, str]:
+    """id -> the answer's text, from a CSV of id,text (any model's raw output) or id,lat,lon (written as the text
+    "lat, lon", read by the same reader; an empty or invalid pair is an unreadable answer, never dropped)."""
+    out: dict[str, str] = {}
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         cols = set(reader.fieldnames or [])
         if "id" not in cols or not ({"lat", "lon"} <= cols or "text" in cols):
             raise Geor1Error(f"{path}: predictions CSV needs id,lat,lon or id,text (columns: {sorted(cols)})")
         for rec in reader:
-            coords = None
-            if rec.get("lat") not in (None, "") and rec.get("lon") not in (None, ""):
-                try:
-                    lat, lon = float(rec["lat"]), float(rec["lon"])
-                    coords = (lat, lon) if check_lat_lon(lat, lon) is None else None
-                except ValueError:
-                    coords = None
-            if coords is None and rec.get("text"):
-                coords = coordinates_from_text(rec["text"])
-            out[rec["id"]] = coords
+            text = rec.get("text") or ""
+            if not text and rec.get("lat") not in (None, "") and rec.get("lon") not in (None, ""):
+                text = f"{rec['lat'].strip()}, {rec['lon'].strip()}"
+            out[rec["id"]] = text
     return out

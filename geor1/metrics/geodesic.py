@@ -24,10 +24,13 @@ THRESHOLDS_KM = (1.0, 25.0, 200.0, 750.0, 2500.0)
 
 class GeodesicError(Metric):
     """Accumulates geolocation predictions; `compute()` gives acc@1/25/200/750/2500 km, mean and median km,
-    GeoScore mean, the unparseable share, and city/country accuracy when hits are given.
+    GeoScore mean, the unparseable share, city/country accuracy when hits are given, and continent accuracy when
+    continent hits are given.
 
-    update(pred_lat, pred_lon, true_lat, true_lon, parsed, city_hit=None, country_hit=None): all [N]; predictions
-    where `parsed` is False are ignored (their values may be anything) and counted as failures.
+    update(pred_lat, pred_lon, true_lat, true_lon, parsed, city_hit=None, country_hit=None, continent_hit=None): all
+    [N]; predictions where `parsed` is False are ignored (their values may be anything) and counted as failures (a
+    hit counts only where parsed). Continent accuracy has its own denominator (`continent_labelled`, every row of
+    each update that gave continent hits), so it may be given on updates without city/country hits and vice versa.
     """
 
     full_state_update = False
@@ -38,6 +41,8 @@ class GeodesicError(Metric):
     city_hits: Tensor
     country_hits: Tensor
     labelled: Tensor
+    continent_hits: Tensor
+    continent_labelled: Tensor
 
     def __init__(self, thresholds_km: tuple[float, ...] = THRESHOLDS_KM) -> None:
         super().__init__()
@@ -48,6 +53,8 @@ class GeodesicError(Metric):
         self.add_state("city_hits", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("country_hits", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("labelled", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("continent_hits", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("continent_labelled", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(
         self,
@@ -58,6 +65,7 @@ class GeodesicError(Metric):
         parsed: Tensor,
         city_hit: Tensor | None = None,
         country_hit: Tensor | None = None,
+        continent_hit: Tensor | None = None,
     ) -> None:
         parsed = parsed.bool()
         d = haversine_km(
@@ -70,6 +78,9 @@ class GeodesicError(Metric):
             self.city_hits += int((city_hit.bool() & parsed).sum())
             self.country_hits += int((country_hit.bool() & parsed).sum())
             self.labelled += parsed.numel()
+        if continent_hit is not None:
+            self.continent_hits += int((continent_hit.bool() & parsed).sum())
+            self.continent_labelled += parsed.numel()
 
     def compute(self) -> dict[str, Tensor]:
         has = isinstance(self.distances, Tensor) or len(self.distances) > 0  # a list, or one tensor after a DDP sync
@@ -85,6 +96,8 @@ class GeodesicError(Metric):
         if int(self.labelled):
             out["city_acc"] = torch.tensor(float(self.city_hits) / int(self.labelled))
             out["country_acc"] = torch.tensor(float(self.country_hits) / int(self.labelled))
+        if int(self.continent_labelled):
+            out["continent_acc"] = torch.tensor(float(self.continent_hits) / int(self.continent_labelled))
         return out
 
 

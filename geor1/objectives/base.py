@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from geor1 import Geor1Error
 from geor1.model.export import export_policy
 from geor1.model.policy import Policy
 from geor1.objectives.sharding import ShardingSpec, data_parallel_mesh, is_sharded, shard_policy, warn_unused_sharding
@@ -68,6 +70,21 @@ class PolicyModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.export_dir = export_dir
         self.sharding = sharding or ShardingSpec()
+
+    def setup(self, stage: str) -> None:
+        """`geor1 test|predict` on a training config refuses in one line, pointing at the evaluation configs."""
+        if stage in ("test", "predict"):
+            raise Geor1Error(
+                f"{type(self).__name__} trains; `geor1 {stage}` runs an evaluation config: geor1 {stage} --config "
+                "configs/eval/geoworld_tiny.yaml --model.init_args.policy.init_args.path <this run's export_dir> "
+                "(configs/eval/ has the benchmarks)"
+            )
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.setup("test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> None:
+        self.setup("predict")
 
     def configure_model(self) -> None:
         """FSDP2: shard the policy per block then at the root, over the data-parallel mesh Lightning gives under

@@ -131,6 +131,7 @@ class GRPOModule(PolicyModule):
     def setup(self, stage: str) -> None:
         # Lightning calls setup before it restores a checkpoint: the reference is the policy as constructed (the
         # initial model), also when a run resumes from a checkpoint of a trained policy.
+        super().setup(stage)
         if stage == "fit" and self.loss_settings.beta > 0 and self.policy.lora is None and self._reference is None:
             ref = copy.deepcopy(self.policy).eval()
             for p in ref.parameters():

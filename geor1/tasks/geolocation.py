@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from geor1.answers import normalize_name, parse_coordinates, parse_place
 from geor1.geo import GEOSCORE_SCALE_KM, check_lat_lon, haversine_km
+from geor1.reading import Reading, read_point
 from geor1.tasks.base import TargetError, Task, format_rate, mean_tokens
 
 QUESTION = (
@@ -112,6 +113,10 @@ class GeolocationTask(Task[GeoTarget, GeoAnswer]):
         city, country = parse_place(answer)
         return GeoAnswer(coords[0], coords[1], city, country)
 
+    def read(self, text: str) -> Reading:
+        """Evaluation reading of any model's output (geor1.reading.read_point)."""
+        return read_point(text)
+
     @staticmethod
     def distance_km(answer: GeoAnswer, target: GeoTarget) -> float:
         """Great-circle distance (km) from an answered point to the truth."""
@@ -150,10 +155,13 @@ def geodesic_metrics(
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """predictions: id -> (lat, lon) or None; truth: id -> GeoTarget -> (GeodesicError metrics, one row per truth
     id). Every truth id counts: a missing or unparseable prediction is a failure. City / country accuracy (by
-    offline reverse geocoding of the predicted point) when every truth has a country."""
+    offline reverse geocoding of the predicted point) when every truth has a country; continent accuracy (GeoNames'
+    continent of the predicted point's country vs. that of the true country, `geor1.data.continents`) when, besides,
+    every truth country is a 2-letter code that table knows (a country *name* gives no continent)."""
     import torch
 
     from geor1 import Geor1Error
+    from geor1.data.continents import continent_of
     from geor1.data.places import reverse_geocode
     from geor1.metrics.geodesic import GeodesicError
 
@@ -167,7 +175,9 @@ def geodesic_metrics(
     tlat = torch.tensor([float(truth[i].lat) for i in ids], dtype=torch.float64)
     tlon = torch.tensor([float(truth[i].lon) for i in ids], dtype=torch.float64)
     labelled = all(truth[i].country for i in ids)
-    city_hit = country_hit = None
+    true_continent = [continent_of(truth[i].country) for i in ids]
+    continents = labelled and all(c is not None for c in true_continent)
+    city_hit = country_hit = continent_hit = None
     nearest: list[Any] = [None] * len(ids)
     if labelled and bool(parsed.any()):
         found = reverse_geocode(plat[parsed].numpy(), plon[parsed].numpy())
@@ -182,10 +192,16 @@ def geodesic_metrics(
         country_hit = torch.tensor(
             [n is not None and n.country == str(truth[i].country).upper() for n, i in zip(nearest, ids, strict=True)]
         )
+        if continents:
+            continent_hit = torch.tensor(
+                [n is not None and continent_of(n.country) == c for n, c in zip(nearest, true_continent, strict=True)]
+            )
     elif labelled:
         city_hit = country_hit = torch.zeros(len(ids), dtype=torch.bool)
+        if continents:
+            continent_hit = torch.zeros(len(ids), dtype=torch.bool)
     metric = GeodesicError()
-    metric.update(plat, plon, tlat, tlon, parsed, city_hit, country_hit)
+    metric.update(plat, plon, tlat, tlon, parsed, city_hit, country_hit, continent_hit)
     metrics = {k: float(v) for k, v in metric.compute().items()}
     rows = []
     for j, i in enumerate(ids):

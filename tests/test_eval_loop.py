@@ -1,0 +1,227 @@
+"""Evaluation as Lightning loops (`geor1.eval.module.EvalModule`): `geor1 test|predict --config`, the short commands
+over the same module, predictions resumable by key, photos without coordinates, and every config in configs/eval/.
+
+References: a single-prompt greedy `generate` per sample (batching changes nothing), one process against two (DDP,
+gloo), an uninterrupted run against a killed and resumed one (byte-identical files)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import NETGUARD, REPO
+from PIL import Image
+
+from geor1.cli import main, run_lightning
+
+EVAL_CONFIGS = sorted(p.name for p in (REPO / "configs" / "eval").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def world_and_model(tmp_path_factory):
+    from geor1.data.geoworld import build_geoworld
+    from geor1.model.tiny import save_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("evalloop")
+    world = build_geoworld(root / "gw", num_train=2, num_val=2, num_test=7, seed=5, max_count=3)
+    return world, save_tiny_checkpoint(root / "model")
+
+
+def eval_config(name: str, dest: Path, world: Path, model: Path, out: Path, **extra) -> Path:
+    """configs/eval/`name` with the model, data and output replaced, one CPU device, 6 new tokens, batches of 3."""
+    cfg = yaml.safe_load((REPO / "configs" / "eval" / name).read_text())
+    cfg["trainer"].update(accelerator="cpu", devices=1, strategy="auto", num_nodes=1)
+    model_args = cfg["model"]["init_args"]
+    model_args["policy"]["init_args"].update(path=str(model), dtype="float32", max_pixels=12544)
+    model_args.update(out_dir=str(out), max_new_tokens=6)
+    data_args = cfg["data"]["init_args"]
+    data_args.update(roots=str(world), batch_size=3, num_workers=0)
+    for dotted, value in extra.items():
+        node = cfg
+        *keys, last = dotted.split(".")
+        for k in keys:
+            node = node[k]
+        node[last] = value
+    dest.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return dest
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_geor1_test_on_geoworld_equals_single_prompt_generation(world_and_model, tmp_path):
+    """`geor1 test --config configs/eval/geoworld_tiny.yaml`: a row per test place, each completion the one a
+    single-prompt greedy generate gives, each answer read by the reader, and metrics from those rows."""
+    from geor1.eval.samples import load_chat_samples
+    from geor1.model.policy import Policy
+    from geor1.reading import read_point
+
+    world, model = world_and_model
+    out = tmp_path / "out"
+    run_lightning(["test", "--config", str(eval_config("geoworld_tiny.yaml", tmp_path / "c.yaml", world, model, out))])
+    rows = read_rows(out / "predictions.csv")
+    samples, skipped = load_chat_samples(world, "test", "geolocate")
+    assert skipped == 0 and [r["key"] for r in rows] == sorted(s.key for s in samples)
+    policy = Policy(str(model), max_pixels=12544)
+    by_key = {s.key: s for s in samples}
+    for r in rows:
+        s = by_key[r["key"]]
+        (text,) = policy.generate([s.prompt], max_new_tokens=6, do_sample=False).texts
+        assert r["text"] == text
+        reading = read_point(text)
+        assert r["how"] == (reading.how or "") and r["reason"] == (reading.reason or "")
+        assert float(r["true_lat"]) == s.target.lat and float(r["true_lon"]) == s.target.lon
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == len(rows) == 7
+    unread = sum(1 for r in rows if not r["lat"])
+    assert metrics["unparseable_share"] == pytest.approx(unread / 7, abs=1e-6)
+    assert sum(metrics["unparseable_by_reason"].values()) == unread
+    assert (out / "metrics.md").is_file() and (out / "world_map.png").is_file()
+
+
+def _launch(args: list[str], cwd: Path, **popen) -> subprocess.Popen:
+    env = dict(
+        os.environ,
+        GEOR1_LOG_LEVEL="WARNING",
+        PYTHONPATH=os.pathsep.join([str(NETGUARD), os.environ.get("PYTHONPATH", "")]),
+    )
+    return subprocess.Popen([sys.executable, "-m", "geor1", *args], cwd=cwd, env=env, text=True, **popen)
+
+
+def _run(args: list[str], cwd: Path) -> None:
+    proc = _launch(args, cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err[-4000:]
+
+
+def test_two_processes_give_the_same_predictions_and_metrics_as_one(world_and_model, tmp_path):
+    world, model = world_and_model
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run(["test", "--config", str(eval_config("geoworld_tiny.yaml", tmp_path / "1.yaml", world, model, one))], tmp_path)
+    cfg2 = eval_config(
+        "geoworld_tiny.yaml",
+        tmp_path / "2.yaml",
+        world,
+        model,
+        two,
+        **{"trainer.devices": 2, "trainer.strategy": "ddp"},
+    )
+    _run(["test", "--config", str(cfg2)], tmp_path)
+    parts = sorted(p.name for p in (two / "parts").glob("*.jsonl"))
+    assert parts == ["rank0.jsonl", "rank1.jsonl"]
+    assert all((two / "parts" / p).read_text() for p in parts)  # both ranks evaluated samples
+    assert (one / "predictions.csv").read_bytes() == (two / "predictions.csv").read_bytes()
+    assert (one / "metrics.json").read_bytes() == (two / "metrics.json").read_bytes()
+
+
+def _photos(folder: Path, n: int, corrupt: int = 0) -> Path:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (48 + 8 * (i % 3), 64, 3), dtype=np.uint8)).save(folder / f"p{i}.jpg")
+    for i in range(corrupt):
+        (folder / f"broken{i}.jpg").write_bytes(b"not a jpeg")
+    return folder
+
+
+def test_killed_and_resumed_predict_ends_with_byte_identical_files(world_and_model, tmp_path):
+    _, model = world_and_model
+    photos = _photos(tmp_path / "photos", 9)
+    args = ["geolocate", str(photos), "--model", str(model), "--max-new-tokens", "6", "--batch-size", "1"]
+    args += ["--max-pixels", "12544", "--devices", "1"]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    _run([*args, "--out", str(whole)], tmp_path)
+    proc = _launch([*args, "--out", str(resumed)], tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    part = resumed / "parts" / "rank0.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if part.is_file() and part.read_text().count("\n") >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    killed = proc.returncode == -signal.SIGKILL
+    done_before = part.read_text().count("\n")
+    with open(part, "a") as f:
+        f.write('{"key": "p8.jpg", "lat": 1')  # a line cut short by the kill: done again, not read
+    _run([*args, "--out", str(resumed)], tmp_path)
+    for name in ("predictions.csv",):
+        assert (whole / name).read_bytes() == (resumed / name).read_bytes()
+    rows = read_rows(resumed / "predictions.csv")
+    assert [r["key"] for r in rows] == sorted(f"p{i}.jpg" for i in range(9))
+    assert killed and 2 <= done_before < 9, "the run was not interrupted mid-way: the resume was not exercised"
+
+
+def test_geolocate_photos_folder_glob_and_csv(world_and_model, tmp_path, capsys):
+    """Photos with no coordinates: keys keep their extension, an unreadable photo is skipped and named, a CSV of
+    paths and a quoted glob work, and the rows say how each answer was read."""
+    _, model = world_and_model
+    photos = _photos(tmp_path / "photos", 3, corrupt=1)
+    (tmp_path / "list.csv").write_text("path\nphotos/p0.jpg\nphotos/p2.jpg\n")
+    common = ["--model", str(model), "--max-new-tokens", "6", "--max-pixels", "12544", "--devices", "1"]
+    main(["geolocate", str(photos), "--out", str(tmp_path / "a"), *common])
+    rows = read_rows(tmp_path / "a" / "predictions.csv")
+    assert [r["key"] for r in rows] == ["p0.jpg", "p1.jpg", "p2.jpg"]  # broken0.jpg skipped (warned)
+    assert set(rows[0]) >= {"key", "path", "lat", "lon", "city", "country", "how", "reason", "answer", "reasoning"}
+    assert all(bool(r["lat"]) == bool(r["how"]) != bool(r["reason"]) for r in rows)
+    assert (tmp_path / "a" / "world_map.png").is_file()
+    main(["geolocate", str(tmp_path / "list.csv"), "--out", str(tmp_path / "b"), *common])
+    assert [r["key"] for r in read_rows(tmp_path / "b" / "predictions.csv")] == ["photos/p0.jpg", "photos/p2.jpg"]
+    main(["geolocate", str(photos / "p[01].jpg"), "--out", str(tmp_path / "c"), *common])
+    assert len(read_rows(tmp_path / "c" / "predictions.csv")) == 2
+    for bad, needle in ((tmp_path / "nothing", "no such file"), (tmp_path / "x*.jpg", "matches no photo")):
+        with pytest.raises(SystemExit) as done:
+            main(["geolocate", str(bad), "--out", str(tmp_path / "d"), *common])
+        assert done.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_predict_config_over_photos(world_and_model, tmp_path):
+    """`geor1 predict --config` with the photo data module: the same loop as `geor1 geolocate`."""
+    _, model = world_and_model
+    photos = _photos(tmp_path / "photos", 2)
+    cfg = yaml.safe_load((REPO / "configs" / "eval" / "geoworld_tiny.yaml").read_text())
+    cfg["model"]["init_args"]["policy"]["init_args"].update(path=str(model), max_pixels=12544)
+    cfg["model"]["init_args"].update(out_dir=str(tmp_path / "out"), max_new_tokens=6)
+    cfg["data"] = {"class_path": "geor1.data.photos.PhotoDataModule", "init_args": {"photos": [str(photos)]}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    run_lightning(["predict", "--config", str(tmp_path / "p.yaml")])
+    assert [r["key"] for r in read_rows(tmp_path / "out" / "predictions.csv")] == ["p0.jpg", "p1.jpg"]
+
+
+@pytest.mark.parametrize("name", EVAL_CONFIGS)
+def test_every_eval_config_runs(name, world_and_model, tmp_path):
+    """Each benchmark config as shipped, with its model, data and output pointed at tiny ones."""
+    world, model = world_and_model
+    out = tmp_path / "out"
+    run_lightning(["test", "--config", str(eval_config(name, tmp_path / "c.yaml", world, model, out))])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 7
+    md = (out / "metrics.md").read_text()
+    assert "| measured |" in md
+
+
+def test_geor1_test_on_a_training_config_refuses_in_one_line(world_and_model, tmp_path, capsys):
+    world, model = world_and_model
+    cfg = yaml.safe_load((REPO / "configs" / "sft" / "geoworld_tiny.yaml").read_text())
+    cfg["model"]["init_args"]["policy"]["init_args"]["path"] = str(model)
+    cfg["data"]["init_args"]["roots"] = [str(world), str(world)]
+    cfg["trainer"].pop("logger", None)
+    cfg["trainer"]["callbacks"] = []
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    with pytest.raises(SystemExit) as done:
+        main(["test", "--config", str(tmp_path / "sft.yaml")])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert done.value.code == 2 and "Traceback" not in err and len(errors) == 1, err
+    assert errors[0].startswith("geor1: error: SFTModule trains") and "configs/eval/" in errors[0]
