@@ -225,3 +225,65 @@ def test_geor1_test_on_a_training_config_refuses_in_one_line(world_and_model, tm
     errors = [line for line in err.splitlines() if "error" in line.lower()]
     assert done.value.code == 2 and "Traceback" not in err and len(errors) == 1, err
     assert errors[0].startswith("geor1: error: SFTModule trains") and "configs/eval/" in errors[0]
+
+
+def test_an_evaluation_of_the_wrong_data_is_an_error_not_n_0(world_and_model, tmp_path, capsys):
+    """Pair shards evaluated as pairing episodes (every sample unreadable as an episode) and samples that name the
+    pairing task evaluated as geolocation: one-line errors, never `n: 0` or another task's answers scored."""
+    from conftest import random_episodes
+
+    world, model = world_and_model
+    common = ["--model", str(model), "--max-new-tokens", "2", "--max-pixels", "12544", "--devices", "1"]
+    with pytest.raises(SystemExit) as done:
+        main(["eval", "pairing", "--episodes", str(world), "--out", str(tmp_path / "a"), *common])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "no pairing sample was evaluated (7 skipped" in err
+    assert not (tmp_path / "a" / "metrics.json").exists()
+    from geor1.cot.synthesize import synthesize
+
+    episodes = random_episodes(world, tmp_path / "ep", splits=("test",))
+    synthesize(episodes, tmp_path / "cot", "pairing")  # samples that name their task: "pairing"
+    with pytest.raises(SystemExit) as done:
+        main(["eval", "geolocate", "--data", str(tmp_path / "cot"), "--out", str(tmp_path / "b"), *common])
+    assert done.value.code == 2 and "is a 'pairing' sample" in capsys.readouterr().err
+
+
+def test_model_free_truth_columns_bad_rows_and_intervals(tmp_path):
+    """--truth with its own column names: a bad row is skipped and listed, the rest scored; every accuracy has its
+    Wilson interval and the median its order-statistic interval."""
+    from geor1.metrics.intervals import median_interval, wilson_interval
+
+    (tmp_path / "truth.csv").write_text(
+        "IMG_ID,LAT,LON\na,48.8566,2.3522\nb,40.7128,-74.0060\nbad,north,2\nc,-33.8688,151.2093\n"
+    )
+    (tmp_path / "pred.csv").write_text(
+        'id,text\na,"{""lat"": 48.85, ""lon"": 2.35}"\nb,"Latitude: 40.0, Longitude: -75.0"\nc,I cannot tell.\n'
+    )
+    out = tmp_path / "out"
+    main(
+        [
+            "eval",
+            "geolocate",
+            "--predictions",
+            str(tmp_path / "pred.csv"),
+            "--truth",
+            str(tmp_path / "truth.csv"),
+            "--out",
+            str(out),
+        ]
+    )
+    m = json.loads((out / "metrics.json").read_text())
+    skipped = json.loads((out / "skipped-truth.json").read_text())
+    assert [s["id"] for s in skipped] == ["bad"] and m["truth_rows_skipped"] == 1
+    assert m["n"] == 3 and m["unparseable_by_reason"] == {"no_point": 1}
+    rows = read_rows(out / "predictions.csv")
+    assert [(r["key"], r["how"], r["reason"]) for r in rows] == [
+        ("a", "json", ""),
+        ("b", "labels", ""),
+        ("c", "", "no_point"),
+    ]
+    assert (m["acc@25km_ci95_low"], m["acc@25km_ci95_high"]) == pytest.approx(wilson_interval(1, 3), abs=1e-9)
+    km = [float(r["km"]) for r in rows if r["km"]]
+    lo, hi = median_interval(km)
+    assert m["median_km_parsed_ci95_low"] == pytest.approx(lo) and m["median_km_parsed_ci95_high"] == pytest.approx(hi)
+    assert m["median_km_parsed_ci95_low"] <= m["median_km_parsed"] <= m["median_km_parsed_ci95_high"]

@@ -78,12 +78,13 @@ def collate_tensors(elements: list[StreamItem]) -> dict[str, Any]:
     """StreamItems of PairToTensors items -> one dict batch, stacked in the worker (two tensors cross the process
     boundary per batch, not two per sample): "ground" [B, 3, Hg, Wg] and "sat" [B, 3, S, S] uint8
     (channels-last; normalise on the device with `normalise`), "lat"/"lon" [B] float64, "key" and "meta" lists,
-    "skipped" keys of corrupt samples."""
+    "skipped" keys of corrupt samples and "skip_reasons" (why each was skipped)."""
     items = [e.item for e in elements if e.item is not None]
     out: dict[str, Any] = {
         "key": [b["key"] for b in items],
         "meta": [b["meta"] for b in items],
         "skipped": [k for e in elements for k in e.skipped],
+        "skip_reasons": [r for e in elements for r in e.reasons],
     }
     if items:
         # [B, H, W, 3] viewed as [B, 3, H, W]: channels-last strides, no transposing copy (which costs more than
@@ -150,6 +151,9 @@ class PairShardDataModule(StreamingDataModule):
         self.decode = PairToTensors(ground_size, sat_size).decode_raw if item == "tensors" else None
         self.collate_fn = collate_tensors if item == "tensors" else collate_stream
 
+    def has_split(self, split: str) -> bool:
+        return bool(shard_urls(self.hparams["root"], split))  # Geor1Error for a root that names nothing
+
     def stream(self, split: str, train: bool) -> ShardStream:
         hp = self.hparams
         shards = shard_urls(hp["root"], split)
@@ -161,6 +165,7 @@ class PairShardDataModule(StreamingDataModule):
             )
         return ShardStream(
             shards,
+            source=f"{hp['root']} (split '{split}', {hp['item']} items)",
             decode=self.decode,
             shuffle_buffer=hp["shuffle_buffer"] if train else 0,
             seed=hp["seed"],
@@ -171,5 +176,6 @@ class PairShardDataModule(StreamingDataModule):
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Move tensors, keep the Batch type (and its skipped keys, which Lightning's generic move would drop)."""
         if isinstance(batch, Batch):
-            return Batch(super().transfer_batch_to_device(list(batch), device, dataloader_idx), batch.skipped)
+            moved = super().transfer_batch_to_device(list(batch), device, dataloader_idx)
+            return Batch(moved, batch.skipped, batch.reasons)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)

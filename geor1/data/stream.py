@@ -18,6 +18,12 @@ With the stride, no reader is idle and no sample is read twice. Skipped keys tra
 yields (or with an empty marker at the end of its stream), so the totals logged as `data/skipped` are exact with any
 number of workers. The order of a pass is a function of (seed, epoch) alone: replaying a pass and dropping the
 batches already trained on resumes it exactly (`StreamLoader`).
+
+Every run ends: a pass of a `StreamLoader` in which some rank had no usable sample (every sample skipped as corrupt
+or of another task, or none read at all) trains no step, and would start the next pass, and the next, forever; it is
+a Geor1Error naming the data (`ShardStream.source`: roots, split, task) and the most common reason samples were
+skipped. A resampled stream never ends a pass by itself: there, a reader whose first ALL_CORRUPT_LIMIT samples are all
+unusable raises the same error.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,25 +51,47 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StreamItem:
-    """One yielded element: `item` (None for an end-of-stream marker) and the keys skipped just before it."""
+    """One yielded element: `item` (None for an end-of-stream marker), the keys skipped just before it and why
+    (`reasons`: "field 'x': what is wrong", one per skipped key; a stream that knows no reason leaves it empty)."""
 
     item: Any
     skipped: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
 
 
 class Batch(list):
-    """A batch of items (a plain list) that also carries the keys of corrupt samples skipped while it was read."""
+    """A batch of items (a plain list) that also carries the keys of corrupt samples skipped while it was read, and
+    the reason each was skipped."""
 
     skipped: list[str]
+    reasons: list[str]
 
-    def __init__(self, items=(), skipped: list[str] | None = None) -> None:
+    def __init__(self, items=(), skipped: list[str] | None = None, reasons: list[str] | None = None) -> None:
         super().__init__(items)
         self.skipped = skipped or []
+        self.reasons = reasons or []
 
 
 def collate_stream(elements: list[StreamItem]) -> Batch:
     skipped = [k for e in elements for k in e.skipped]
-    return Batch([e.item for e in elements if e.item is not None], skipped)
+    reasons = [r for e in elements for r in e.reasons]
+    return Batch([e.item for e in elements if e.item is not None], skipped, reasons)
+
+
+def skip_reason(error: SampleError) -> str:
+    """What is wrong with a skipped sample, without its key: samples skipped for one cause share one reason."""
+    return f"field '{error.field}': {error.reason}"
+
+
+def reasons_text(reasons: Counter, skipped: int) -> str:
+    """'the most common reason (n of N): ...; also: ...' for an error message."""
+    if not reasons:
+        return "no reason recorded (see the warnings above)"
+    (first, n), *rest = reasons.most_common(3)
+    text = f"the most common reason ({n} of {skipped}): {first}"
+    if rest:
+        text += "; also: " + "; ".join(f"{r} ({c})" for r, c in rest)
+    return text
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -113,6 +142,8 @@ class ShardStream(IterableDataset):
         exclude: keys not to read (an evaluation resumed by key skips what it has written).
         group_window: > 1 sorts the items within windows of this many by `item_size` (evaluation: batches of
             prompts of like lengths, less padding); the order within a window then follows the size, not the shard.
+        source: what these shards are, for errors (e.g. "roots data/sft (split 'train', task 'pairing')");
+            default: the number of shards and the first one.
     """
 
     def __init__(
@@ -128,6 +159,7 @@ class ShardStream(IterableDataset):
         passes: Sequence[Sequence[str | Path]] | None = None,
         exclude: frozenset[str] | None = None,
         group_window: int = 0,
+        source: str | None = None,
     ) -> None:
         super().__init__()
         self.exclude = exclude or frozenset()
@@ -138,12 +170,21 @@ class ShardStream(IterableDataset):
         if not shards or (self.passes is not None and not all(self.passes)):
             raise ValueError("ShardStream needs at least one shard (in every pass of a curriculum)")
         self.shards = [str(s) for s in shards]
+        self._source = source
         self.to_item = to_item
         self.shuffle_buffer, self.seed, self.resampled = shuffle_buffer, seed, resampled
         self.samples_per_epoch, self.require_sat = samples_per_epoch, require_sat
         self.decode = decode
         self.epoch = 0
         self.rank_world: tuple[int, int] | None = None  # taken in the main process by `set_epoch`
+
+    @property
+    def source(self) -> str:
+        """What this stream reads, for error messages."""
+        if self._source:
+            return self._source
+        more = f" and {len(self.shards) - 1} more" if len(self.shards) > 1 else ""
+        return f"shard {self.shards[0]}{more}"
 
     def set_epoch(self, epoch: int) -> None:
         """Called by StreamLoader before each pass: the order of a pass depends on (seed, epoch) only, so every
@@ -203,11 +244,13 @@ class ShardStream(IterableDataset):
         yield from (raw for raw in raws if raw.get("__key__") not in self.exclude)
 
     def stage_decode(self, raws: Iterable[dict]) -> Iterator[StreamItem]:
-        """raw sample -> StreamItem(decoded sample); corrupt ones are logged, and their keys ride on the next item.
-        A resampled stream (which never ends by itself) whose first ALL_CORRUPT_LIMIT samples are all corrupt is an
-        error naming the first reason: the wrong data for this reader, not a few bad samples."""
+        """raw sample -> StreamItem(decoded sample); corrupt ones are logged, and their keys and reasons ride on the
+        next item. A resampled stream (which never ends by itself) whose first ALL_CORRUPT_LIMIT samples are all
+        corrupt is an error naming the data and the most common reason: the wrong data for this reader, not a few
+        bad samples."""
         decode = self.decode or (lambda raw: decode_pair(raw, require_sat=self.require_sat))
         pending: list[str] = []
+        reasons: list[str] = []
         decoded = False
         for raw in raws:
             try:
@@ -215,18 +258,19 @@ class ShardStream(IterableDataset):
             except SampleError as e:
                 log.warning("skipping corrupt sample in %s: %s", raw.get("__url__"), e)
                 pending.append(e.key)
+                reasons.append(skip_reason(e))
                 if self.resampled and not decoded and len(pending) >= ALL_CORRUPT_LIMIT:
                     raise Geor1Error(
-                        f"the first {len(pending)} samples drawn from {len(self.shards)} shard(s) (e.g. "
-                        f"{raw.get('__url__')}) are all corrupt; the first: {e}. Is this the data this reader "
-                        "expects?"
+                        f"no usable sample in {self.source}: the first {len(pending)} samples drawn (e.g. from "
+                        f"{raw.get('__url__')}) were all skipped; {reasons_text(Counter(reasons), len(pending))}. "
+                        "Is this the data this task expects? (`geor1 data inspect` shows what the shards hold)"
                     ) from None
                 continue
             decoded = True
-            yield StreamItem(sample, pending)
-            pending = []
+            yield StreamItem(sample, pending, reasons)
+            pending, reasons = [], []
         if pending:
-            yield StreamItem(None, pending)
+            yield StreamItem(None, pending, reasons)
 
     def stage_shuffle(self, items: Iterable[dict], slot: ReaderSlot) -> Iterator[dict]:
         """webdataset's shuffle buffer over raw samples (before decoding: the buffer holds bytes, not images), with a
@@ -320,16 +364,27 @@ def agree_all(has_batch: bool) -> bool:
 
 @dataclass
 class PassStats:
-    """What one pass of a StreamLoader did on this rank: batches yielded (equal on every rank), and the samples this
-    rank read but could not use because another rank's stream ended first (with their batches and corrupt keys)."""
+    """What one pass of a StreamLoader did on this rank: batches yielded (equal on every rank), the usable samples
+    read (`samples`, those of the batches a resume skips included) and the skipped ones with their reasons, and the
+    samples this rank read but could not use because another rank's stream ended first (with their batches and
+    corrupt keys)."""
 
     epoch: int
     skip: int = 0
     batches: int = 0
+    samples: int = 0
+    skipped: int = 0
+    reasons: Counter = field(default_factory=Counter)
     unread_batches: int = 0
     unread_samples: int = 0
     unread_skipped: int = 0
     complete: bool = False
+
+    def count(self, batch: Any) -> None:
+        """Add a batch's usable samples and skipped keys (with their reasons)."""
+        self.samples += _num_samples(batch)
+        self.skipped += len(_skipped_keys(batch))
+        self.reasons.update(_skip_reasons(batch))
 
 
 class StreamLoader(DataLoader):
@@ -345,6 +400,11 @@ class StreamLoader(DataLoader):
     The `skip` of a resumed pass is local and comes before the agreement: every rank trained (and so holds) at
     least `skip` batches of that pass. `ended()` true at an iteration's start: the consumer re-enters an epoch
     that already ended (Lightning's restore from an end-of-epoch checkpoint), which reads nothing and starts no pass.
+
+    A pass that ends with a rank holding no usable sample is a Geor1Error on every rank (one more agreement, at the
+    pass's end): no step of it could be trained, so a run over it would never end (see the module docstring). An
+    evaluation pass (`until_all_done`) is an error when no rank had a usable sample and some sample was skipped
+    (or, with nothing excluded, none was read at all).
     """
 
     dataset: ShardStream
@@ -393,8 +453,10 @@ class StreamLoader(DataLoader):
         """Batches of `it` after its first `skip`, as long as every rank has one."""
         self.stats = stats
         for _ in range(skip):  # local: every rank trained on these, so every rank holds them
-            if next(it, None) is None:
+            done = next(it, None)
+            if done is None:
                 break
+            stats.count(done)
         if self.until_all_done is not None:
             yield from self._padded(it, self.until_all_done, stats)
             return
@@ -403,6 +465,7 @@ class StreamLoader(DataLoader):
             if not self.agree(batch is not None):
                 break
             stats.batches += 1
+            stats.count(batch)
             yield batch
         if batch is not None:  # another rank ran out first: count what this one leaves unread (no collective here)
             if self.dataset.resampled and self.dataset.samples_per_epoch is None:  # never ends: nothing to count
@@ -424,9 +487,31 @@ class StreamLoader(DataLoader):
                 stats.batches,
                 f"; {stats.unread_skipped} corrupt keys among them" if stats.unread_skipped else "",
             )
+        if not self.agree(stats.samples > 0):  # a collective: every rank ends the pass here
+            raise self._empty_pass(stats)
         stats.complete = True
         if self.on_pass_end is not None:
             self.on_pass_end(stats)
+
+    def _empty_pass(self, stats: PassStats) -> Geor1Error:
+        """The error of a pass in which some rank had no usable sample."""
+        source = getattr(self.dataset, "source", None) or type(self.dataset).__name__
+        rank, world = _rank_and_world()
+        where = f" on rank {rank} of {world}" if world > 1 else ""
+        if stats.skipped and not stats.samples:
+            what = f"all {stats.skipped} samples read{where} were skipped; {reasons_text(stats.reasons, stats.skipped)}"
+        elif not stats.samples:
+            what = (
+                f"no sample was read{where} (empty or unreadable shards, or fewer samples than readers: see the "
+                "warnings above)"
+            )
+        else:
+            what = "another rank had no usable sample in this pass (its error names the reason)"
+        return Geor1Error(
+            f"{self.name} pass {stats.epoch}: no usable sample in {source}: {what}. A pass without one trains "
+            "nothing, and a run over it would never end: is this the data this task expects? "
+            "(`geor1 data inspect` shows what the shards hold)"
+        )
 
     def _padded(self, it: Iterator[Any], any_rank: Callable[[bool], bool], stats: PassStats) -> Iterator[Any]:
         """Evaluation: every batch of every rank is read; a rank whose batches ran out yields empty batches
@@ -439,7 +524,13 @@ class StreamLoader(DataLoader):
             if not any_rank(not exhausted):
                 break
             stats.batches += 1
+            if batch is not None:
+                stats.count(batch)
             yield Batch() if batch is None else batch
+        # collectives on every rank (the loop above ends on all of them together): an evaluation of nothing is an
+        # error unless it is a resumed one with every sample done (nothing skipped, keys excluded)
+        if not any_rank(stats.samples > 0) and any_rank(stats.skipped > 0 or not getattr(self.dataset, "exclude", None)):
+            raise self._empty_pass(stats)
         stats.complete = True
         if self.on_pass_end is not None:
             self.on_pass_end(stats)
@@ -454,6 +545,10 @@ def _num_samples(batch: Any) -> int:
 
 def _skipped_keys(batch: Any) -> list[str]:
     return (batch.get("skipped") if isinstance(batch, dict) else getattr(batch, "skipped", None)) or []
+
+
+def _skip_reasons(batch: Any) -> list[str]:
+    return (batch.get("skip_reasons") if isinstance(batch, dict) else getattr(batch, "reasons", None)) or []
 
 
 class StreamingDataModule(L.LightningDataModule):

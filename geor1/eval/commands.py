@@ -54,9 +54,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     ge.add_argument("--data", default=None, help="pair or ground-only shards, or a CSV of images (with --model)")
     ge.add_argument("--images", default=None, help="image folder of a --data CSV")
-    ge.add_argument("--id-col", default=None, help="CSV image id/file column (default: IMG_ID or id)")
-    ge.add_argument("--lat-col", default=None, help="CSV latitude column (default: LAT, lat or latitude)")
-    ge.add_argument("--lon-col", default=None, help="CSV longitude column (default: LON, lon, lng or longitude)")
+    ge.add_argument("--id-col", default=None, help="id column of a --data or --truth CSV (default: id, IMG_ID, ...)")
+    ge.add_argument("--lat-col", default=None, help="latitude column of a --data or --truth CSV (default: lat, LAT..)")
+    ge.add_argument("--lon-col", default=None, help="longitude column of a --data or --truth CSV (default: lon, LON..)")
     ge.add_argument("--predictions", default=None, help="CSV id,lat,lon or id,text (model-free scoring)")
     ge.add_argument("--truth", default=None, help="CSV id,lat,lon[,city,country] (model-free scoring)")
     ge.set_defaults(handler=_geolocate)
@@ -143,10 +143,15 @@ def _geolocate(ns: argparse.Namespace) -> None:
         for path in (ns.predictions, ns.truth):
             if not Path(path).is_file():
                 raise Geor1Error(f"CSV not found: {path}")
-        metrics, rows = score_texts(read_predictions(ns.predictions), read_truth(ns.truth))
+        truth, skipped = read_truth(ns.truth, ns.id_col, ns.lat_col, ns.lon_col)
+        metrics, rows = score_texts(read_predictions(ns.predictions), truth)
         metrics = {"predictions": ns.predictions, "truth": ns.truth, "task": "geolocate", **metrics}
         out = Path(ns.out)
         out.mkdir(parents=True, exist_ok=True)
+        if skipped:
+            metrics["truth_rows_skipped"] = len(skipped)
+            (out / "skipped-truth.json").write_text(json.dumps(skipped, indent=1) + "\n")
+            print(f"warning: {len(skipped)} truth rows skipped (listed in {out / 'skipped-truth.json'})")
         write_csv(out / "predictions.csv", rows, GEO_COLUMNS)
         write_metrics(out, metrics)
         geolocation_plots(out, rows)
@@ -169,6 +174,7 @@ def _csv_to_shards(ns: argparse.Namespace) -> Path:
 
     from geor1 import Geor1Error
     from geor1.data.convert import csv_rows, write_rows
+    from geor1.eval.scoring import ID_COLUMNS, LAT_COLUMNS, LON_COLUMNS, pick_column
 
     if not Path(ns.data).is_file():
         raise Geor1Error(f"CSV not found: {ns.data}")
@@ -177,20 +183,12 @@ def _csv_to_shards(ns: argparse.Namespace) -> Path:
     with open(ns.data, newline="", encoding="utf-8-sig") as f:
         header = next(csv.reader(f), [])
 
-    def pick(given: str | None, names: tuple[str, ...], what: str) -> str:
-        if given:
-            return given
-        found = next((c for c in names if c in header), None)
-        if found is None:
-            raise Geor1Error(f"{ns.data}: no {what} column among {', '.join(header)} (name it with --{what}-col)")
-        return found
-
     rows = csv_rows(
         ns.data,
         ns.images,
-        id_col=pick(ns.id_col, ("IMG_ID", "id", "image"), "id"),
-        lat_col=pick(ns.lat_col, ("LAT", "lat", "latitude"), "lat"),
-        lon_col=pick(ns.lon_col, ("LON", "lon", "lng", "longitude"), "lon"),
+        id_col=pick_column(ns.data, header, ns.id_col, ID_COLUMNS, "id"),
+        lat_col=pick_column(ns.data, header, ns.lat_col, LAT_COLUMNS, "lat"),
+        lon_col=pick_column(ns.data, header, ns.lon_col, LON_COLUMNS, "lon"),
         split=ns.split,
     )
     out = Path(ns.out) / "shards"

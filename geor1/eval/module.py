@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from torchmetrics import Metric
+from torchmetrics.aggregation import SumMetric
 
 from geor1 import Geor1Error
 from geor1.data.sample import ChatSample, Prompt
@@ -141,6 +142,7 @@ class EvalModule(PolicyModule):
 
         self.metric: Metric = GeodesicError() if self.task_name == "geolocate" else PairingAccuracy()
         self.reasons = ReasonCounts()  # unreadable answers per reason code
+        self.skipped = SumMetric()  # corrupt samples skipped by the readers, over every rank
 
     def setup(self, stage: str) -> None:
         if stage not in ("test", "predict"):
@@ -163,20 +165,37 @@ class EvalModule(PolicyModule):
 
     def _start(self) -> None:
         self._reset_metrics()
-        self.metric.to(self.device)
-        self.reasons.to(self.device)
+        for metric in (self.metric, self.reasons, self.skipped):
+            metric.to(self.device)
         self._started, self._new_rows = time.perf_counter(), 0
 
     def test_step(self, batch: list[ChatSample], batch_idx: int) -> None:
+        self._check(batch, need_truth=True)
         rows = self._rows(batch)
         if rows:
             self.writer.write(rows)
             self._update_metrics(rows)
 
     def predict_step(self, batch: list[ChatSample], batch_idx: int) -> None:
+        self._check(batch, need_truth=False)
         rows = self._rows(batch)
         if rows:
             self.writer.write(rows)
+
+    def _check(self, batch: list[ChatSample], need_truth: bool) -> None:
+        """Every sample is of the evaluated task (and has its truth under `geor1 test`); counts the corrupt samples
+        skipped while the batch was read."""
+        self.skipped.update(torch.tensor(float(len(getattr(batch, "skipped", []))), device=self.device))
+        for s in batch:
+            if s.target is None and need_truth:
+                raise Geor1Error(
+                    f"sample {s.key!r} has no truth to score against: `geor1 predict` geolocates without truth"
+                )
+            if s.target is not None and s.task != self.task_name:
+                raise Geor1Error(
+                    f"sample {s.key!r} is a {s.task!r} sample, and this evaluation is of task {self.task_name!r}: "
+                    "evaluate it with its own task, or point the data at shards of this task"
+                )
 
     def _prompts(self, batch: list[ChatSample]) -> list[Prompt]:
         if self.question is None:
@@ -236,15 +255,24 @@ class EvalModule(PolicyModule):
         metrics = {k: plain(v) for k, v in self.metric.compute().items()}  # a collective: every rank
         if self.task_name == "geolocate":
             metrics["unparseable_by_reason"] = self.reasons.compute()
+        skipped = int(self.skipped.compute())
+        metrics["skipped_corrupt"] = skipped
+        if not metrics.get("n"):  # every rank has the same numbers: all raise together
+            raise Geor1Error(
+                f"no {self.task_name} sample was evaluated ({skipped} skipped as corrupt or of another shape: see the "
+                "warnings above; e.g. pair shards read as pairing episodes). Is the data of this task?"
+            )
         rows = self.writer.merge(self.trainer)
         if rows is None:
             return
         if int(metrics.get("n", 0)) != len(rows):
             raise Geor1Error(f"{self.out_dir}: {len(rows)} prediction rows but metrics of {metrics.get('n')} samples")
         from geor1.eval.report import write_metrics
-        from geor1.eval.rows import row_summary
+        from geor1.eval.rows import row_summary, with_intervals
 
         metrics.update(row_summary(self.task_name, rows))
+        if self.task_name == "geolocate":
+            metrics = with_intervals(metrics, rows)
 
         header = {"model": getattr(self.policy, "source", None), "task": self.task_name, "benchmark": self.benchmark}
         write_metrics(self.out_dir, {**header, **metrics}, self.benchmark)

@@ -186,7 +186,7 @@ def metrics_of_rows(task: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]
         update_pairing(metric, rows, device)
         out = {k: plain(v) for k, v in metric.compute().items()}
     out.update(row_summary(task, rows))
-    return out
+    return with_intervals(out, rows) if task == "geolocate" else out
 
 
 def plain(v: Any) -> Any:
@@ -197,3 +197,22 @@ def plain(v: Any) -> Any:
     if isinstance(v, float):
         return None if not math.isfinite(v) else float(f"{v:.12g}")
     return v
+
+
+def with_intervals(metrics: dict[str, Any], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Geolocation metrics with 95% intervals: Wilson for every accuracy (acc@k, city, country, continent; the count
+    is the accuracy times n, exact for counts), and the distribution-free interval of the median error over the read
+    answers (`geor1.metrics.intervals.median_interval`). Keys `<metric>_ci95_low` / `<metric>_ci95_high`."""
+    from geor1.metrics.intervals import median_interval, wilson_interval
+
+    n = int(metrics.get("n") or 0)
+    out = dict(metrics)
+    for key, value in metrics.items():
+        if isinstance(value, float) and (key.startswith("acc@") or key in ("city_acc", "country_acc", "continent_acc")):
+            lo, hi = wilson_interval(round(value * n), n)
+            out[f"{key}_ci95_low"], out[f"{key}_ci95_high"] = plain(lo), plain(hi)
+    if "median_km_parsed" in metrics:
+        km = [float(r["km"]) for r in rows if r.get("km") not in (None, "")]
+        lo, hi = median_interval(km)
+        out["median_km_parsed_ci95_low"], out["median_km_parsed_ci95_high"] = plain(lo), plain(hi)
+    return out

@@ -42,23 +42,55 @@ def score_texts(texts: dict[str, str], truth: dict[str, dict[str, Any]]) -> tupl
     return metrics_of_rows(GeolocationTask.name, rows), rows
 
 
-def read_truth(path: str | Path) -> dict[str, dict[str, Any]]:
+ID_COLUMNS = ("id", "IMG_ID", "image_id", "image")
+LAT_COLUMNS = ("lat", "LAT", "latitude", "Latitude")
+LON_COLUMNS = ("lon", "LON", "lng", "longitude", "Longitude")
+
+
+def pick_column(path: str | Path, header: list[str], given: str | None, names: tuple[str, ...], what: str) -> str:
+    """The CSV column `given`, else the first of `names` in `header`; a one-line error naming the option otherwise."""
+    if given:
+        if given not in header:
+            raise Geor1Error(f"{path}: no column {given!r} (columns: {', '.join(header)})")
+        return given
+    found = next((c for c in names if c in header), None)
+    if found is None:
+        raise Geor1Error(f"{path}: no {what} column among {', '.join(header)} (name it with --{what}-col)")
+    return found
+
+
+def read_truth(
+    path: str | Path, id_col: str | None = None, lat_col: str | None = None, lon_col: str | None = None
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """(id -> {lat, lon, city, country}, skipped rows): the truth CSV's rows, columns named or found among the
+    usual names; a row with no id, non-numeric or invalid coordinates, or an id seen before is skipped and listed
+    (line, id, reason), never silently dropped, and the rest are read."""
     out: dict[str, dict[str, Any]] = {}
+    skipped: list[dict[str, Any]] = []
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        for col in ("id", "lat", "lon"):
-            if col not in (reader.fieldnames or []):
-                raise Geor1Error(f"{path}: truth CSV needs columns id,lat,lon (missing {col!r})")
+        header = list(reader.fieldnames or [])
+        ic = pick_column(path, header, id_col, ID_COLUMNS, "id")
+        la = pick_column(path, header, lat_col, LAT_COLUMNS, "lat")
+        lo = pick_column(path, header, lon_col, LON_COLUMNS, "lon")
         for n, rec in enumerate(reader, start=2):
+            key = (rec.get(ic) or "").strip()
             try:
-                lat, lon = float(rec["lat"]), float(rec["lon"])
-            except ValueError:
-                raise Geor1Error(f"{path}:{n}: lat/lon are not numbers ({rec['lat']!r}, {rec['lon']!r})") from None
-            reason = check_lat_lon(lat, lon)
+                lat, lon = float(rec[la]), float(rec[lo])
+                reason = check_lat_lon(lat, lon)
+            except (TypeError, ValueError):
+                reason = f"lat/lon are not numbers ({rec.get(la)!r}, {rec.get(lo)!r})"
+            if not key:
+                reason = f"empty {ic!r}"
+            elif key in out:
+                reason = f"id {key!r} seen before"
             if reason:
-                raise Geor1Error(f"{path}:{n}: {reason}")
-            out[rec["id"]] = {"lat": lat, "lon": lon, "city": rec.get("city"), "country": rec.get("country")}
-    return out
+                skipped.append({"line": n, "id": key, "reason": reason})
+                continue
+            out[key] = {"lat": lat, "lon": lon, "city": rec.get("city"), "country": rec.get("country")}
+    if not out:
+        raise Geor1Error(f"{path}: no valid truth row ({len(skipped)} skipped; the first: {skipped[:1]})")
+    return out, skipped
 
 
 def read_predictions(path: str | Path) -> dict[str, str]:

@@ -23,6 +23,23 @@ def wilson_interval(k: float, n: int, z: float = 1.959964) -> tuple[float, float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def median_interval(values: Sequence[float], z: float = 1.959964) -> tuple[float, float]:
+    """Distribution-free 95% interval of the median: the order statistics of 1-based ranks floor(n/2 - z*sqrt(n)/2)
+    and ceil(1 + n/2 + z*sqrt(n)/2) (the normal approximation of the binomial count of values below the median),
+    clipped to the sample; (nan, nan) for none.
+
+    >>> median_interval([float(i) for i in range(1, 101)])
+    (40.0, 61.0)
+    """
+    v = np.sort(np.asarray(values, dtype=float))
+    n = len(v)
+    if n == 0:
+        return math.nan, math.nan
+    half = z * math.sqrt(n) / 2
+    lo, hi = math.floor(n / 2 - half) - 1, math.ceil(1 + n / 2 + half) - 1  # 0-based ranks
+    return float(v[max(lo, 0)]), float(v[min(hi, n - 1)])
+
+
 def paired_bootstrap(
     first: Sequence[float],
     second: Sequence[float],
