@@ -190,6 +190,7 @@ def test_eval_geolocate_runs_a_model_on_a_csv_of_images(tmp_path):
     with open(out / "predictions.csv") as f:
         preds = list(csv.DictReader(f))
     assert sorted(p["key"] for p in preds) == ["a", "b", "c"]  # the row without an image is skipped ...
+    assert sorted(p["id"] for p in preds) == ["a", "b", "c"]  # the CSV's own ids
     skipped = json.loads((out / "shards" / "skipped-csv.json").read_text())
     assert [s["key"] for s in skipped] == ["gone"]  # ... and listed, not lost
     metrics = json.loads((out / "metrics.json").read_text())

@@ -119,6 +119,23 @@ def test_mining_errors():
         Miner(_world(20), MiningSpec(k=1))
 
 
+def test_mining_city_scale_data_with_world_radii_names_radii_that_fit():
+    """Places within a few km of each other (a city) and the default 150 km minimum: the error measures the spread
+    and proposes radii, and mining with them works."""
+    import re
+
+    from geor1 import Geor1Error
+
+    index = _world(60)
+    for i, m in enumerate(index.meta):  # every place within ~3 km of (48.85, 2.35)
+        m["lat"], m["lon"] = 48.85 + 0.01 * (i % 3), 2.35 + 0.01 * (i % 4)
+    with pytest.raises(Geor1Error, match="city-scale data") as err:
+        Miner(index, MiningSpec(k=2, strategy="geo", min_km=150.0, max_km=2000.0)).mine()
+    lo, hi = map(float, re.search(r"try --min-km ([\d.]+) --max-km ([\d.]+)", str(err.value)).groups())
+    episodes, _ = Miner(index, MiningSpec(k=2, strategy="geo", min_km=lo, max_km=hi)).mine()
+    assert episodes
+
+
 def test_info_nce_and_recall_by_hand():
     g = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     s = torch.tensor([[1.0, 0.0], [0.6, 0.8]])

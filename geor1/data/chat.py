@@ -3,6 +3,7 @@ and GRPO objectives, and `ChatShardDataModule` to stream them."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from geor1 import Geor1Error
@@ -11,6 +12,8 @@ from geor1.data.sample import ChatSample, Prompt
 from geor1.data.schema import SampleError, decode_image, read_meta
 from geor1.data.stream import Batch, ShardStream, StreamingDataModule
 from geor1.tasks import TASK_NAMES, get_task
+
+log = logging.getLogger(__name__)
 
 
 class ChatDecoder:
@@ -45,8 +48,13 @@ class ChatDecoder:
 class ChatShardDataModule(StreamingDataModule):
     """Streams chat samples from one or more shard folders (episodes, CoT exemplars, pairs).
 
+    Every root must name shards: a path that does not exist is an error naming it, and so is a root without shards
+    of the training or test split. A root without shards of the validation split is left out of validation with a
+    warning (no validation at all when no root has them).
+
     Args:
-        roots: shard folder(s); samples of all of them are mixed (shard order shuffled, then the buffer).
+        roots: shard folder(s) or URL specs; samples of all of them are mixed (shard order shuffled, then the
+            buffer).
         task: "pairing" | "geolocate" | None (from each sample).
         batch_size: prompts per batch (per process).
         num_workers: DataLoader workers per process.
@@ -103,20 +111,49 @@ class ChatShardDataModule(StreamingDataModule):
         self.root_weights = list(root_weights or [1] * len(self.roots))
         self.curriculum = [list(row) for row in curriculum] if curriculum else None
         self.decoder = ChatDecoder(task)
+        self._warned: set[str] = set()  # splits whose roots without shards were warned about
 
-    def _shards(self, split: str, weights: list[int]) -> list[str]:
-        shards = [s for root, w in zip(self.roots, weights, strict=True) for s in shard_urls(root, split) * w]
+    def _root_shards(self, split: str) -> list[list[str]]:
+        """Per root, its shards of `split`. Geor1Error naming a root that names nothing (`shard_urls`), or one
+        without shards of `split` unless `split` is the validation split (then a warning: no validation on it)."""
+        per_root = [shard_urls(root, split) for root in self.roots]
+        empty = [root for root, shards in zip(self.roots, per_root, strict=True) if not shards]
+        if empty and split == self.hparams["val_split"]:
+            if len(empty) < len(self.roots) and split not in self._warned:
+                self._warned.add(split)
+                log.warning("no '%s' shards in %s: validation reads the other roots only", split, ", ".join(empty))
+        elif empty:
+            raise Geor1Error(
+                f"no shards for split '{split}' in {', '.join(empty)}"
+                + (f" (of roots {', '.join(self.roots)})" if len(self.roots) > 1 else "")
+                + f": every root needs `{split}-NNNNNN.tar` shards (or `{{split}}` in a URL spec)"
+            )
+        return per_root
+
+    def _shards(self, split: str, weights: list[int], per_root: list[list[str]]) -> list[str]:
+        shards = [s for urls, w in zip(per_root, weights, strict=True) for s in urls * w]
         if not shards:
             raise Geor1Error(f"no shards for split '{split}' in {', '.join(self.roots)} (root weights {weights})")
         return shards
 
+    def has_split(self, split: str) -> bool:
+        return any(self._root_shards(split))
+
+    def data_name(self) -> str:
+        return ", ".join(self.roots)
+
     def stream(self, split: str, train: bool) -> ShardStream:
         weights = self.root_weights if train else [1] * len(self.roots)
-        shards = self._shards(split, weights)
-        passes = [self._shards(split, row) for row in self.curriculum] if train and self.curriculum else None
+        per_root = self._root_shards(split)
+        shards = self._shards(split, weights, per_root)
+        passes = (
+            [self._shards(split, row, per_root) for row in self.curriculum] if train and self.curriculum else None
+        )
         hp = self.hparams
+        task = f"task '{hp['task']}'" if hp["task"] else "the task each sample's json names"
         return ShardStream(
             shards,
+            source=f"{'roots' if len(self.roots) > 1 else 'root'} {', '.join(self.roots)} (split '{split}', {task})",
             passes=passes,
             shuffle_buffer=hp["shuffle_buffer"] if train else 0,
             seed=hp["seed"],

@@ -154,6 +154,9 @@ class PairShardDataModule(StreamingDataModule):
     def has_split(self, split: str) -> bool:
         return bool(shard_urls(self.hparams["root"], split))  # Geor1Error for a root that names nothing
 
+    def data_name(self) -> str:
+        return str(self.hparams["root"])
+
     def stream(self, split: str, train: bool) -> ShardStream:
         hp = self.hparams
         shards = shard_urls(hp["root"], split)

@@ -95,22 +95,36 @@ def shard_urls(spec: str | Path, split: str) -> list[str]:
       and, for local paths, glob-expanded (`*`, `?`, `[...]`). `{split}` in the spec is replaced by the split name;
       without it, the URLs must name their split (`.../<split>-...`), and those of `split` are kept.
 
-    An empty list when the split has no shard (a folder without them, a folder path that does not exist yet, URLs
-    of other splits only): the caller's error names the split. Raises Geor1Error naming the spec when it expands
-    to nothing or names a local file that does not exist.
+    An empty list when the split has no shard (a folder without them, URLs of other splits only): the caller
+    decides whether that is an error (a training split) or not (a validation split one root lacks). Raises
+    Geor1Error naming the spec when it names nothing at all: a folder that does not exist (a misspelt root must not
+    leave the other roots to train alone), a spec that expands to nothing, a local file that does not exist.
     """
     text = str(spec)
     local = _local_path(text)
     if Path(local).is_dir():  # first: a local folder named like `gw:v2` is no URL
         return [str(p) for p in folder_shards(local, split)]
     if not is_remote(text) and not Path(local).suffix and not any(c in local for c in "{}*?[:"):
-        return []  # a dataset folder not built yet
+        raise Geor1Error(_no_folder(local))
     has_split = "{split}" in text
     urls = expand_spec(text.replace("{split}", split))
     if has_split:
         return urls
     pattern = re.compile(rf"(?:^|[/\s:]){re.escape(split)}-[^/]*$")
     return [u for u in urls if pattern.search(u.split("?", 1)[0].rstrip(" -"))]
+
+
+def _no_folder(path: str) -> str:
+    """The message for a dataset folder that does not exist, with the nearest existing names beside it."""
+    import difflib
+
+    parent = Path(path).parent
+    near = []
+    if parent.is_dir():
+        names = [p.name for p in parent.iterdir() if p.is_dir()]
+        near = [str(parent / n) for n in difflib.get_close_matches(Path(path).name, names, n=3, cutoff=0.6)]
+    hint = f" (did you mean {' or '.join(near)}?)" if near else " (misspelt, or not built yet?)"
+    return f"no such shard folder: {path}{hint}"
 
 
 def split_shards(root: str | Path, split: str) -> list[Path] | list[str]:

@@ -570,6 +570,14 @@ class StreamingDataModule(L.LightningDataModule):
     def stream(self, split: str, train: bool) -> ShardStream:
         raise NotImplementedError
 
+    def has_split(self, split: str) -> bool:
+        """Whether the data holds shards of `split` (a Geor1Error where a root names nothing at all)."""
+        return True
+
+    def data_name(self) -> str:
+        """The roots of the data, for messages."""
+        return type(self).__name__
+
     def exclude_keys(self, keys: Iterable[str]) -> None:
         """Keys the test and predict loaders do not read (an evaluation resumed by key: those are written)."""
         self._exclude = frozenset(keys)
@@ -684,7 +692,20 @@ class StreamingDataModule(L.LightningDataModule):
         return self._loader(self.hparams["train_split"], True)
 
     def val_dataloader(self) -> StreamLoader | list:
-        return self._loader(self.hparams["val_split"], False) if self.hparams["val_split"] else []
+        """The validation loader; none (`[]`, and training runs without validation) when `val_split` is "" or, with
+        a warning, when the data has no shards of it (one's own data converted without a held-out split)."""
+        split = self.hparams["val_split"]
+        if not split:
+            return []
+        if not self.has_split(split):
+            log.warning(
+                "no '%s' shards in %s: training runs without validation (hold some data out with `geor1 data "
+                "convert ... --val-fraction 0.1`, or set `val_split: \"\"` to say there is none)",
+                split,
+                self.data_name(),
+            )
+            return []
+        return self._loader(split, False)
 
     def test_dataloader(self) -> StreamLoader:
         return self._loader(self.hparams["test_split"], False, evaluation=True)

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 EVAL_TASKS = ("geolocate", "pairing")
 GEO_COLUMNS = (
     "key",
+    "id",  # the data set's own id (a converted CSV's image id, extension kept)
     "path",
     "lat",
     "lon",

@@ -63,6 +63,7 @@ def geolocation_rows(
         answer, reasoning = split_answer(text)
         row: dict[str, Any] = {
             "key": sample.key,
+            "id": sample.meta.get("id"),
             "path": sample.meta.get("path"),
             "how": reading.how,
             "reason": reading.reason,

@@ -157,10 +157,18 @@ class Miner:
             negs = [haversine_km(self.lat[q], self.lon[q], self.lat[n], self.lon[n]).mean() for q, n in found]
             report.mean_negative_km[split] = float(np.mean(negs)) if negs else float("nan")
         if not episodes:
+            lat, lon = self.lat[:2000], self.lon[:2000]  # the spread of (up to 2,000 of) the places, km
+            spread = float(haversine_km(lat[:, None], lon[:, None], lat[None], lon[None]).max())
+            hint = "lower --k or widen the radius"
+            if spread < s.min_km:  # city-scale data: every place is closer than min_km to every other
+                hint = (
+                    f"every place of this index lies within {spread:.1f} km of every other (city-scale data?), "
+                    f"closer than --min-km {s.min_km:g}: try --min-km {max(spread / 50, 0.05):.2f} "
+                    f"--max-km {spread:.1f} (docs/data.md, pairing episodes)"
+                )
             raise Geor1Error(
                 f"no episode could be mined: every query had fewer than K-1={s.k - 1} candidates "
-                f"within the rules (strategy {s.strategy}, {s.min_km}..{s.max_km} km); "
-                f"lower --k or widen the radius"
+                f"within the rules (strategy {s.strategy}, {s.min_km}..{s.max_km} km); {hint}"
             )
         return episodes, report
 
