@@ -19,10 +19,13 @@ from geor1 import Geor1Error
 def run_lightning(args: Sequence[str], prog: str = "geor1") -> None:
     """LightningCLI with the LightningModule and DataModule chosen by `class_path` in the YAML."""
     from lightning.pytorch import LightningDataModule, LightningModule
-    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+    from lightning.pytorch.cli import SaveConfigCallback
+
+    from geor1.objectives.runs import Geor1CLI
 
     evaluation = next(iter(args), None) in ("test", "predict")
-    LightningCLI(
+    exact = {"allow_abbrev": False}  # `--trainer.max_step` is an error, not a prefix of --trainer.max_steps
+    Geor1CLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
@@ -30,7 +33,7 @@ def run_lightning(args: Sequence[str], prog: str = "geor1") -> None:
         # an evaluation keeps its outputs in the module's out_dir, not a config.yaml in the current folder
         save_config_callback=None if evaluation else SaveConfigCallback,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": prog},
+        parser_kwargs={"prog": prog, **exact, **{cmd: dict(exact) for cmd in ("fit", "validate", "test", "predict")}},
         # None lets LightningCLI read sys.argv itself (it warns when given both)
         args=None if list(args) == sys.argv[1:] else list(args),
     )

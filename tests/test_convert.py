@@ -207,4 +207,4 @@ def test_cvcities_and_cli(tmp_path):
     assert res.returncode == 0 and "train: 1 valid, 0 corrupt" in res.stdout and "test: 1 valid" in res.stdout
     assert (tmp_path / "out" / "inspect.png").is_file()
     res = run_cli("data", "convert", "vigor", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2"))
-    assert res.returncode == 2 and "Traceback" not in res.stderr and "VIGOR split list not found" in res.stderr
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "no city folders with a panorama/ folder" in res.stderr

@@ -150,7 +150,7 @@ def test_info_nce_and_recall_by_hand():
     assert recall_at_k(q, gallery, (1, 2)) == {1: pytest.approx(1 / 3), 2: pytest.approx(1.0)}
 
 
-def test_encoder_index_mining_end_to_end(tmp_path):
+def test_encoder_index_mining_end_to_end(tmp_path, capsys):
     import lightning as L
 
     from geor1.cli import main
@@ -221,6 +221,15 @@ def test_encoder_index_mining_end_to_end(tmp_path):
         assert ep["cand0.jpg"].size == (128, 128) and ep["ground.jpg"].size == (192, 128)
     report = json.loads((tmp_path / "eps" / "mining_report.json").read_text())
     assert report["episodes"] == {"train": 30, "val": 12, "test": 12}
+    # index search by a photo: the JPEG of an indexed ground view gives that view's own ranking (same decoding)
+    sample = next(iter(wds.WebDataset(sorted(str(p) for p in world.glob("test-*.tar")), shardshuffle=False)))
+    (tmp_path / "photo.jpg").write_bytes(sample["ground.jpg"])
+    capsys.readouterr()
+    main(["index", "search", "--index", str(tmp_path / "idx"), "--key", sample["__key__"], "--k", "3"])
+    by_key = capsys.readouterr().out.splitlines()[1:]
+    main(["index", "search", "--index", str(tmp_path / "idx"), "--photo", str(tmp_path / "photo.jpg"), "--k", "3"])
+    by_photo = capsys.readouterr().out.splitlines()[1:]
+    assert [line.split()[1:3] for line in by_photo] == [line.split()[1:3] for line in by_key]  # keys and scores
     # geor1 eval retrieval: the test ground views against the whole index, checked against brute force
     main(
         ["eval", "retrieval", "--index", str(tmp_path / "idx"), "--shards", str(world), "--out", str(tmp_path / "ret")]

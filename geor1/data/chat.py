@@ -146,9 +146,7 @@ class ChatShardDataModule(StreamingDataModule):
         weights = self.root_weights if train else [1] * len(self.roots)
         per_root = self._root_shards(split)
         shards = self._shards(split, weights, per_root)
-        passes = (
-            [self._shards(split, row, per_root) for row in self.curriculum] if train and self.curriculum else None
-        )
+        passes = [self._shards(split, row, per_root) for row in self.curriculum] if train and self.curriculum else None
         hp = self.hparams
         task = f"task '{hp['task']}'" if hp["task"] else "the task each sample's json names"
         return ShardStream(

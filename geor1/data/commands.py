@@ -45,8 +45,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     common.add_argument("--out", required=True, help="output folder for shards + manifest.json")
     common.add_argument("--max-side", type=int, default=None, help="downscale images larger than this (px)")
     common.add_argument("--strict", action="store_true", help="stop at the first bad sample instead of skipping it")
+    common.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        help="hold this share of the training samples out as a 'val' split, by place (whole ~--place-km cells)",
+    )
+    common.add_argument("--place-km", type=float, default=1.0, help="side of a place for --val-fraction (km)")
+    common.add_argument("--seed", type=int, default=0, help="seed of the --val-fraction draw")
+    cities = argparse.ArgumentParser(add_help=False)
+    cities.add_argument("--val-cities", default="", help="comma-separated cities whose training samples are 'val'")
 
-    f = csub.add_parser("csv", parents=[common], help="image folder + CSV (im2gps3k, YFCC4k, IMAGEO, OSV-5M, ...)")
+    f = csub.add_parser(
+        "csv", parents=[common, cities], help="image folder + CSV (im2gps3k, YFCC4k, IMAGEO, OSV-5M, ...)"
+    )
     f.add_argument("--csv", required=True)
     f.add_argument("--images", required=True, help="folder the image ids/paths are relative to")
     f.add_argument("--id-col", default="IMG_ID")
@@ -54,7 +66,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--lon-col", default="LON")
     f.add_argument("--path-col", default=None, help="column with the image path (default: id + --ext)")
     f.add_argument("--sat-col", default=None, help="column with a satellite image path, for pair data")
-    f.add_argument("--city-col", default=None)
+    f.add_argument("--city-col", default=None, help="column with the city (needed by --val-cities)")
     f.add_argument("--country-col", default=None, help="ISO alpha-2 or a name (names are kept as country_name)")
     f.add_argument("--split", default="test")
     f.add_argument("--ext", default=".jpg")
@@ -63,16 +75,37 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--lat-lon-check",
         choices=["auto", "off", "swap"],
         default="auto",
-        help="auto: detect swapped LAT/LON headers by the share of points on land",
+        help="auto: stop with an error when LAT/LON look swapped (by the share of points on land); "
+        "swap: read them swapped; off: as the header says, unchecked",
     )
     f.set_defaults(handler=_convert_csv)
 
-    v = csub.add_parser("vigor", parents=[common], help="VIGOR (panorama/satellite folders, splits/)")
+    v = csub.add_parser(
+        "vigor", parents=[common, cities], help="VIGOR, or one's own cities in its layout (panorama/, satellite/)"
+    )
     v.add_argument("--root", required=True)
-    v.add_argument("--mode", choices=["cross", "same"], default="cross")
+    v.add_argument("--mode", choices=["cross", "same"], default="cross", help="with VIGOR's own split lists")
+    v.add_argument("--cities", default="", help="comma-separated cities (default: every <City>/panorama/ folder)")
+    v.add_argument("--test-cities", default="", help="comma-separated cities for the test split (the rest: train)")
+    v.add_argument(
+        "--max-sat-m",
+        type=float,
+        default=100.0,
+        help="cities without split lists: a panorama's nearest satellite tile must be this close (m)",
+    )
     v.set_defaults(
         handler=lambda ns: _convert(
-            ns, "vigor", "VIGOR (research use; see its licence)", _rows("vigor_rows", ns.root, mode=ns.mode)
+            ns,
+            "vigor",
+            "VIGOR (research use; see its licence)",
+            _rows(
+                "vigor_rows",
+                ns.root,
+                mode=ns.mode,
+                cities=_names(ns.cities) or None,
+                test_cities=_names(ns.test_cities),
+                max_sat_m=ns.max_sat_m,
+            ),
         )
     )
 
@@ -106,7 +139,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         )
     )
 
-    cc = csub.add_parser("cvcities", parents=[common], help="CV-Cities (<City>/{ground,satellite}/, <City>.csv)")
+    cc = csub.add_parser(
+        "cvcities", parents=[common, cities], help="CV-Cities (<City>/{ground,satellite}/, <City>.csv)"
+    )
     cc.add_argument("--root", required=True)
     cc.add_argument("--test-cities", default="", help="comma-separated cities for the test split")
     cc.set_defaults(
@@ -114,7 +149,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
             ns,
             "cvcities",
             "CV-Cities (see its licence)",
-            _rows("cvcities_rows", ns.root, [c for c in ns.test_cities.split(",") if c]),
+            _rows("cvcities_rows", ns.root, _names(ns.test_cities)),
         )
     )
 
@@ -125,28 +160,30 @@ def _rows(name: str, *args, **kwargs):
     return getattr(convert, name)(*args, **kwargs)
 
 
-def _convert(ns: argparse.Namespace, source: str, licence: str, rows) -> None:
-    from geor1.data.convert import write_rows
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
-    report = write_rows(rows, ns.out, source, licence, max_side=ns.max_side, strict=ns.strict)
+
+def _convert(ns: argparse.Namespace, source: str, licence: str, rows) -> None:
+    """Hold a val split out of the training rows (`--val-fraction`, `--val-cities`), then write the shards."""
+    from geor1.data.convert import hold_out, write_rows
+
+    rows, held = hold_out(rows, ns.val_fraction, _names(getattr(ns, "val_cities", "")), ns.seed, ns.place_km)
+    extra = {"held_out": held} if held else None
+    report = write_rows(rows, ns.out, source, licence, max_side=ns.max_side, strict=ns.strict, extra=extra)
     print(report.summary())
+    if held:
+        places = f" ({held['places']} of {held['of_places']} places)" if "places" in held else ""
+        cities = f" (cities {', '.join(held['cities'])})" if "cities" in held else ""
+        print(f"held out as 'val': {held['rows']} rows{cities}{places}; written: {report.written.get('val', 0)}")
 
 
 def _convert_csv(ns: argparse.Namespace) -> None:
-    from geor1.data.convert import check_lat_lon_columns, csv_rows
+    from geor1.data.convert import csv_rows
 
-    if not Path(ns.csv).is_file():
-        raise Geor1Error(f"CSV not found: {ns.csv}")
-    swap = ns.lat_lon_check == "swap"
-    if ns.lat_lon_check == "auto":
-        land = check_lat_lon_columns(ns.csv, ns.lat_col, ns.lon_col)
-        if land["land_swapped"] > land["land_as_given"] + 0.2:
-            swap = True
-            print(
-                f"warning: {ns.csv}: only {land['land_as_given']:.0%} of points fall on land as the header says, "
-                f"{land['land_swapped']:.0%} with {ns.lat_col}/{ns.lon_col} swapped: reading them swapped "
-                f"(--lat-lon-check off to keep the header)"
-            )
+    if _names(ns.val_cities) and not ns.city_col:
+        raise Geor1Error("--val-cities needs --city-col, the CSV's city column")
+    swap = {"auto": None, "swap": True, "off": False}[ns.lat_lon_check]  # auto: an error when they look swapped
     source = ns.source or Path(ns.csv).stem
     rows = csv_rows(
         ns.csv,

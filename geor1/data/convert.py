@@ -5,6 +5,9 @@ the rest the same way for all: decode-check every image, re-encode non-JPEG (or 
 missing or non-ISO country by offline reverse geocoding (the given value is kept as `country_name`), write shards
 and the manifest. A bad row (missing file, undecodable image, bad coordinates) is skipped and reported with its key
 and field, never silently dropped; `strict=True` stops at the first one instead.
+
+`hold_out` carves a validation split out of a converter's training rows by place (`--val-fraction`, `--val-cities`):
+whole places (cells of about `place_km` on a side) or whole cities go to `val`, so no place is in two splits.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import csv
 import io
 import logging
 import math
+import random
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -33,11 +37,15 @@ _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-]+")
 
 @dataclass
 class Row:
+    """One sample to write. `problem` (field, reason): a row the listing already knows is bad (e.g. no satellite
+    tile near its panorama); `write_rows` skips and reports it like any other bad row."""
+
     key: str
     ground: Path
     sat: Path | None
     meta: dict[str, Any]
     split: str
+    problem: tuple[str, str] | None = None
 
 
 @dataclass
@@ -93,9 +101,16 @@ def _fill_country(meta: dict[str, Any]) -> None:
 
 
 def write_rows(
-    rows: Iterable[Row], out: str | Path, source: str, licence: str, max_side: int | None = None, strict: bool = False
+    rows: Iterable[Row],
+    out: str | Path,
+    source: str,
+    licence: str,
+    max_side: int | None = None,
+    strict: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> ConvertReport:
-    """Write rows as shards under `out`; see the module docstring for what is checked."""
+    """Write rows as shards under `out`; see the module docstring for what is checked. `extra`: more manifest keys
+    (e.g. how a validation split was held out)."""
     from tqdm import tqdm
 
     out = Path(out)
@@ -104,6 +119,8 @@ def write_rows(
     seen: set[str] = set()
     for row in tqdm(rows, desc=f"convert {source}", unit="sample", disable=None):
         try:
+            if row.problem is not None:
+                raise SampleError(row.key, *row.problem)
             if row.key in seen:
                 raise SampleError(row.key, "__key__", "duplicate key")
             meta = {k: v for k, v in row.meta.items() if v is not None}
@@ -128,7 +145,7 @@ def write_rows(
             f"no valid sample to write from {source} ({len(report.skipped)} skipped); "
             + (report.skipped[0]["reason"] if report.skipped else "the listing was empty")
         )
-    write_manifest(out, stats, source, licence, extra={"skipped": len(report.skipped)})
+    write_manifest(out, stats, source, licence, extra={"skipped": len(report.skipped), **(extra or {})})
     if report.skipped:
         import json
 
@@ -140,6 +157,121 @@ def write_rows(
             out / f"skipped-{source}.json",
         )
     return report
+
+
+# ---------------------------------------------------------------------------------------------- held-out splits
+KM_PER_DEGREE = 111.32  # of latitude (and of longitude at the equator)
+
+
+def place_of(lat: float, lon: float, place_km: float) -> tuple[int, int]:
+    """The place of a point: its cell in a grid of about `place_km` x `place_km` (rows of latitude, each cut into
+    columns as wide in km as the rows are high at their middle latitude).
+
+    >>> place_of(48.8566, 2.3522, 1.0) == place_of(48.8570, 2.3515, 1.0)  # 70 m apart
+    True
+    >>> place_of(48.85, 2.35, 1.0) == place_of(48.90, 2.35, 1.0)  # 5.6 km apart
+    False
+    """
+    dlat = place_km / KM_PER_DEGREE
+    row = math.floor((lat + 90.0) / dlat)
+    middle = min(89.0, abs(-90.0 + (row + 0.5) * dlat))
+    dlon = place_km / (KM_PER_DEGREE * math.cos(math.radians(middle)))
+    return row, math.floor((lon + 180.0) / dlon)
+
+
+def _point(meta: dict[str, Any]) -> tuple[float, float] | None:
+    lat, lon = meta.get("lat"), meta.get("lon")
+    if isinstance(lat, float | int) and isinstance(lon, float | int) and abs(lat) <= 90 and abs(lon) <= 180:
+        return float(lat), float(lon)
+    return None  # bad coordinates: `write_rows` skips the row and names the field
+
+
+def hold_out(
+    rows: Iterable[Row],
+    val_fraction: float = 0.0,
+    val_cities: Iterable[str] = (),
+    seed: int = 0,
+    place_km: float = 1.0,
+    from_split: str = "train",
+) -> tuple[list[Row], dict[str, Any]]:
+    """Move some of the `from_split` rows to a `val` split, by place, deterministically from `seed`:
+
+    - rows whose `city` is in `val_cities` go to val (all of them);
+    - then about `val_fraction` of the remaining `from_split` rows: their places (`place_of`, cells of about
+      `place_km`) are shuffled by `seed` and taken whole until the share is reached, so no place is in two splits
+      (two photos metres apart on either side of a cell edge are two places: use a larger `place_km` for data
+      denser than that). At least one place goes to val and at least one stays.
+
+    Returns (all rows, splits updated, in their order; what was held out, for the manifest). Geor1Error when the
+    rows already hold a val split, have no `from_split` rows, name no such city, or lie within one place.
+    """
+    rows = list(rows)
+    cities = [c for c in val_cities if c]
+    if not (0.0 <= val_fraction < 1.0):
+        raise Geor1Error(f"--val-fraction must be within [0, 1), got {val_fraction}")
+    if place_km <= 0:
+        raise Geor1Error(f"--place-km must be > 0, got {place_km}")
+    if val_fraction == 0.0 and not cities:
+        return rows, {}
+    own_val = sum(r.split == "val" for r in rows)
+    if own_val:
+        raise Geor1Error(
+            f"the data already has a val split ({own_val} rows): --val-fraction/--val-cities hold one out of "
+            f"'{from_split}' only where there is none"
+        )
+    pool = [r for r in rows if r.split == from_split]
+    if not pool:
+        splits = sorted({r.split for r in rows})
+        raise Geor1Error(
+            f"--val-fraction/--val-cities hold a val split out of '{from_split}', but these rows are all of "
+            f"{splits} (convert the training rows with it)"
+        )
+    info: dict[str, Any] = {"from": from_split, "seed": seed}
+    if cities:
+        known = sorted({str(r.meta["city"]) for r in rows if r.meta.get("city") not in (None, "")})
+        unknown = sorted(set(cities) - set(known))
+        if unknown:
+            raise Geor1Error(f"--val-cities {unknown}: no such city in the data (cities: {known})")
+        elsewhere = sorted(set(cities) - {str(r.meta.get("city")) for r in pool})
+        if elsewhere:
+            raise Geor1Error(f"--val-cities {elsewhere}: no '{from_split}' rows of them (a city of another split?)")
+        for r in pool:
+            if r.meta.get("city") in cities:
+                r.split = "val"
+        pool = [r for r in pool if r.split == from_split]
+        if not pool:
+            raise Geor1Error(f"--val-cities {cities} leave no '{from_split}' rows")
+        info["cities"] = cities
+    if val_fraction > 0.0:
+        places: dict[tuple[int, int], list[Row]] = {}
+        for r in pool:
+            point = _point(r.meta)
+            if point is not None:
+                places.setdefault(place_of(*point, place_km), []).append(r)
+        if len(places) < 2:
+            raise Geor1Error(
+                f"--val-fraction: the {len(pool)} '{from_split}' rows lie within {len(places)} place(s) of about "
+                f"{place_km:g} km: give a smaller --place-km (or --val-cities)"
+            )
+        order = sorted(places)
+        random.Random(seed).shuffle(order)
+        target = val_fraction * sum(len(v) for v in places.values())
+        taken: list[tuple[int, int]] = []
+        count = 0
+        for place in order:
+            if count >= target or len(taken) == len(order) - 1:
+                break
+            size = len(places[place])
+            if not taken or count + size <= target + size / 2:  # closer to the target with it than without
+                taken.append(place)
+                count += size
+        for place in taken:
+            for r in places[place]:
+                r.split = "val"
+        info.update(fraction=val_fraction, place_km=place_km, places=len(taken), of_places=len(order))
+    info["rows"] = sum(r.split == "val" for r in rows)
+    log.info("held out %d rows as 'val': %s", info["rows"], info)
+    return rows, info
 
 
 # ---------------------------------------------------------------------------------------------- CSV benchmarks
@@ -155,20 +287,47 @@ def csv_rows(
     country_col: str | None = None,
     split: str = "test",
     ext: str = ".jpg",
-    swap_lat_lon: bool = False,
+    swap_lat_lon: bool | None = None,
 ) -> Iterator[Row]:
-    """Rows of an image-folder + CSV benchmark (im2gps3k, YFCC4k, IMAGEO-Bench, OSV-5M, MP16-Reason style)."""
+    """Rows of an image-folder + CSV benchmark (im2gps3k, YFCC4k, IMAGEO-Bench, OSV-5M, MP16-Reason style), or of
+    one's own data (a ground column and a `sat_col`). Every CSV path of geor1 reads through here, so every one runs
+    the same checks, at once (not when the rows are first iterated): the file and its columns exist, and the
+    latitude and longitude columns are not swapped (`check_swapped`, when `swap_lat_lon` is None; True reads them
+    swapped, False as given without the check). Rows with bad coordinates or images are skipped by `write_rows`
+    and listed."""
     csv_path, images = Path(csv_path), Path(images)
+    if not csv_path.is_file():
+        raise Geor1Error(f"CSV not found: {csv_path}")
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        missing = [
-            c
-            for c in (id_col, lat_col, lon_col, path_col, sat_col, city_col, country_col)
-            if c and c not in (reader.fieldnames or [])
-        ]
-        if missing:
-            raise Geor1Error(f"{csv_path}: no column {missing[0]!r} (columns: {', '.join(reader.fieldnames or [])})")
-        for line, rec in enumerate(reader, start=2):
+        fieldnames = csv.DictReader(f).fieldnames or []
+    missing = [
+        c for c in (id_col, lat_col, lon_col, path_col, sat_col, city_col, country_col) if c and c not in fieldnames
+    ]
+    if missing:
+        raise Geor1Error(f"{csv_path}: no column {missing[0]!r} (columns: {', '.join(fieldnames)})")
+    if swap_lat_lon is None:
+        check_swapped(csv_path, lat_col, lon_col)
+    return _csv_rows(
+        csv_path, images, id_col, lat_col, lon_col, path_col, sat_col, city_col, country_col, split, ext, swap_lat_lon
+    )
+
+
+def _csv_rows(
+    csv_path: Path,
+    images: Path,
+    id_col: str,
+    lat_col: str,
+    lon_col: str,
+    path_col: str | None,
+    sat_col: str | None,
+    city_col: str | None,
+    country_col: str | None,
+    split: str,
+    ext: str,
+    swap_lat_lon: bool | None,
+) -> Iterator[Row]:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        for line, rec in enumerate(csv.DictReader(f), start=2):
             ident = rec[id_col].strip()
             key = make_key(Path(ident).stem if Path(ident).suffix else ident)
             lat, lon = rec[lat_col], rec[lon_col]
@@ -216,47 +375,146 @@ def check_lat_lon_columns(csv_path: str | Path, lat_col: str, lon_col: str, limi
     return {"land_as_given": as_given, "land_swapped": swapped, "n": float(len(lat))}
 
 
+SWAP_MARGIN = 0.2  # columns are swapped when this much larger a share of points falls on land read the other way
+
+
+def check_swapped(csv_path: str | Path, lat_col: str, lon_col: str) -> None:
+    """Geor1Error when the latitude and longitude columns look swapped (`check_lat_lon_columns`), naming both
+    fixes: read them swapped, or keep the header. Scoring against swapped truth would be wrong without a word."""
+    land = check_lat_lon_columns(csv_path, lat_col, lon_col)
+    if land["land_swapped"] > land["land_as_given"] + SWAP_MARGIN:
+        raise Geor1Error(
+            f"{csv_path}: the {lat_col}/{lon_col} columns look swapped: {land['land_as_given']:.0%} of "
+            f"{int(land['n'])} points fall on land as the header says, {land['land_swapped']:.0%} read the other way "
+            f"round. If the header is wrong, read them swapped: `--lat-col {lon_col} --lon-col {lat_col}` (or "
+            "`--lat-lon-check swap` in `geor1 data convert csv`); if it is right, `--lat-lon-check off`"
+        )
+
+
 # ---------------------------------------------------------------------------------------------- VIGOR
 VIGOR_CITIES = ("Chicago", "NewYork", "SanFrancisco", "Seattle")
 VIGOR_CROSS_TRAIN = ("NewYork", "Seattle")
 
 
-def vigor_rows(root: str | Path, mode: str = "cross", cities: Iterable[str] = VIGOR_CITIES) -> Iterator[Row]:
+VIGOR_LISTS = {
+    "cross": (("pano_label_balanced.txt", None),),
+    "same": (("same_area_balanced_train.txt", "train"), ("same_area_balanced_test.txt", "test")),
+}
+
+
+def vigor_rows(
+    root: str | Path,
+    mode: str = "cross",
+    cities: Iterable[str] | None = None,
+    test_cities: Iterable[str] = (),
+    max_sat_m: float = 100.0,
+) -> Iterator[Row]:
     """VIGOR: `<City>/panorama/<prefix>,<lat>,<lon>,.jpg`, `<City>/satellite/satellite_<lat>_<lon>.png`, and
     `splits/<City>/{same_area_balanced_train,same_area_balanced_test,pano_label_balanced}.txt` (space-separated:
     panorama, then 4 x (satellite, dy, dx); the first satellite is the positive). Cross-area: train New York +
-    Seattle, test Chicago + San Francisco (all of a city's panoramas); same-area: each city's train/test lists."""
+    Seattle, test Chicago + San Francisco (all of a city's panoramas); same-area: each city's train/test lists.
+
+    One's own data in the same layout works too: `cities` (default: every folder under `root` with a `panorama/`
+    folder) whose split lists do not exist are read from their folders, each panorama paired with the satellite tile
+    whose centre (from its file name) is nearest, within `max_sat_m` metres (a panorama without one is skipped
+    and listed); their rows are train. `test_cities`: cities whose rows are all test (cross-area evaluation); when
+    given, the other cities are train (VIGOR's own cross-area assignment holds only without it). A held-out val
+    split comes from `hold_out` (`--val-fraction`, `--val-cities`)."""
     root = Path(root)
-    if mode not in ("cross", "same"):
+    if mode not in VIGOR_LISTS:
         raise Geor1Error(f"VIGOR mode must be 'cross' or 'same', got {mode!r}")
+    found = sorted(p.name for p in root.iterdir() if (p / "panorama").is_dir()) if root.is_dir() else []
+    cities = list(cities) if cities is not None else found
+    if not cities:
+        raise Geor1Error(f"no city folders with a panorama/ folder under {root} (the VIGOR layout)")
+    missing = [c for c in cities if c not in found]
+    if missing:
+        raise Geor1Error(f"VIGOR cities {missing} have no {root}/<City>/panorama/ folder (cities found: {found})")
+    test = {c for c in test_cities if c}
+    unknown = sorted(test - set(cities))
+    if unknown:
+        raise Geor1Error(f"--test-cities {unknown} not among the cities converted ({cities})")
     for city in cities:
-        if mode == "cross":
-            lists = [("pano_label_balanced.txt", "train" if city in VIGOR_CROSS_TRAIN else "test")]
+        if test:
+            whole = "test" if city in test else "train"
+        elif city in VIGOR_CITIES:
+            whole = "train" if city in VIGOR_CROSS_TRAIN else "test"
         else:
-            lists = [("same_area_balanced_train.txt", "train"), ("same_area_balanced_test.txt", "test")]
-        for name, split in lists:
-            path = root / "splits" / city / name
-            if not path.is_file():
-                raise Geor1Error(f"VIGOR split list not found: {path}")
-            for line in path.read_text().splitlines():
-                parts = line.split()
-                if len(parts) < 2:
-                    continue
-                pano, sat = parts[0], parts[1]
-                fields = pano.split(",")
-                key = make_key("vigor", city, Path(pano).stem)
-                lat = _try_float(fields[1]) if len(fields) > 2 else "?"
-                lon = _try_float(fields[2]) if len(fields) > 2 else "?"
-                sat_ll = Path(sat).stem.split("_")
-                meta = {
-                    "lat": lat,
-                    "lon": lon,
-                    "city": city,
-                    "country": "US",
-                    "sat_lat": _try_float(sat_ll[1]) if len(sat_ll) == 3 else None,
-                    "sat_lon": _try_float(sat_ll[2]) if len(sat_ll) == 3 else None,
-                }
-                yield Row(key, root / city / "panorama" / pano, root / city / "satellite" / sat, meta, split)
+            whole = "train"
+        lists = [(root / "splits" / city / name, split) for name, split in VIGOR_LISTS[mode]]
+        if all(path.is_file() for path, _ in lists):
+            for path, split in lists:
+                listed = whole if split is None or city in test else split
+                yield from _vigor_listed(root, city, path, listed)
+        else:
+            log.info("VIGOR city %s has no split lists under %s: reading its folders", city, root / "splits")
+            yield from _vigor_scanned(root, city, whole, max_sat_m)
+
+
+def _sat_point(name: str) -> tuple[float | str | None, float | str | None]:
+    """(lat, lon) of a `satellite_<lat>_<lon>.png` tile (None, None for another name)."""
+    parts = Path(name).stem.split("_")
+    return (_try_float(parts[1]), _try_float(parts[2])) if len(parts) == 3 else (None, None)
+
+
+def _vigor_meta(city: str, pano: str, sat: str | None) -> dict[str, Any]:
+    fields = pano.split(",")
+    sat_lat, sat_lon = _sat_point(sat) if sat else (None, None)
+    return {
+        "lat": _try_float(fields[1]) if len(fields) > 2 else "?",
+        "lon": _try_float(fields[2]) if len(fields) > 2 else "?",
+        "city": city,
+        "country": "US" if city in VIGOR_CITIES else None,  # one's own cities: reverse-geocoded
+        "sat_lat": sat_lat,
+        "sat_lon": sat_lon,
+    }
+
+
+def _vigor_listed(root: Path, city: str, path: Path, split: str) -> Iterator[Row]:
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) < 2:
+            continue
+        pano, sat = parts[0], parts[1]
+        key = make_key("vigor", city, Path(pano).stem)
+        meta = _vigor_meta(city, pano, sat)
+        yield Row(key, root / city / "panorama" / pano, root / city / "satellite" / sat, meta, split)
+
+
+def _vigor_scanned(root: Path, city: str, split: str, max_sat_m: float) -> Iterator[Row]:
+    """A city's panoramas from its folder, each with the nearest satellite tile (by the tiles' file names)."""
+    from scipy.spatial import cKDTree
+
+    from geor1.geo import haversine_km
+
+    tiles = []
+    sat_dir = root / city / "satellite"
+    for tile in sorted(sat_dir.iterdir()) if sat_dir.is_dir() else []:
+        tile_lat, tile_lon = _sat_point(tile.name)
+        if isinstance(tile_lat, float) and isinstance(tile_lon, float):
+            tiles.append((tile_lat, tile_lon, tile.name))
+    if not tiles:
+        raise Geor1Error(f"{sat_dir}: no satellite_<lat>_<lon> tiles to pair {city}'s panoramas with")
+    lat0 = math.cos(math.radians(float(np.mean([t[0] for t in tiles]))))
+    tree = cKDTree(np.array([(t[0], t[1] * lat0) for t in tiles]))
+    for pano in sorted((root / city / "panorama").iterdir()):
+        if not pano.is_file():
+            continue
+        key = make_key("vigor", city, pano.stem)
+        meta = _vigor_meta(city, pano.name, None)
+        lat, lon = meta["lat"], meta["lon"]
+        if not (isinstance(lat, float) and isinstance(lon, float)):
+            bad_name = ("lat", f"no <prefix>,<lat>,<lon>, in the panorama's file name {pano.name}")
+            yield Row(key, pano, None, meta, split, bad_name)
+            continue
+        _, i = tree.query((lat, lon * lat0))
+        sat_lat, sat_lon, name = tiles[int(i)]
+        metres = 1000.0 * float(haversine_km(lat, lon, sat_lat, sat_lon))
+        meta.update(sat_lat=sat_lat, sat_lon=sat_lon, sat_m=round(metres, 1))
+        problem: tuple[str, str] | None = None
+        if metres > max_sat_m:
+            problem = ("sat.jpg", f"no satellite tile within {max_sat_m:g} m (the nearest, {name}: {metres:.0f} m)")
+        yield Row(key, pano, sat_dir / name, meta, split, problem)
 
 
 # ---------------------------------------------------------------------------------------------- CVUSA

@@ -529,7 +529,9 @@ class StreamLoader(DataLoader):
             yield Batch() if batch is None else batch
         # collectives on every rank (the loop above ends on all of them together): an evaluation of nothing is an
         # error unless it is a resumed one with every sample done (nothing skipped, keys excluded)
-        if not any_rank(stats.samples > 0) and any_rank(stats.skipped > 0 or not getattr(self.dataset, "exclude", None)):
+        if not any_rank(stats.samples > 0) and any_rank(
+            stats.skipped > 0 or not getattr(self.dataset, "exclude", None)
+        ):
             raise self._empty_pass(stats)
         stats.complete = True
         if self.on_pass_end is not None:
@@ -700,7 +702,7 @@ class StreamingDataModule(L.LightningDataModule):
         if not self.has_split(split):
             log.warning(
                 "no '%s' shards in %s: training runs without validation (hold some data out with `geor1 data "
-                "convert ... --val-fraction 0.1`, or set `val_split: \"\"` to say there is none)",
+                'convert ... --val-fraction 0.1`, or set `val_split: ""` to say there is none)',
                 split,
                 self.data_name(),
             )

@@ -33,7 +33,7 @@ def trainer(root: Path, checkpoint: dict[str, Any], **settings: Any) -> dict[str
             component("lightning.pytorch.callbacks.ModelCheckpoint", dirpath=str(root / "checkpoints"), **checkpoint),
             component("geor1.objectives.callbacks.CheckpointOnSigterm"),
         ],
-        "logger": component("lightning.pytorch.loggers.TensorBoardLogger", save_dir=str(root), name="tb"),
+        "logger": component("geor1.objectives.runs.RunLogger", save_dir=str(root)),
     }
 
 

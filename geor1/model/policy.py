@@ -28,7 +28,7 @@ from transformers import BatchFeature, DynamicCache, GenerationConfig
 from geor1 import Geor1Error
 from geor1.data.sample import Prompt
 from geor1.model.adapters import ArchAdapter, adapter_for
-from geor1.model.adapters.base import HFModel
+from geor1.model.adapters.base import HFModel, check_pixel_bounds
 from geor1.model.batching import append_completions, repeat_rows, select_rows, slice_rows
 from geor1.model.loading import DTYPES, LoraSpec, check_model_dir, load_pretrained, prepare_model
 from geor1.model.logprobs import entropy_from_logits, tiled_token_logprobs, tiled_token_logprobs_and_entropy
@@ -93,8 +93,11 @@ class Policy(nn.Module):
         lora: LoRA settings; None means full fine-tuning.
         dtype: weights dtype, "float32" | "bfloat16" | "float16".
         freeze_vision: keep the vision tower fixed (the paper trains it).
-        min_pixels: smallest image area after resizing (None: the processor's own).
-        max_pixels: largest image area after resizing; with the group size G it decides memory (None: processor's).
+        min_pixels: fewest pixels the vision tower encodes per image (None: the processor's own).
+        max_pixels: most pixels the vision tower encodes per image, all its tiles and views counted; with the group
+            size G it decides memory (None: the processor's own). The same budget for every family: each adapter
+            maps it onto its processor's own settings (Qwen's size, Idefics3/SmolVLM's size.longest_edge, InternVL's
+            max_patches, LLaVA-OneVision's image_grid_pinpoints; Gemma3's fixed size is checked) or refuses it.
         attn_implementation: "sdpa", "eager" or "flash_attention_2".
         gradient_checkpointing: recompute activations in backward to save memory.
         logprob_tile: positions per LM-head tile in `token_logprobs` (no [N, T, V] logits); None: the full-logits
@@ -134,7 +137,9 @@ class Policy(nn.Module):
         self.processor = processor
         self.tokenizer = processor.tokenizer
         if min_pixels is not None or max_pixels is not None:
-            self.adapter.set_pixel_bounds(processor, min_pixels, max_pixels)
+            check_pixel_bounds(min_pixels, max_pixels)
+            chosen = self.adapter.set_pixel_bounds(processor, model, min_pixels, max_pixels)
+            log.info("%s image budget min_pixels=%s, max_pixels=%s: %s", self.adapter.name(), min_pixels, max_pixels, chosen)
         if logprob_tile is not None and logprob_tile < 1:
             raise Geor1Error(f"logprob_tile must be a positive number of positions or null, got {logprob_tile}")
         self.logprob_tile = logprob_tile

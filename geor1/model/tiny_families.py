@@ -447,12 +447,15 @@ def tiny_family_policy(
     freeze_vision: bool = False,
     gradient_checkpointing: bool = False,
     logprob_tile: int | None = 32,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
 ) -> Policy:
-    """A `Policy` around a tiny `family` model built in-process (what `Policy(path)` gives for its saved folder)."""
+    """A `Policy` around a tiny `family` model built in-process (what `Policy(path)` gives for its saved folder);
+    min_pixels / max_pixels: Policy's image budget, mapped onto the family's processor settings."""
     model, processor = build_family(family, seed=seed)
     policy = Policy.__new__(Policy)
     nn.Module.__init__(policy)
-    policy._setup(model, processor, lora, freeze_vision, None, None, gradient_checkpointing, logprob_tile)
+    policy._setup(model, processor, lora, freeze_vision, min_pixels, max_pixels, gradient_checkpointing, logprob_tile)
     policy.source = f"tiny(family={family}, seed={seed})"
     return policy
 

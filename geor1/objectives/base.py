@@ -14,6 +14,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from geor1 import Geor1Error
 from geor1.model.export import export_policy
 from geor1.model.policy import Policy
+from geor1.objectives.scalars import StepScalars
 from geor1.objectives.sharding import ShardingSpec, data_parallel_mesh, is_sharded, shard_policy, warn_unused_sharding
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,15 @@ def skip_everywhere(trainer: L.Trainer | None, skip: bool, batch_size: int) -> b
     return any_skip
 
 
-class PolicyModule(L.LightningModule):
+class PolicyModule(StepScalars):
     """Base of the SFT and GRPO modules.
 
     Args:
         policy: the model to train (`geor1.model.Policy` from a local folder, or `geor1.model.TinyPolicy`).
         optimizer: optimizer over the trainable parameters (`class_path: torch.optim.AdamW` + `init_args`).
         scheduler: optional learning-rate scheduler, stepped every optimizer step.
-        export_dir: if set, the trained policy is written there as a Hugging Face folder when `fit` ends.
+        export_dir: the trained policy is written there as a Hugging Face folder when `fit` ends; unset under
+            `geor1 fit`: `<trainer.default_root_dir>/model` (library callers without it: no export).
         sharding: FSDP2 settings, used under `ModelParallelStrategy` (mixed precision, activation checkpointing,
             resharding, reference offload); single-device and DDP runs ignore them.
     """

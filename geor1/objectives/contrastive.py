@@ -13,7 +13,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import timm
 import torch
 import torch.nn.functional as F
@@ -25,6 +24,7 @@ from geor1.data.datamodule import normalise
 from geor1.metrics.retrieval import CrossViewRecall
 from geor1.objectives.base import skip_everywhere
 from geor1.objectives.memory import log_peak_memory
+from geor1.objectives.scalars import StepScalars
 from geor1.objectives.sharding import (
     ShardingSpec,
     data_parallel_mesh,
@@ -87,7 +87,7 @@ class CrossViewEncoder(nn.Module):
         return F.normalize(self.sat_proj(self.sat(images)), dim=-1)
 
 
-class ContrastiveModule(L.LightningModule):
+class ContrastiveModule(StepScalars):
     """Cross-view contrastive training.
 
     Args:

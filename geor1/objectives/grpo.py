@@ -54,6 +54,7 @@ from geor1.objectives.grpo_math import (
 from geor1.objectives.grpo_settings import DEFAULT_LOSS, DEFAULT_ROLLOUT, LossSettings, RolloutSettings
 from geor1.objectives.memory import log_peak_memory
 from geor1.objectives.rollout_rng import RolloutRNG
+from geor1.objectives.scalars import first_lr, total_grad_norm
 from geor1.objectives.sharding import ShardingSpec, is_sharded, reshard, shard_policy
 from geor1.rewards import combine, get_reward
 from geor1.rewards.registry import call_reward
@@ -80,7 +81,8 @@ class GRPOModule(PolicyModule):
         sharding: FSDP2 settings under `ModelParallelStrategy` (the reference model is sharded like the policy,
             optionally offloaded to CPU); ignored by single-device and DDP runs.
         log_completions_every_n_steps: TensorBoard text table of completions and an episode's images.
-        export_dir: write the trained policy as a Hugging Face folder there when fit ends.
+        export_dir: write the trained policy as a Hugging Face folder there when fit ends (unset under `geor1 fit`:
+            `<trainer.default_root_dir>/model`).
     """
 
     def __init__(
@@ -440,6 +442,8 @@ class GRPOModule(PolicyModule):
             totals["clipped"] += float((clipped.float() * mf).sum())
             if ent is not None:
                 totals["entropy"] += float((ent * mf).sum())
+        grad_norm = total_grad_norm(self.policy.parameters())  # before clipping (every rank: a collective on FSDP2)
+        lr = first_lr(opt)  # the rate of this step (the scheduler moves it after)
         if s.max_grad_norm is not None:
             self.clip_gradients(opt, gradient_clip_val=s.max_grad_norm, gradient_clip_algorithm="norm")
         opt.step()
@@ -449,6 +453,9 @@ class GRPOModule(PolicyModule):
             scheduler.step()
         n_tokens = float(local_tokens)
         out = {"loss": totals["loss"], "kl": totals["kl"] / n_tokens, "clip_ratio": totals["clipped"] / n_tokens}
+        out["lr"] = lr
+        if grad_norm is not None:
+            out["grad_norm"] = float(grad_norm)
         if with_entropy:
             out["entropy"] = totals["entropy"] / n_tokens
         return out
@@ -513,6 +520,9 @@ class GRPOModule(PolicyModule):
             log("train/kl", last["kl"])
             log("train/clip_ratio", last["clip_ratio"])
             log("train/entropy", stats[0]["entropy"])  # mean over real completion tokens, temperature-scaled policy
+            log("train/lr", last["lr"])
+            if "grad_norm" in last:
+                log("train/grad_norm", last["grad_norm"])  # of the last update, before clipping
         for name, acc in task_accuracy(rollout.texts, targets).items():
             log(f"train/{name}", acc, prog_bar=name == "pairing_acc")
         valid = rewards[scored]

@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
+from geor1 import Geor1Error
 from geor1.data.sample import ChatSample
 from geor1.model.logprobs import tiled_lm_loss
 from geor1.model.policy import IGNORE_INDEX, Policy
@@ -52,7 +53,8 @@ class SFTModule(PolicyModule):
         max_length: prompt+response tokens per sample; longer responses are cut at the end.
         num_val_generations: validation samples whose greedy completions are logged as TensorBoard text.
         max_new_tokens: tokens generated for those samples.
-        export_dir: write the trained policy as a Hugging Face folder there when fit ends.
+        export_dir: write the trained policy as a Hugging Face folder there when fit ends (unset under `geor1 fit`:
+            `<trainer.default_root_dir>/model`).
         loss_tile: response positions per LM-head tile in the loss (the [B, L, V] logits are never formed: only
             [loss_tile, V] at a time, recomputed in backward).
         sharding: FSDP2 settings under `ModelParallelStrategy` (`geor1.objectives.sharding.ShardingSpec`).
@@ -83,7 +85,11 @@ class SFTModule(PolicyModule):
         responses = [s.response for s in batch if s.response is not None]
         if len(responses) < len(batch):
             missing = [s.key for s in batch if s.response is None]
-            raise ValueError(f"SFT needs a response for every sample; none for keys {missing[:5]}")
+            raise Geor1Error(
+                f"SFT trains on exemplars (a response per sample), but samples {', '.join(missing[:3])} have none: "
+                "these shards are not SFT data; write exemplars with `geor1 cot synthesize --shards <these shards> "
+                "--out <folder> --task pairing|geolocate` and train on that folder (data.init_args.roots)"
+            )
         inputs, labels = self.policy.encode_sft([s.prompt for s in batch], responses, self.max_length)
         hidden = self.policy.final_hidden(inputs)  # [B, L, H], normed: what the LM head reads
         loss, correct, n = tiled_lm_loss(hidden, self.policy.lm_head, labels, tile=self.loss_tile)

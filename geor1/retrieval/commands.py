@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -20,9 +21,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--ef-search", type=int, default=64, help="HNSW search breadth")
     b.add_argument("--batch-size", type=int, default=128)
     b.set_defaults(handler=_build)
-    s = isub.add_parser("search", help="the tiles most similar to a sample's ground view")
+    s = isub.add_parser("search", help="the tiles most similar to a sample's ground view, or to a photo's")
     s.add_argument("--index", required=True)
-    s.add_argument("--key", required=True, help="key of a sample in the index (its ground embedding is the query)")
+    q = s.add_mutually_exclusive_group(required=True)
+    q.add_argument("--key", help="key of a sample in the index (its ground embedding is the query)")
+    q.add_argument("--photo", help="a ground-level photo, embedded with the index's encoder (or --ckpt)")
+    s.add_argument("--ckpt", default=None, help="encoder checkpoint for --photo (default: the index's own)")
     s.add_argument("--k", type=int, default=10)
     s.set_defaults(handler=_search)
 
@@ -55,6 +59,9 @@ def _search(ns: argparse.Namespace) -> None:
     from geor1.retrieval.index import SatIndex
 
     index = SatIndex.load(ns.index)
+    if ns.photo:
+        _search_photo(ns, index)
+        return
     if ns.key not in index.row_of_key:
         raise Geor1Error(f"key '{ns.key}' is not in index {ns.index}")
     if index.ground is None:
@@ -68,6 +75,40 @@ def _search(ns: argparse.Namespace) -> None:
         d = float(haversine_km(mq["lat"], mq["lon"], m["lat"], m["lon"]))
         mark = "  <- true tile" if r == q else ""
         print(f"{rank:>3}. {m['key']}  {score:.3f}  {d:8.1f} km  {m.get('city')}, {m.get('country')}{mark}")
+
+
+def _search_photo(ns: argparse.Namespace, index) -> None:
+    """The tiles most similar to a photo's ground embedding: the photo resized to the index's ground size and embedded
+    by its encoder (or --ckpt); each tile with its place (the photo has no truth to measure against)."""
+    import torch
+
+    from geor1 import Geor1Error
+    from geor1.data.datamodule import normalise
+    from geor1.data.schema import SampleError, decode_image_tensor
+    from geor1.retrieval.embed import load_contrastive
+
+    ckpt = ns.ckpt or index.info.get("ckpt")
+    if not ckpt:
+        raise Geor1Error(f"index {ns.index} does not name its encoder checkpoint: give --ckpt")
+    photo = Path(ns.photo)
+    if not photo.is_file():
+        raise Geor1Error(f"photo {photo} not found")
+    module, _ = load_contrastive(ckpt)
+    height, width = (int(v) for v in index.info.get("ground_size") or (128, 192))
+    try:  # decoded and resized as `index build` decoded the indexed ground views
+        hwc = decode_image_tensor(photo.name, "photo", photo.read_bytes(), (height, width))
+    except SampleError as e:
+        raise Geor1Error(f"cannot read photo {photo}: {e}") from None
+    image = hwc[None].permute(0, 3, 1, 2)  # [1, 3, H, W] uint8
+    with torch.no_grad():
+        query = module.encoder.embed_ground(normalise(image)).float().numpy()  # [1, D]
+    scores, rows = index.search(query, ns.k)
+    print(f"query {ns.photo}")
+    for rank, (score, r) in enumerate(zip(scores[0], rows[0], strict=True), start=1):
+        m = index.meta[r]
+        print(
+            f"{rank:>3}. {m['key']}  {score:.3f}  ({m['lat']:.4f}, {m['lon']:.4f})  {m.get('city')}, {m.get('country')}"
+        )
 
 
 def _mine(ns: argparse.Namespace) -> None:

@@ -4,10 +4,11 @@ projector, learned tokens), and the mask-derived text positions of left-padded r
 from __future__ import annotations
 
 from functools import reduce
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from geor1 import Geor1Error
 from geor1.model.adapters.base import HFModel
 
 
@@ -85,3 +86,25 @@ class TextRoPEPrefix:
 
     def tail_position_ids(self, model: HFModel, state: None, attention_mask: Tensor, tail: int) -> Tensor:
         return text_positions(attention_mask)[:, -tail:]  # [N, tail]
+
+
+# ---------------------------------------------------------------------------------------------- image budgets
+def image_setting(processor: Any, key: str) -> Any:
+    """The value of image setting `key` that a processor call uses: the processor's own `images_kwargs` default
+    (transformers passes it to the image processor on every call) over the image processor's attribute."""
+    own = getattr(processor, "images_kwargs", None) or {}
+    return own[key] if key in own else getattr(processor.image_processor, key, None)
+
+
+def side(size: Any, key: str) -> int | None:
+    """`size[key]` of an image processor's size (a dict or a transformers SizeDict), None when unset."""
+    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    return None if value is None else int(value)
+
+
+def no_setting(family: str, knob: str, why: str) -> Geor1Error:
+    """The one-line refusal of a pixel budget that no setting of a family's own knob can meet."""
+    return Geor1Error(
+        f"{family}: {why}; no setting of its processor's {knob} meets this budget: change min_pixels / max_pixels, "
+        f"or leave them null to keep the processor's own"
+    )

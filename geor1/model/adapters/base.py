@@ -121,11 +121,15 @@ class ArchAdapter:
         return head
 
     # ------------------------------------------------------------------ prompts
-    def set_pixel_bounds(self, processor: Any, min_pixels: int | None, max_pixels: int | None) -> None:
-        """Bound the image area after resizing (Policy's min_pixels / max_pixels; None keeps the processor's)."""
+    def set_pixel_bounds(self, processor: Any, model: HFModel, min_pixels: int | None, max_pixels: int | None) -> str:
+        """Map Policy's image budget onto this family's own processor settings (and the model config, where the
+        model reads the same setting): afterwards the vision tower encodes every image with at most `max_pixels` and
+        at least `min_pixels` pixels, counting every tile and global view (None keeps the processor's own bound).
+        Returns the settings chosen, in words (logged); a Geor1Error naming the family's knob when no setting of it
+        meets the budget. Called once, before any prompt is encoded, with bounds from `check_pixel_bounds`."""
         raise Geor1Error(
-            f"{self.name()}: min_pixels / max_pixels are not supported for this family; leave them "
-            f"unset and configure its processor files instead"
+            f"{self.name()}: geor1 has no mapping of min_pixels / max_pixels onto this family's processor; leave them "
+            f"null and set the image size in the model folder's processor files"
         )
 
     def prepare_prompts(self, processor: Any, texts: list[str], images: list[list[Any]]) -> dict[str, Any]:
@@ -162,6 +166,16 @@ class ArchAdapter:
         """Position ids for the last `tail` tokens of rows whose full attention mask is `attention_mask` [N, P+T],
         continuing the prefill (for multimodal RoPE: text positions + each row's offset)."""
         raise NotImplementedError(f"{self.name()} does not support a shared prefix")
+
+
+def check_pixel_bounds(min_pixels: int | None, max_pixels: int | None) -> None:
+    """Policy's min_pixels / max_pixels: positive whole numbers of pixels (or None), the minimum not above the maximum;
+    else a Geor1Error naming the setting."""
+    for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise Geor1Error(f"{name} must be a positive number of pixels per image or null, got {value!r}")
+    if min_pixels is not None and max_pixels is not None and min_pixels > max_pixels:
+        raise Geor1Error(f"min_pixels ({min_pixels}) is larger than max_pixels ({max_pixels})")
 
 
 def _first_attr(obj: nn.Module, paths: tuple[str, ...], family: str, what: str) -> Any:

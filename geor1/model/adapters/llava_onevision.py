@@ -8,16 +8,23 @@ each prompt's own count): input_ids / attention_mask run along the sequence; pix
 processor omits text-only prompts, which `finish_inputs` puts back as 0 so that the key is per row).
 
 Shared prefix (`TextRoPEPrefix`): plain 1-D RoPE over mask-derived positions; exact (tests/test_families.py).
+
+Pixel budget: a single-image prompt's image gets the base view (`size`, e.g. 384 x 384) plus one of the
+`image_grid_pinpoints` resolutions (the best fit to its aspect ratio), cut into tiles; a prompt with several images
+gets the base view alone. max_pixels keeps the pinpoints whose grid plus the base view fits it, in the processor and
+in the model config alike (both choose the grid, and must agree); min_pixels above the base view cannot be met.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor
 from transformers import BatchFeature
 
 from geor1 import Geor1Error
-from geor1.model.adapters._parts import InnerModelParts, TextRoPEPrefix
+from geor1.model.adapters._parts import InnerModelParts, TextRoPEPrefix, no_setting, side
 from geor1.model.adapters.base import ArchAdapter, HFModel, register_adapter
 
 
@@ -68,3 +75,35 @@ class LlavaOnevisionAdapter(TextRoPEPrefix, InnerModelParts, ArchAdapter):
         full[has_image.to(per.device)] = per
         inputs["batch_num_images"] = full
         return inputs
+
+    def set_pixel_bounds(self, processor: Any, model: HFModel, min_pixels: int | None, max_pixels: int | None) -> str:
+        ip = processor.image_processor
+        h, w = side(ip.size, "height"), side(ip.size, "width")
+        if h is None or w is None:
+            raise Geor1Error(f"{self.name()}: the image processor's size {ip.size} has no height/width")
+        base = h * w
+        pinpoints = [[int(a), int(b)] for a, b in ip.image_grid_pinpoints]
+        if min_pixels is not None and min_pixels > base:
+            raise no_setting(
+                self.name(),
+                "size",
+                f"min_pixels={min_pixels} is above the {base} px of the {h}x{w} base view, all that an image of a "
+                f"prompt with several images gets",
+            )
+        kept = [p for p in pinpoints if max_pixels is None or base + p[0] * p[1] <= max_pixels]
+        if not kept:
+            smallest = min(pinpoints, key=lambda p: p[0] * p[1])
+            raise no_setting(
+                self.name(),
+                "image_grid_pinpoints",
+                f"max_pixels={max_pixels} is below the {base + smallest[0] * smallest[1]} px of a single-image "
+                f"prompt's image at the smallest grid ({smallest[0]}x{smallest[1]}) plus the {h}x{w} base view",
+            )
+        if kept != pinpoints:
+            ip.image_grid_pinpoints = kept
+            model.config.image_grid_pinpoints = kept
+        most = base + max(p[0] * p[1] for p in kept)
+        return (
+            f"image_grid_pinpoints: {len(kept)} of {len(pinpoints)} kept (processor and model config), "
+            f"{base} to {most} px per image"
+        )

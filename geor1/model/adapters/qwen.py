@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from transformers import BatchFeature
 
 from geor1 import Geor1Error
-from geor1.model.adapters._parts import text_positions
+from geor1.model.adapters._parts import no_setting, side, text_positions
 from geor1.model.adapters.base import ArchAdapter, HFModel, register_adapter
 
 
@@ -41,13 +41,27 @@ class _QwenVL(ArchAdapter):
     def patches_per_image(self, inputs: BatchFeature, model: HFModel) -> Tensor:
         return inputs["image_grid_thw"].prod(-1)  # [n_images]
 
-    def set_pixel_bounds(self, processor: Any, min_pixels: int | None, max_pixels: int | None) -> None:
+    def set_pixel_bounds(self, processor: Any, model: HFModel, min_pixels: int | None, max_pixels: int | None) -> str:
+        """The processor's own bounds: `size.shortest_edge` / `size.longest_edge` are image areas in pixels (its
+        `smart_resize` keeps each image's area between them, in whole image tokens of (patch * merge)^2 px)."""
         ip = processor.image_processor
-        lo = min_pixels if min_pixels is not None else ip.size["shortest_edge"]
-        hi = max_pixels if max_pixels is not None else ip.size["longest_edge"]
-        if lo > hi:
-            raise Geor1Error(f"min_pixels ({lo}) is larger than max_pixels ({hi})")
+        unit = int(ip.patch_size) * int(ip.merge_size)  # px per side of one image token
+        lo = min_pixels if min_pixels is not None else side(ip.size, "shortest_edge")
+        hi = max_pixels if max_pixels is not None else side(ip.size, "longest_edge")
+        if lo is None or hi is None:
+            raise Geor1Error(f"{self.name()}: the image processor's size {ip.size} has no shortest_edge/longest_edge")
+        if hi < unit * unit:
+            raise no_setting(
+                self.name(),
+                "size.longest_edge",
+                f"max_pixels={hi} is below one image token ({unit}x{unit} = {unit * unit} px), the least an image gets",
+            )
+        if lo > hi and min_pixels is None:  # the processor's own minimum is above the budget: one token instead
+            lo = unit * unit  # (not max_pixels: scaling a small image up rounds up, which could pass the maximum)
+        elif lo > hi:  # a minimum above the processor's own maximum raises it
+            hi = lo
         ip.size = {"shortest_edge": lo, "longest_edge": hi}
+        return f"size.shortest_edge={lo}, size.longest_edge={hi} ({unit}x{unit} px per image token)"
 
     def vision_tower(self, model: HFModel) -> nn.Module:
         return model.model.visual
