@@ -141,3 +141,27 @@ def test_synthesize_and_import_write_sft_shards(tmp_path):
         world, tmp_path / "imp", "geolocate", imported=read_import(tmp_path / "teacher.jsonl"), splits=("train",)
     )
     assert report.kept == 1 and report.dropped["wrong_country"] == 1 and report.dropped["not_in_import"] == 6
+
+
+def test_synthesize_on_real_photos_warns_and_counts(tmp_path, caplog):
+    """Template exemplars of a converted data set (not GeoWorld) are counted and warned about: their colour cues are
+    made for rendered views."""
+    import numpy as np
+    from PIL import Image
+
+    from geor1.cot.synthesize import synthesize
+    from geor1.data.convert import csv_rows, write_rows
+
+    images = tmp_path / "img"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(images / f"{name}.jpg")
+    (tmp_path / "bench.csv").write_text("id,lat,lon\na,48.8566,2.3522\nb,-33.8688,151.2093\n")
+    rows = csv_rows(tmp_path / "bench.csv", images, "id", "lat", "lon", split="train")
+    write_rows(rows, tmp_path / "real", "mine", "test data")
+    with caplog.at_level("WARNING", logger="geor1.cot.synthesize"):
+        report = synthesize(tmp_path / "real", tmp_path / "sft", "geolocate")
+    assert report.total == 2 and sum(report.real_sources.values()) == 2
+    assert report.as_dict()["templates_on_real_photos"] == dict(report.real_sources)
+    assert sum("meaningless on real photos" in r.message for r in caplog.records) == 1  # once per data set

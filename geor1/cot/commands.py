@@ -99,6 +99,12 @@ def _run(ns: argparse.Namespace) -> None:
     print(
         f"{summary['kept']} of {summary['total']} exemplars kept; dropped by reason: {json.dumps(summary['dropped'])}"
     )
+    if summary.get("templates_on_real_photos"):
+        print(
+            "warning: template exemplars of real photos (per data set: "
+            f"{json.dumps(summary['templates_on_real_photos'])}): their colour cues mean nothing there; use "
+            "`geor1 cot generate` with a teacher, or `geor1 cot import`"
+        )
 
 
 def _generate(ns: argparse.Namespace) -> None:

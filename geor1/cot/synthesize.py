@@ -155,9 +155,13 @@ class SynthesisReport:
     total: int = 0
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)
+    real_sources: Counter = field(default_factory=Counter)  # template exemplars of samples not from GeoWorld
 
     def as_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "kept": self.kept, "dropped": dict(sorted(self.dropped.items()))}
+        out = {"total": self.total, "kept": self.kept, "dropped": dict(sorted(self.dropped.items()))}
+        if self.real_sources:
+            out["templates_on_real_photos"] = dict(sorted(self.real_sources.items()))
+        return out
 
 
 def synthesize(
@@ -176,6 +180,7 @@ def synthesize(
     `compact`: the short geolocation traces of `geolocate_exemplar` (pairing traces are always compact)."""
     from tqdm import tqdm
 
+    from geor1.data.geoworld import SOURCE as GEOWORLD
     from geor1.data.reader import iter_raw_samples, shard_urls
     from geor1.data.schema import SampleError, decode_image, validate_meta
     from geor1.data.shards import ShardWriter, write_manifest
@@ -207,6 +212,17 @@ def synthesize(
                         report.dropped["corrupt_sample"] += 1
                         log.warning("cot: skipping corrupt sample %s (%s)", key, e)
                         continue
+                    source = meta.get("source")
+                    if imported is None and source not in (None, GEOWORLD):
+                        if not report.real_sources[source]:
+                            log.warning(
+                                "cot: %s is from %r, not GeoWorld: the template cues are colour statistics made for "
+                                "rendered views, meaningless on real photos; for real data write traces with a "
+                                "teacher (`geor1 cot generate`) or import them (`geor1 cot import`)",
+                                key,
+                                source,
+                            )
+                        report.real_sources[source] += 1
                     text: str | None
                     if imported is not None:
                         if key not in imported:

@@ -82,6 +82,7 @@ def embed_shards(
                         "split": split,
                         "city": m.get("city"),
                         "country": m.get("country"),
+                        "source": m.get("source"),
                     }
                 )
     if not meta:

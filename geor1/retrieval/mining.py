@@ -194,6 +194,7 @@ class Miner:
             "country": m[q].get("country"),
             "split": ep.split,
             "source_key": m[q]["key"],
+            "source": m[q].get("source"),  # the data set of the query (cot synthesize warns on real photos)
             **PairingTask().target_to_meta(PairingTarget(len(ep.candidates), ep.answer)),
             "candidates": cands,
             "mining": {k: v for k, v in asdict(self.spec).items() if k != "splits"},
