@@ -1,11 +1,12 @@
 """Hostile model output: the answer parser, the fact-check and every reward on arbitrary text never raise, always
-return a finite value or "unparseable", and stay fast on megabyte inputs (no catastrophic backtracking)."""
+return a finite value or "unparseable", and stay fast on megabyte inputs (no catastrophic backtracking: a timeout far
+above the measured time, never a wall-clock assertion)."""
 
 from __future__ import annotations
 
 import math
-import time
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -57,6 +58,10 @@ def test_arbitrary_text_never_breaks_the_parser_or_rewards(text):
     _check_all(text)
 
 
+# Time is bounded without reading a clock (a clock-based bound fails on a busy machine): each of these tests has a
+# timeout about 1,000 times what it takes (`benchmarks/perf_parsers.py` prints the times), which a catastrophic
+# (super-linear) case on a megabyte exceeds by far, and which machine load does not reach.
+@pytest.mark.timeout(120)
 def test_megabyte_inputs_are_fast():
     cases = {
         "unicode": "ж✓\u202e\U0001f30d" * 250_000,
@@ -66,7 +71,7 @@ def test_megabyte_inputs_are_fast():
         "many numbers": "1.5, " * 200_000,
         "degrees": "48°51'24\"N " * 90_000,
     }
-    for name, text in cases.items():
+    for text in cases.values():
         calls = [
             lambda t=text: parse_letter(t, 26),
             lambda t=text: parse_coordinates(t),
@@ -75,17 +80,14 @@ def test_megabyte_inputs_are_fast():
             lambda t=text: answer_text(t),
         ]
         for call in calls:
-            start = time.perf_counter()
             call()
-            assert time.perf_counter() - start < 0.05, name
         for fn in REWARDS.values():  # every reward, on the whole megabyte
             for sample in (PAIR, GEO):
-                start = time.perf_counter()
                 fn([text], [sample], lengths=[len(text)])
-                assert time.perf_counter() - start < 0.05, (name, fn.__name__)
         _check_all(text[:20_000])
 
 
+@pytest.mark.timeout(60)
 def test_coordinate_parser_is_fast_on_the_longest_answers_it_reads():
     # answers over MAX_ANSWER_CHARS are refused at once, so the worst case is a hostile answer just under the limit
     units = [
@@ -108,8 +110,6 @@ def test_coordinate_parser_is_fast_on_the_longest_answers_it_reads():
     for unit in units:
         text = (unit * (MAX_ANSWER_CHARS // len(unit) + 1))[:MAX_ANSWER_CHARS]
         for t in (text, text + "48.85, 2.35", "48.85, 2.35 " + text, text[:-12] + " (Paris, FR)"):
-            start = time.perf_counter()
             coords = parse_coordinates(t[:MAX_ANSWER_CHARS])
             parse_place(t[:MAX_ANSWER_CHARS])
-            assert time.perf_counter() - start < 0.05, unit
             assert coords is None or (abs(coords[0]) <= 90 and abs(coords[1]) <= 180)
