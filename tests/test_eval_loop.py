@@ -287,3 +287,17 @@ def test_model_free_truth_columns_bad_rows_and_intervals(tmp_path):
     lo, hi = median_interval(km)
     assert m["median_km_parsed_ci95_low"] == pytest.approx(lo) and m["median_km_parsed_ci95_high"] == pytest.approx(hi)
     assert m["median_km_parsed_ci95_low"] <= m["median_km_parsed"] <= m["median_km_parsed_ci95_high"]
+
+
+def test_model_free_truth_with_swapped_columns(tmp_path, capsys):
+    """A truth CSV whose header swaps lat and lon (points at sea the way the header reads) is refused with the fix
+    named, as every CSV geor1 reads; `--lat-lon-check swap` reads it the other way round."""
+    (tmp_path / "truth.csv").write_text("id,lat,lon\na,2.3522,48.8566\nb,-74.0060,40.7128\nc,151.2093,-33.8688\n")
+    (tmp_path / "pred.csv").write_text("id,text\na,\"48.85, 2.35\"\nb,\"40.71, -74.0\"\nc,\"-33.87, 151.21\"\n")
+    args = ["eval", "geolocate", "--predictions", str(tmp_path / "pred.csv"), "--truth", str(tmp_path / "truth.csv")]
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--out", str(tmp_path / "a")])
+    assert done.value.code == 2 and "look swapped" in capsys.readouterr().err
+    main([*args, "--out", str(tmp_path / "b"), "--lat-lon-check", "swap"])
+    m = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert m["n"] == 3 and m["acc@25km"] == 1.0

@@ -121,6 +121,7 @@ class PhotoStream(IterableDataset):
         task = get_task(self.task)
         text = self.question or task.prompt(None)  # geolocation's prompt needs no target
         pending: list[str] = []
+        reasons: list[str] = []
         for key, path in items:
             try:
                 with Image.open(path) as im:
@@ -128,11 +129,12 @@ class PhotoStream(IterableDataset):
             except (OSError, UnidentifiedImageError, ValueError) as e:
                 log.warning("skipping unreadable photo %s: %s", path, e)
                 pending.append(key)
+                reasons.append(f"field 'photo': unreadable image ({type(e).__name__})")
                 continue
-            yield StreamItem(ChatSample(key, Prompt(text, [image]), None, None, {"path": path}), pending)
-            pending = []
+            yield StreamItem(ChatSample(key, Prompt(text, [image]), None, None, {"path": path}), pending, reasons)
+            pending, reasons = [], []
         if pending:
-            yield StreamItem(None, pending)
+            yield StreamItem(None, pending, reasons)
 
     def __iter__(self) -> Iterator[StreamItem]:
         items = self._decode(self._mine())

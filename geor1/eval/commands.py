@@ -57,6 +57,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ge.add_argument("--id-col", default=None, help="id column of a --data or --truth CSV (default: id, IMG_ID, ...)")
     ge.add_argument("--lat-col", default=None, help="latitude column of a --data or --truth CSV (default: lat, LAT..)")
     ge.add_argument("--lon-col", default=None, help="longitude column of a --data or --truth CSV (default: lon, LON..)")
+    ge.add_argument(
+        "--lat-lon-check",
+        choices=["auto", "swap", "off"],
+        default="auto",
+        help="a --data or --truth CSV whose lat/lon columns look swapped (points at sea) is an error (auto), read "
+        "swapped (swap) or read as the header says (off)",
+    )
     ge.add_argument("--predictions", default=None, help="CSV id,lat,lon or id,text (model-free scoring)")
     ge.add_argument("--truth", default=None, help="CSV id,lat,lon[,city,country] (model-free scoring)")
     ge.set_defaults(handler=_geolocate)
@@ -143,7 +150,7 @@ def _geolocate(ns: argparse.Namespace) -> None:
         for path in (ns.predictions, ns.truth):
             if not Path(path).is_file():
                 raise Geor1Error(f"CSV not found: {path}")
-        truth, skipped = read_truth(ns.truth, ns.id_col, ns.lat_col, ns.lon_col)
+        truth, skipped = read_truth(ns.truth, ns.id_col, ns.lat_col, ns.lon_col, ns.lat_lon_check)
         metrics, rows = score_texts(read_predictions(ns.predictions), truth)
         metrics = {"predictions": ns.predictions, "truth": ns.truth, "task": "geolocate", **metrics}
         out = Path(ns.out)
@@ -190,6 +197,7 @@ def _csv_to_shards(ns: argparse.Namespace) -> Path:
         lat_col=pick_column(ns.data, header, ns.lat_col, LAT_COLUMNS, "lat"),
         lon_col=pick_column(ns.data, header, ns.lon_col, LON_COLUMNS, "lon"),
         split=ns.split,
+        swap_lat_lon={"auto": None, "swap": True, "off": False}[ns.lat_lon_check],
     )
     out = Path(ns.out) / "shards"
     report = write_rows(rows, out, "csv", "the benchmark's own licence")

@@ -60,11 +60,21 @@ def pick_column(path: str | Path, header: list[str], given: str | None, names: t
 
 
 def read_truth(
-    path: str | Path, id_col: str | None = None, lat_col: str | None = None, lon_col: str | None = None
+    path: str | Path,
+    id_col: str | None = None,
+    lat_col: str | None = None,
+    lon_col: str | None = None,
+    lat_lon_check: str = "auto",
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """(id -> {lat, lon, city, country}, skipped rows): the truth CSV's rows, columns named or found among the
     usual names; a row with no id, non-numeric or invalid coordinates, or an id seen before is skipped and listed
-    (line, id, reason), never silently dropped, and the rest are read."""
+    (line, id, reason), never silently dropped, and the rest are read. `lat_lon_check`: "auto" refuses columns that
+    look swapped (`geor1.data.convert.check_swapped`, as every CSV geor1 reads), "swap" reads them swapped, "off"
+    trusts the header."""
+    from geor1.data.convert import check_swapped
+
+    if lat_lon_check not in ("auto", "swap", "off"):
+        raise Geor1Error(f"lat_lon_check must be auto, swap or off, got {lat_lon_check!r}")
     out: dict[str, dict[str, Any]] = {}
     skipped: list[dict[str, Any]] = []
     with open(path, newline="", encoding="utf-8-sig") as f:
@@ -73,6 +83,10 @@ def read_truth(
         ic = pick_column(path, header, id_col, ID_COLUMNS, "id")
         la = pick_column(path, header, lat_col, LAT_COLUMNS, "lat")
         lo = pick_column(path, header, lon_col, LON_COLUMNS, "lon")
+        if lat_lon_check == "swap":
+            la, lo = lo, la
+        elif lat_lon_check == "auto":
+            check_swapped(path, la, lo)
         for n, rec in enumerate(reader, start=2):
             key = (rec.get(ic) or "").strip()
             try:
