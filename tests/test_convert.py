@@ -84,6 +84,11 @@ def test_csv_swapped_header_is_detected(tmp_path):
     assert land["land_swapped"] > land["land_as_given"] + 0.2
     rows = list(csv_rows(path, tmp_path, lat_col="LAT", lon_col="LON", swap_lat_lon=True))
     assert (rows[0].meta["lat"], rows[0].meta["lon"]) == (48.85, 2.35)
+    # unasked, a swapped CSV is an error naming both fixes, never a warning over swapped coordinates
+    with pytest.raises(Geor1Error, match=r"LAT/LON columns look swapped: 25% of 12 points .* 100% read the other"):
+        csv_rows(path, tmp_path, lat_col="LAT", lon_col="LON")
+    rows = list(csv_rows(path, tmp_path, lat_col="LAT", lon_col="LON", swap_lat_lon=False))  # --lat-lon-check off
+    assert (rows[0].meta["lat"], rows[0].meta["lon"]) == (2.35, 48.85)
 
 
 def test_csv_imageo_style_columns_and_country_names(tmp_path):
@@ -207,4 +212,4 @@ def test_cvcities_and_cli(tmp_path):
     assert res.returncode == 0 and "train: 1 valid, 0 corrupt" in res.stdout and "test: 1 valid" in res.stdout
     assert (tmp_path / "out" / "inspect.png").is_file()
     res = run_cli("data", "convert", "vigor", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2"))
-    assert res.returncode == 2 and "Traceback" not in res.stderr and "no city folders with a panorama/ folder" in res.stderr
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "no city folders with a panorama/" in res.stderr

@@ -477,6 +477,7 @@ class StreamLoader(DataLoader):
                 stats.unread_batches += 1
                 stats.unread_samples += _num_samples(rest)
                 stats.unread_skipped += len(_skipped_keys(rest))
+                stats.reasons.update(_skip_reasons(rest))
             log.warning(
                 "%s pass %d: %d samples (%d batches) left unread on this rank because another rank's shards "
                 "ended first (every rank stops after %d batches%s)",
@@ -498,15 +499,19 @@ class StreamLoader(DataLoader):
         source = getattr(self.dataset, "source", None) or type(self.dataset).__name__
         rank, world = _rank_and_world()
         where = f" on rank {rank} of {world}" if world > 1 else ""
-        if stats.skipped and not stats.samples:
-            what = f"all {stats.skipped} samples read{where} were skipped; {reasons_text(stats.reasons, stats.skipped)}"
-        elif not stats.samples:
+        usable, skipped = stats.samples + stats.unread_samples, stats.skipped + stats.unread_skipped
+        if skipped and not usable:
+            what = f"all {skipped} samples read{where} were skipped; {reasons_text(stats.reasons, skipped)}"
+        elif not usable:
             what = (
                 f"no sample was read{where} (empty or unreadable shards, or fewer samples than readers: see the "
                 "warnings above)"
             )
         else:
-            what = "another rank had no usable sample in this pass (its error names the reason)"
+            what = (
+                f"another rank had no usable sample in this pass (its error names the reason), so none of the "
+                f"{usable} usable samples of rank {rank} was trained on"
+            )
         return Geor1Error(
             f"{self.name} pass {stats.epoch}: no usable sample in {source}: {what}. A pass without one trains "
             "nothing, and a run over it would never end: is this the data this task expects? "
