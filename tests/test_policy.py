@@ -176,6 +176,37 @@ def test_bad_model_path_is_a_clear_error(tmp_path, kind):
     assert ("never downloads" in str(err.value)) if kind == "missing" else ("config.json" in str(err.value))
 
 
+@pytest.mark.parametrize("kind", ["file", "no_weights", "no_processor", "bad_json"])
+def test_broken_model_folder_is_one_line_naming_the_fix(tmp_path, kind):
+    """A model path that is a file, or a folder missing its weights or processor, or with a broken config.json:
+    a one-line Geor1Error naming the path and what is missing, never transformers' traceback."""
+    from geor1.model.tiny import build_tiny_model, build_tiny_processor
+
+    folder = tmp_path / "model"
+    processor = build_tiny_processor()
+    model = build_tiny_model(processor, hidden_size=64, vision_hidden_size=32)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    path, expected = {
+        "file": (folder / "config.json", f"is a file, not a folder.*'{folder}' is one"),
+        "no_weights": (folder, r"has no weights \(\*\.safetensors"),
+        "no_processor": (folder, "has no usable processor files"),
+        "bad_json": (folder, "config.json cannot be read"),
+    }[kind]
+    if kind == "no_weights":
+        for f in folder.glob("*.safetensors"):
+            f.unlink()
+    if kind == "no_processor":
+        for f in folder.iterdir():
+            if f.name not in ("config.json", "generation_config.json") and f.suffix != ".safetensors":
+                f.unlink()
+    if kind == "bad_json":
+        (folder / "config.json").write_text("{not json")
+    with pytest.raises(Geor1Error, match=expected) as err:
+        Policy(str(path))
+    assert "\n" not in str(err.value)
+
+
 def test_shared_prefix_rollout_equals_naive_and_encodes_each_prompt_once(tiny_policy):
     prompts, g = _prompts(), 4
     torch.manual_seed(5)
@@ -464,3 +495,143 @@ def test_tiny_family_folder_loads_back_with_its_own_processor(tmp_path, family):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with torch.no_grad():
         assert torch.equal(tiny.model(**a).logits, loaded.model(**b).logits)
+
+
+# ---------------------------------------------------------------------------------------------- geor1 model export
+_FIT = """seed_everything: 0
+trainer:
+  accelerator: cpu
+  devices: 1
+  max_steps: 1
+  limit_val_batches: 0
+  enable_progress_bar: false
+  default_root_dir: {root}
+model:
+  class_path: geor1.objectives.SFTModule
+  init_args:
+    policy:
+      class_path: geor1.model.TinyPolicy
+      init_args: {{hidden_size: 64, vision_hidden_size: 32}}
+    optimizer:
+      class_path: torch.optim.AdamW
+      init_args: {{lr: 0.01}}
+    max_length: 512
+data:
+  class_path: geor1.data.ToyPairingDataModule
+  init_args: {{num_train: 8, num_val: 2, num_candidates: 2, batch_size: 2}}
+"""
+
+
+@pytest.fixture(scope="module")
+def fitted_run(tmp_path_factory):
+    """A real one-step SFT fit through `geor1 fit` (in-process): the run folder and its one checkpoint."""
+    from geor1.cli import main
+
+    tmp = tmp_path_factory.mktemp("fit")
+    root = tmp / "run"
+    (tmp / "launch.yaml").write_text(_FIT.format(root=root))
+    main(["fit", "--config", str(tmp / "launch.yaml")])
+    (ckpt,) = sorted(root.rglob("*.ckpt"))
+    return root, ckpt
+
+
+def _export(capsys, *args: str) -> tuple[int, str]:
+    from geor1.cli import main
+
+    capsys.readouterr()
+    try:
+        main(["model", "export", *args])
+    except SystemExit as e:
+        return int(e.code or 0), capsys.readouterr().err
+    return 0, capsys.readouterr().err
+
+
+def test_export_finds_the_runs_own_saved_config(fitted_run, tmp_path, capsys):
+    """No --config: the config.yaml LightningCLI saved for the run (found from the checkpoint's place) builds the
+    policy, and the exported folder holds the checkpoint's weights, loaded by plain transformers."""
+    root, ckpt = fitted_run
+    assert list(root.rglob("config.yaml")), "LightningCLI saved no config.yaml"
+    code, err = _export(capsys, "--ckpt", str(ckpt), "--out", str(tmp_path / "hf"))
+    assert code == 0, err
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    got = AutoModelForImageTextToText.from_pretrained(tmp_path / "hf", local_files_only=True).state_dict()
+    want = {k[len("policy.model.") :]: v for k, v in state.items() if k.startswith("policy.model.")}
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    initial = TinyPolicy(seed=0, hidden_size=64, vision_hidden_size=32).model.state_dict()
+    assert any(not torch.equal(want[k], initial[k]) for k in want)  # the step moved the weights: not the init
+
+
+def test_export_with_a_wrong_yaml_points_at_the_runs_saved_config(fitted_run, tmp_path, capsys):
+    """A YAML of another model (here LoRA on, so no tensor name matches): one line saying the checkpoint does not
+    fit that config and naming the run's own saved config.yaml, instead of "N of N policy tensors missing" alone."""
+    root, ckpt = fitted_run
+    (saved,) = root.rglob("config.yaml")
+    wrong = tmp_path / "other.yaml"
+    wrong.write_text(_FIT.format(root=tmp_path).replace("vision_hidden_size: 32}", "lora: {r: 4, alpha: 8}}"))
+    code, err = _export(capsys, "--ckpt", str(ckpt), "--config", str(wrong), "--out", str(tmp_path / "hf"))
+    assert code == 2
+    line = err.strip()
+    assert "\n" not in line and "does not fit this config" in line and f"config '{wrong}'" in line
+    assert f"the run's own saved config is '{saved}'" in line
+    assert not (tmp_path / "hf").exists()
+
+
+def _hand_made_checkpoint(path, hyper_parameters: dict | None = None):
+    policy = TinyPolicy(seed=0, hidden_size=64, vision_hidden_size=32)
+    with torch.no_grad():
+        next(iter(policy.parameters())).add_(1.0)  # not the seed-0 init
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"state_dict": {f"policy.{k}": v for k, v in policy.state_dict().items()}}
+    if hyper_parameters is not None:
+        data["hyper_parameters"] = hyper_parameters
+    torch.save(data, path)
+    return policy
+
+
+def test_run_configs_prefers_the_launch_that_wrote_the_checkpoint(tmp_path):
+    """Two launches of a run (tb/version_0, tb/version_1) and a checkpoint written between them: the config of the
+    launch before the checkpoint comes first; a config in the checkpoint's own folder wins over both."""
+    import os
+
+    from geor1.model.export import run_configs
+
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"x")
+    first, second = (tmp_path / "run" / "tb" / f"version_{i}" / "config.yaml" for i in (0, 1))
+    for i, config in enumerate((first, second)):
+        config.parent.mkdir(parents=True)
+        config.write_text("model: {}\n")
+        os.utime(config, (1000 + 200 * i, 1000 + 200 * i))
+    os.utime(ckpt, (1100, 1100))
+    assert run_configs(ckpt) == [first, second]
+    os.utime(ckpt, (1300, 1300))
+    assert run_configs(ckpt) == [second, first]
+    own = ckpt.parent / "config.yaml"
+    own.write_text("model: {}\n")
+    assert run_configs(ckpt) == [own]
+    assert run_configs(tmp_path / "elsewhere" / "x" / "y" / "z.ckpt") == []
+
+
+def test_export_reads_the_policy_settings_a_checkpoint_holds(tmp_path, capsys):
+    """A checkpoint whose hyper_parameters hold the policy's class_path and init_args needs no config; without
+    them and with no saved config nearby, the error says to pass --config."""
+    node = {"class_path": "geor1.model.TinyPolicy", "init_args": {"hidden_size": 64, "vision_hidden_size": 32}}
+    trained = _hand_made_checkpoint(tmp_path / "a" / "b" / "c" / "own.ckpt", {"policy": node, "max_length": 512})
+    code, err = _export(capsys, "--ckpt", str(tmp_path / "a/b/c/own.ckpt"), "--out", str(tmp_path / "hf"))
+    assert code == 0, err
+    exported = Policy(str(tmp_path / "hf"))
+    want = trained.model.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in exported.model.state_dict().items())
+    _hand_made_checkpoint(tmp_path / "d" / "e" / "f" / "bare.ckpt")
+    code, err = _export(capsys, "--ckpt", str(tmp_path / "d/e/f/bare.ckpt"), "--out", str(tmp_path / "hf2"))
+    assert code == 2 and "no config.yaml of the run found" in err and "--config" in err
+
+
+def test_export_of_a_checkpoint_without_policy_weights_says_so(tmp_path, capsys):
+    """A checkpoint of another objective (the cross-view encoder's: no tensor under 'policy.')."""
+    torch.save({"state_dict": {"encoder.proj.weight": torch.zeros(2, 2)}}, tmp_path / "enc.ckpt")
+    (tmp_path / "config.yaml").write_text(_FIT.format(root=tmp_path))
+    code, err = _export(capsys, "--ckpt", str(tmp_path / "enc.ckpt"), "--out", str(tmp_path / "hf"))
+    assert code == 2 and "holds no policy weights" in err and "encoder.proj.weight" in err

@@ -40,8 +40,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     exp.add_argument(
         "--config",
-        required=True,
-        help="the run's YAML (e.g. the config.yaml LightningCLI logged): its model.init_args.policy builds the model",
+        default=None,
+        help="the run's YAML: its model.init_args.policy builds the model (default: the config.yaml LightningCLI "
+        "saved for the run, found next to the checkpoint: its folder, the folders above, their version_* folders)",
     )
     exp.add_argument("--out", required=True, help="folder to write (config.json, *.safetensors, processor)")
     exp.add_argument(

@@ -4,7 +4,8 @@
                                                full state dict, the writer (rank 0) saves it; else a plain save
     export_checkpoint(ckpt, config, out)       `geor1 model export`: one process, offline, from a distributed
                                                checkpoint folder or a single-file `.ckpt`, into the policy the
-                                               run's config builds
+                                               run's config builds (config None: the config.yaml LightningCLI
+                                               saved for the run, found next to the checkpoint)
 
 The folder loads with `transformers.AutoModelForImageTextToText.from_pretrained` (LoRA merged into the weights), or
 holds the adapter alone (`merge_lora=False`: `<out>/adapter`, for `peft.PeftModel.from_pretrained`).
@@ -98,44 +99,93 @@ def save_hf_folder(model: Any, processor: Any, is_lora: bool, out: Path, merge_l
 
 
 # ---------------------------------------------------------------------------------------------- offline export
-def policy_from_config(config: str | Path) -> Policy:
-    """The Policy that a LightningCLI config's `model.init_args.policy` describes, built by jsonargparse (the same
-    parsing and class resolution as `geor1 fit`)."""
+CONFIG_NAME = "config.yaml"  # what LightningCLI's SaveConfigCallback writes into the run's log folder
+
+
+class CheckpointMismatch(Geor1Error):
+    """The checkpoint's tensors do not fit the policy a config builds."""
+
+
+def run_configs(ckpt: str | Path) -> list[Path]:
+    """The config.yaml files LightningCLI saved for the run that wrote `ckpt`, best guess first: looked for in the
+    checkpoint's folder and up to two folders above it, in each as `config.yaml` and as `*/version_*/config.yaml` /
+    `version_*/config.yaml` (a logger's version folders), the nearest folder that holds any winning. Among several
+    (one per launch of a resumed run), the newest written no later than the checkpoint comes first."""
+    path = Path(ckpt).resolve()
+    folder = path.parent
+    for _ in range(3):
+        found = [folder / CONFIG_NAME] if (folder / CONFIG_NAME).is_file() else []
+        found += sorted(folder.glob(f"*/version_*/{CONFIG_NAME}")) + sorted(folder.glob(f"version_*/{CONFIG_NAME}"))
+        if found:
+            written = path.stat().st_mtime if path.exists() else float("inf")
+            before = [f for f in found if f.stat().st_mtime <= written]
+            best = max(before or found, key=lambda f: f.stat().st_mtime)
+            return [best, *[f for f in found if f != best]]
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    return []
+
+
+def _policy_node(config: Path) -> dict[str, Any]:
+    """`model.init_args.policy` of a LightningCLI config file."""
     import yaml
+
+    if not config.is_file():
+        raise Geor1Error(f"config '{config}' does not exist (pass the YAML of the run, e.g. its logged config.yaml)")
+    try:
+        data = yaml.safe_load(config.read_text())
+    except yaml.YAMLError as e:
+        raise Geor1Error(f"config '{config}' is not valid YAML: {str(e).splitlines()[0]}") from None
+    node: Any = data
+    for key in ("model", "init_args", "policy"):
+        node = node.get(key) if isinstance(node, dict) else None
+    if not isinstance(node, dict):
+        raise Geor1Error(f"config '{config}' has no model.init_args.policy (expected a geor1 fit config)")
+    return node
+
+
+def _build_policy(node: dict[str, Any], source: str) -> Policy:
+    """The Policy a config's `model.init_args.policy` describes, built by jsonargparse (the same parsing and class
+    resolution as `geor1 fit`)."""
     from jsonargparse import ArgumentParser
 
     from geor1.model.policy import Policy
 
-    path = Path(config)
-    if not path.is_file():
-        raise Geor1Error(f"config '{path}' does not exist (pass the YAML of the run, e.g. its logged config.yaml)")
-    data = yaml.safe_load(path.read_text())
-    node = data
-    for key in ("model", "init_args", "policy"):
-        node = node.get(key) if isinstance(node, dict) else None
-    if node is None:
-        raise Geor1Error(f"config '{path}' has no model.init_args.policy (expected a geor1 fit config)")
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(Policy, "policy", required=True)
     try:
         cfg = parser.parse_object({"policy": node})
     except Exception as e:  # jsonargparse's ArgumentError: the message names the field
-        raise Geor1Error(f"config '{path}': model.init_args.policy does not parse: {e}") from None
+        raise Geor1Error(f"{source}: model.init_args.policy does not parse: {e}") from None
     policy: Policy = parser.instantiate_classes(cfg).policy
     return policy
 
 
+def policy_from_config(config: str | Path) -> Policy:
+    """The Policy that a LightningCLI config's `model.init_args.policy` describes."""
+    path = Path(config)
+    return _build_policy(_policy_node(path), f"config '{path}'")
+
+
 def _check_shapes(ckpt: Path, wanted: dict[str, Tensor], found: dict[str, Any]) -> None:
     missing = [k for k in wanted if k not in found]
+    if missing and not any(k.startswith(PREFIX) for k in found):
+        first = sorted(found)[0] if found else "none"
+        raise CheckpointMismatch(
+            f"checkpoint '{ckpt}' holds no policy weights (no tensor under '{PREFIX}'; its first is '{first}'): "
+            f"not a checkpoint of an SFT or GRPO run"
+        )
     if missing:
-        raise Geor1Error(
+        raise CheckpointMismatch(
             f"checkpoint '{ckpt}' does not fit this config: key '{missing[0]}' is missing "
-            f"({len(missing)} of {len(wanted)} policy tensors missing; a checkpoint of another model?)"
+            f"({len(missing)} of {len(wanted)} policy tensors missing: a checkpoint of another model, or LoRA on one "
+            f"side only)"
         )
     for k, t in wanted.items():
         shape = tuple(found[k])
         if shape != tuple(t.shape):
-            raise Geor1Error(
+            raise CheckpointMismatch(
                 f"checkpoint '{ckpt}' does not fit this config: key '{k}' has shape {shape}, the "
                 f"config's model has {tuple(t.shape)}"
             )
@@ -143,7 +193,8 @@ def _check_shapes(ckpt: Path, wanted: dict[str, Tensor], found: dict[str, Any]) 
 
 def load_policy_weights(policy: Policy, ckpt: str | Path) -> None:
     """Copy the policy's weights from a Lightning checkpoint into `policy`, in place: a distributed checkpoint folder
-    (one `.distcp` file per rank, read without a process group) or a single `.ckpt` file."""
+    (one `.distcp` file per rank, read without a process group) or a single `.ckpt` file. A checkpoint whose tensors
+    do not fit is a `CheckpointMismatch` naming the first key that does not."""
     path = Path(ckpt)
     own = {PREFIX + k: v for k, v in policy.state_dict().items()}  # the LightningModule's keys
     if path.is_dir():
@@ -175,10 +226,70 @@ def load_policy_weights(policy: Policy, ckpt: str | Path) -> None:
             t.copy_(state[k])
 
 
-def export_checkpoint(ckpt: str | Path, config: str | Path, out: str | Path, merge_lora: bool = True) -> Path:
-    """`geor1 model export`: the policy of `config` with the weights of `ckpt`, written to `out` (one process)."""
-    policy = policy_from_config(config)
-    load_policy_weights(policy, ckpt)
+def _saved_policy_node(ckpt: Path) -> dict[str, Any] | None:
+    """The policy's `{class_path, init_args}` if the checkpoint's own hyper_parameters hold it (a module that saves
+    its policy's settings), else None."""
+    meta = ckpt / _LIGHTNING_METADATA if ckpt.is_dir() else ckpt
+    if not meta.is_file():
+        return None
+    try:
+        data = torch.load(meta, map_location="cpu", weights_only=True, mmap=not ckpt.is_dir())
+    except Exception:
+        return None  # unreadable: load_policy_weights says so, with the reason
+    hparams = data.get("hyper_parameters") if isinstance(data, dict) else None
+    node = hparams.get("policy") if isinstance(hparams, dict) else None
+    return node if isinstance(node, dict) and "class_path" in node else None
+
+
+def export_checkpoint(ckpt: str | Path, config: str | Path | None, out: str | Path, merge_lora: bool = True) -> Path:
+    """`geor1 model export`: the policy of `config` with the weights of `ckpt`, written to `out` (one process).
+
+    `config` None: the policy settings the checkpoint itself holds, else the config.yaml LightningCLI saved for the
+    run (`run_configs`). A checkpoint that does not fit the config is an error that names the run's own saved
+    config."""
+    path = Path(ckpt)
+    if not path.exists():
+        raise Geor1Error(f"checkpoint '{path}' does not exist")
+    saved = run_configs(path)
+    node = _saved_policy_node(path) if config is None else None
+    if node is not None:
+        source = f"the policy settings saved in checkpoint '{path}'"
+    elif config is None:
+        if not saved:
+            raise Geor1Error(
+                f"no config.yaml of the run found next to checkpoint '{path}' (looked in its folder and two above, "
+                f"and their version_* folders): pass the run's YAML with --config"
+            )
+        source = f"config '{saved[0]}'"
+        node = _policy_node(saved[0])
+        log.info("checkpoint %s: using the run's saved config %s", path, saved[0])
+    else:
+        source = f"config '{config}'"
+        node = _policy_node(Path(config))
+    policy = _build_policy(node, source)
+    try:
+        load_policy_weights(policy, path)
+    except CheckpointMismatch as e:
+        raise CheckpointMismatch(f"{e} ({source}); {_mismatch_hint(config, saved)}") from None
     folder = policy.save_pretrained(Path(out), merge_lora=merge_lora)
-    log.info("checkpoint %s exported to %s", ckpt, folder)
+    log.info("checkpoint %s exported to %s (%s)", path, folder, source)
     return folder
+
+
+def _mismatch_hint(config: str | Path | None, saved: list[Path]) -> str:
+    """What to do when the checkpoint does not fit the config used: point at the run's own saved config."""
+    given = Path(config).resolve() if config is not None else None
+    others = [f for f in saved if f != given]
+    if given is not None and others:
+        return (
+            f"the run's own saved config is '{others[0]}': export with --config {others[0]}, or without --config "
+            f"(geor1 finds it)"
+        )
+    if given is None and others[1:]:
+        return f"the run saved other configs too (another launch?): try --config {others[1]}"
+    if given is None or given in saved:
+        return "the checkpoint comes from another run or launch: pass the YAML it was launched with as --config"
+    return (
+        "pass the config.yaml LightningCLI saved for the run that wrote this checkpoint (in its log folder, e.g. "
+        "<run>/tb/version_N/config.yaml), or leave --config out to have geor1 look for it next to the checkpoint"
+    )

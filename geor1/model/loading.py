@@ -47,6 +47,12 @@ def check_model_dir(path: str | Path) -> Path:
             f"checkpoint (e.g. Qwen2.5-VL-7B-Instruct fetched with `huggingface-cli download` on a machine with "
             f"network access), or write a tiny test model with `geor1 model tiny --out {p}`."
         )
+    if not p.is_dir():
+        near = f" ('{p.parent}' is one)" if (p.parent / "config.json").is_file() else ""
+        raise Geor1Error(
+            f"model path '{p}' is a file, not a folder: pass the Hugging Face model folder that holds config.json, "
+            f"the weights and the processor files{near}"
+        )
     if not (p / "config.json").is_file():
         raise Geor1Error(
             f"model path '{p}' has no config.json, so it is not a Hugging Face model folder "
@@ -68,13 +74,36 @@ def load_pretrained(
     set_offline_mode()
     p = check_model_dir(path)
     torch_dt = torch_dtype(dtype)
-    config = AutoConfig.from_pretrained(p, local_files_only=True)
+    try:
+        config = AutoConfig.from_pretrained(p, local_files_only=True)
+    except (OSError, ValueError) as e:  # unreadable JSON, a model_type this transformers does not know
+        raise Geor1Error(f"model folder '{p}': config.json cannot be read: {_first_line(e)}") from None
     adapter_for(config)  # refuse unsupported families before reading any weight
+    if not _has_weights(p):
+        raise Geor1Error(
+            f"model folder '{p}' has no weights (*.safetensors or pytorch_model*.bin): a folder holding only the "
+            f"config and processor files; point at the folder the model was saved to"
+        )
+    try:
+        processor = AutoProcessor.from_pretrained(p, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise Geor1Error(
+            f"model folder '{p}' has no usable processor files (preprocessor_config.json / processor_config.json "
+            f"and the tokenizer files): copy them from the base model's folder, or save them with "
+            f"`processor.save_pretrained` ({type(e).__name__})"
+        ) from None
     model = AutoModelForImageTextToText.from_pretrained(
         p, local_files_only=True, dtype=torch_dt, attn_implementation=attn_implementation
     )
-    processor = AutoProcessor.from_pretrained(p, local_files_only=True)
     return model, processor
+
+
+def _has_weights(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def prepare_model(

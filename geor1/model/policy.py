@@ -139,7 +139,9 @@ class Policy(nn.Module):
         if min_pixels is not None or max_pixels is not None:
             check_pixel_bounds(min_pixels, max_pixels)
             chosen = self.adapter.set_pixel_bounds(processor, model, min_pixels, max_pixels)
-            log.info("%s image budget min_pixels=%s, max_pixels=%s: %s", self.adapter.name(), min_pixels, max_pixels, chosen)
+            log.info(
+                "%s image budget min_pixels=%s, max_pixels=%s: %s", self.adapter.name(), min_pixels, max_pixels, chosen
+            )
         if logprob_tile is not None and logprob_tile < 1:
             raise Geor1Error(f"logprob_tile must be a positive number of positions or null, got {logprob_tile}")
         self.logprob_tile = logprob_tile

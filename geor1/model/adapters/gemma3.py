@@ -21,8 +21,8 @@ from typing import Any
 from torch import Tensor
 from transformers import BatchFeature
 
-from geor1.model.adapters._parts import InnerModelParts, TextRoPEPrefix, image_setting, no_setting, side, token_runs
 from geor1 import Geor1Error
+from geor1.model.adapters._parts import InnerModelParts, TextRoPEPrefix, image_setting, no_setting, side, token_runs
 from geor1.model.adapters.base import ArchAdapter, HFModel, register_adapter
 
 
@@ -51,14 +51,21 @@ class Gemma3Adapter(TextRoPEPrefix, InnerModelParts, ArchAdapter):
         h, w = side(size, "height"), side(size, "width")
         if h is None or w is None:
             raise Geor1Error(f"{self.name()}: the image processor's size {size} has no height/width")
-        views = 1 + (int(image_setting(processor, "pan_and_scan_max_num_crops") or 0)
-                     if image_setting(processor, "do_pan_and_scan") else 0)
+        views = 1 + (
+            int(image_setting(processor, "pan_and_scan_max_num_crops") or 0)
+            if image_setting(processor, "do_pan_and_scan")
+            else 0
+        )
         least, most = h * w, views * h * w
         knob = "size (the vision tower's input)" + (" / pan_and_scan_max_num_crops" if views > 1 else "")
         if max_pixels is not None and most > max_pixels:
-            raise no_setting(self.name(), knob, f"max_pixels={max_pixels} is below the {most} px an image gets "
-                             f"({views} view(s) of {h}x{w})")
+            raise no_setting(
+                self.name(),
+                knob,
+                f"max_pixels={max_pixels} is below the {most} px an image gets ({views} view(s) of {h}x{w})",
+            )
         if min_pixels is not None and least < min_pixels:
-            raise no_setting(self.name(), knob, f"min_pixels={min_pixels} is above the {least} px an image gets "
-                             f"(one {h}x{w} view)")
+            raise no_setting(
+                self.name(), knob, f"min_pixels={min_pixels} is above the {least} px an image gets (one {h}x{w} view)"
+            )
         return f"every image is {h}x{w} ({least} px{f', up to {views} views' if views > 1 else ''}); unchanged"

@@ -48,7 +48,9 @@ class _IdeficsLike(TextRoPEPrefix, InnerModelParts, ArchAdapter):
         ip = processor.image_processor
         tile = side(ip.max_image_size, "longest_edge")
         if tile is None:
-            raise Geor1Error(f"{self.name()}: the image processor's max_image_size {ip.max_image_size} has no longest_edge")
+            raise Geor1Error(
+                f"{self.name()}: the image processor's max_image_size {ip.max_image_size} has no longest_edge"
+            )
         area = tile * tile
         if not image_setting(processor, "do_image_splitting"):  # every image is one T x T view
             if (max_pixels is not None and max_pixels < area) or (min_pixels is not None and min_pixels > area):

@@ -86,8 +86,10 @@ class InternVLAdapter(TextRoPEPrefix, InnerModelParts, ArchAdapter):
             hi_n = 1 if max_pixels < pixels(2) else max_pixels // area - 1
         if min_pixels is not None:
             lo_n = 1 if min_pixels <= area else max(2, -(-min_pixels // area) - 1)
-        elif lo_n > hi_n:
-            lo_n = hi_n  # the processor's own minimum would break the maximum: lowered to it
+        if lo_n > hi_n and min_pixels is None:
+            lo_n = hi_n  # the processor's own minimum would break the maximum given: lowered to it
+        elif lo_n > hi_n and max_pixels is None:
+            hi_n = lo_n  # the minimum given is above the processor's own maximum: raised to it
         if lo_n > hi_n:
             raise no_setting(
                 self.name(),
