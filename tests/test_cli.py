@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli
@@ -46,13 +45,12 @@ def test_fit_tiny_config_with_both_entry_points(tmp_path):
             "configs/debug/tiny_sft.yaml",
             "--trainer.max_steps",
             "2",
-            f"--trainer.default_root_dir={out}",
-            f"--trainer.logger.init_args.save_dir={out}",
+            f"--trainer.default_root_dir={out}",  # the run folder: logs, config and export all follow it
         )
         assert res.returncode == 0, res.stderr[-3000:]
-        events = list(Path(out).rglob("events.out.tfevents.*"))
-        assert events, f"{entry}: no TensorBoard log"
-        assert (next(Path(out).rglob("config.yaml"))).is_file(), f"{entry}: the run's config was not saved"
+        assert list(out.glob("tb/version_0/events.out.tfevents.*")), f"{entry}: no TensorBoard log in {out}/tb"
+        assert (out / "tb" / "version_0" / "config.yaml").is_file(), f"{entry}: the run's config was not saved"
+        assert (out / "model" / "config.json").is_file(), f"{entry}: no export in {out}/model"
 
 
 def test_user_errors_are_one_line(tmp_path):

@@ -108,3 +108,16 @@ def test_config_errors(tmp_path):
     assert res.returncode != 0 and "Traceback" not in res.stderr and "policy" in res.stderr
     res = run_cli("fit", "--config", str(tmp_path / "missing.yaml"))
     assert res.returncode != 0 and "Traceback" not in res.stderr
+
+
+def test_resume_from_a_missing_checkpoint_is_one_line(tmp_path):
+    res = run_cli(
+        "fit",
+        "--config",
+        "configs/debug/tiny_sft.yaml",
+        f"--trainer.default_root_dir={tmp_path / 'run'}",
+        "--ckpt_path",
+        str(tmp_path / "run" / "checkpoints" / "last.ckpt"),
+    )
+    _one_line_error(res, "no such checkpoint", str(tmp_path / "run" / "checkpoints" / "last.ckpt"))
+    assert not (tmp_path / "run").exists()

@@ -2,7 +2,8 @@
 (`geor1.cli.run_lightning`, in-process), on CPU, with every setting as shipped except those listed per recipe in
 `OVERRIDES` below: the strategy (one CPU device), devices, precision, lengths (max_steps, limit batches,
 max_new_tokens), the model path (the real-shaped Qwen2.5-VL fixture), data roots (tiny shards written here) and
-output folders (into tmp_path). The overridden config is written next to the run and is the exact config used.
+the run folder (`trainer.default_root_dir`, into tmp_path: checkpoints, TensorBoard logs and the export follow it).
+The overridden config is written next to the run and is the exact config used.
 
 A new recipe without an entry here fails `test_every_recipe_has_an_override_list`: recipes are never untested.
 """
@@ -18,6 +19,7 @@ import torch
 from conftest import REPO
 
 from geor1.cli import run_lightning
+from geor1.objectives.base import PolicyModule
 
 
 def stage_config(recipe: str, dest: Path, overrides: dict) -> list[str]:
@@ -48,7 +50,6 @@ OVERRIDES: dict[str, dict] = {
         "trainer.max_steps": STEPS,
         "trainer.limit_val_batches": 1,
         "trainer.default_root_dir": "{out}",
-        "trainer.logger.init_args.save_dir": "{out}",
     },
     "sft/geoworld_instruct_tiny.yaml": {
         "trainer.max_steps": STEPS,
@@ -56,9 +57,6 @@ OVERRIDES: dict[str, dict] = {
         "model.init_args.max_new_tokens": 8,
         "data.init_args.roots": ["{instruct}"],
         "trainer.default_root_dir": "{out}",
-        "trainer.logger.init_args.save_dir": "{out}",
-        "trainer.callbacks.1.init_args.dirpath": "{out}/checkpoints",
-        "model.init_args.export_dir": "{out}/model",
     },
     "sft/geoworld_tiny.yaml": {
         "trainer.max_steps": STEPS,
@@ -67,9 +65,6 @@ OVERRIDES: dict[str, dict] = {
         "model.init_args.policy.init_args.path": "{real}",
         "data.init_args.roots": ["{sft_pairing}", "{sft_geolocate}"],
         "trainer.default_root_dir": "{out}",
-        "trainer.logger.init_args.save_dir": "{out}",
-        "trainer.callbacks.1.init_args.dirpath": "{out}/checkpoints",
-        "model.init_args.export_dir": "{out}/model",
     },
     "grpo/geoworld_tiny.yaml": {
         "trainer.max_steps": STEPS,
@@ -78,9 +73,6 @@ OVERRIDES: dict[str, dict] = {
         "model.init_args.policy.init_args.path": "{real}",
         "data.init_args.roots": "{episodes}",
         "trainer.default_root_dir": "{out}",
-        "trainer.logger.init_args.save_dir": "{out}",
-        "trainer.callbacks.1.init_args.dirpath": "{out}/checkpoints",
-        "model.init_args.export_dir": "{out}/model",
     },
     "grpo/geoworld_tiny_curriculum.yaml": {
         "trainer.max_steps": STEPS,
@@ -90,9 +82,6 @@ OVERRIDES: dict[str, dict] = {
         "data.init_args.roots": ["{episodes}", "{episodes}"],
         "data.init_args.samples_per_epoch": 8,  # a pass of 1 step: both passes of the run read their own roots
         "trainer.default_root_dir": "{out}",
-        "trainer.logger.init_args.save_dir": "{out}",
-        "trainer.callbacks.1.init_args.dirpath": "{out}/checkpoints",
-        "model.init_args.export_dir": "{out}/model",
     },
     "retrieval/geoworld_tiny.yaml": {
         "trainer.accelerator": "cpu",  # shipped `auto` would take a GPU where one is present
@@ -100,8 +89,6 @@ OVERRIDES: dict[str, dict] = {
         "trainer.limit_val_batches": 1,
         "data.init_args.root": "{world}",
         "trainer.default_root_dir": "{out}",
-        "trainer.logger.init_args.save_dir": "{out}",
-        "trainer.callbacks.1.init_args.dirpath": "{out}/checkpoints",
     },
     "sft/qwen2_5_vl_7b.yaml": {
         **SINGLE_CPU,
@@ -112,8 +99,6 @@ OVERRIDES: dict[str, dict] = {
         "model.init_args.policy.init_args.path": "{real}",
         "data.init_args.roots": ["{sft_pairing}", "{sft_geolocate}"],
         "trainer.default_root_dir": "{out}",
-        "trainer.logger.init_args.save_dir": "{out}",
-        "model.init_args.export_dir": "{out}/model",
     },
     "grpo/qwen2_5_vl_7b.yaml": {
         **SINGLE_CPU,
@@ -124,8 +109,6 @@ OVERRIDES: dict[str, dict] = {
         "model.init_args.policy.init_args.path": "{real}",
         "data.init_args.roots": "{episodes}",
         "trainer.default_root_dir": "{out}",
-        "trainer.logger.init_args.save_dir": "{out}",
-        "model.init_args.export_dir": "{out}/model",
     },
 }
 # configs/eval/ holds evaluation configs (`geor1 test|predict`): tests/test_eval_loop.py runs every one of them
@@ -225,6 +208,13 @@ def _run_recipe(recipe: str, overrides: dict, data: dict[str, str], tmp_path: Pa
             if n in seen["before"] and not torch.equal(p.detach(), seen["before"][n])
         ]
         assert moved, f"{recipe}: no parameter changed in {STEPS} optimizer steps"
-    assert list(Path(out).rglob("events.out.tfevents.*")), f"{recipe}: no TensorBoard log"
-    if "model.init_args.export_dir" in overrides:
-        assert (Path(overrides["model.init_args.export_dir"]) / "config.json").is_file(), f"{recipe}: no export"
+    for name in ("train/lr", "train/grad_norm"):  # every objective logs its optimizer's scalars
+        value = trainer.callback_metrics.get(name)
+        assert value is not None and math.isfinite(float(value)) and float(value) >= 0, f"{recipe}: {name} {value}"
+    assert float(trainer.callback_metrics["train/lr"]) > 0
+    # one folder per run: the recipe's default_root_dir alone placed the logs, the config and the export
+    assert list((out / "tb").glob("version_0/events.out.tfevents.*")), f"{recipe}: no TensorBoard log in {out}/tb"
+    assert (out / "tb" / "version_0" / "config.yaml").is_file(), f"{recipe}: the run's config was not saved"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "run"], f"{recipe}: wrote outside {out}"
+    if isinstance(module, PolicyModule):
+        assert (out / "model" / "config.json").is_file(), f"{recipe}: no export in {out}/model"

@@ -34,6 +34,7 @@ from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from geor1 import Geor1Error
+from geor1.objectives.base import PolicyModule
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ def remove_unused_version(folder: Path) -> bool:
     if not all(f.is_file() and (f.name in _LAUNCH_FILES or f.name.startswith("events.out.tfevents.")) for f in files):
         return False
     shutil.rmtree(folder)
+    if not any(folder.parent.iterdir()):
+        folder.parent.rmdir()  # the logger's `name` folder (tb/), if this was its only version
     log.info("the launch failed before it logged anything: removed its empty log folder %s", folder)
     return True
 
@@ -120,7 +123,7 @@ def bind_run_folder(trainer: L.Trainer, module: L.LightningModule | None) -> Non
     for cb in trainer.callbacks:  # type: ignore[attr-defined]  # Trainer.callbacks is a list (typed loosely)
         if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
             cb.dirpath = os.fspath(root / CHECKPOINTS)
-    if module is not None and hasattr(module, "export_dir") and not getattr(module, "export_dir", None):
+    if isinstance(module, PolicyModule) and not module.export_dir:
         module.export_dir = os.fspath(root / EXPORT)
 
 
@@ -144,10 +147,11 @@ def check_run_folder(
         return  # Lightning finds the checkpoint in this run's own checkpoint folder
     found = earlier_outputs([*checkpoint_dirs, *([export_dir] if export_dir else [])])
     if found:
+        last = root / CHECKPOINTS / "last.ckpt"
+        resume = f", resume that run with --ckpt_path {last}" if last.exists() else ""
         raise Geor1Error(
             f"the run folder {root} holds an earlier run ({', '.join(str(f) for f in found)}): give this run its own "
-            f"folder with --trainer.default_root_dir, resume that run with --ckpt_path "
-            f"{root / CHECKPOINTS / 'last.ckpt'}, or pass --overwrite to write over it"
+            f"folder with --trainer.default_root_dir{resume}, or pass --overwrite to write over it"
         )
 
 
@@ -228,7 +232,7 @@ def check_module_class(info: CheckpointInfo, class_path: str) -> None:
         return
     if wanted is None or not info.hparams:
         return
-    params = inspect.signature(wanted.__init__).parameters
+    params = inspect.signature(wanted).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     foreign = sorted(k for k in info.hparams if k not in params and not k.startswith("_"))
     if foreign and not takes_any:
@@ -317,7 +321,12 @@ class Geor1CLI(LightningCLI):
         sub = self.config.get("subcommand")
         cfg = self.config.get(sub) if sub else None
         ckpt_path = cfg.get("ckpt_path") if cfg is not None else None
-        if not ckpt_path or str(ckpt_path) in SPECIAL_CKPT_PATHS or str(ckpt_path).startswith("registry"):
+        if (
+            cfg is None
+            or not ckpt_path
+            or str(ckpt_path) in SPECIAL_CKPT_PATHS
+            or str(ckpt_path).startswith("registry")
+        ):
             return super()._parse_ckpt_path()
         info = read_checkpoint(ckpt_path)
         if sub not in ("fit", "validate"):  # evaluation configs: LightningCLI's own handling
@@ -358,8 +367,6 @@ class Geor1CLI(LightningCLI):
 
     @staticmethod
     def _export_dir(cfg: Namespace, root: Path) -> Path | None:
-        from geor1.objectives.base import PolicyModule
-
         model = cfg.get("model")
         cls = resolve_class(model.get("class_path", "")) if isinstance(model, Namespace) else None
         if cls is None or not issubclass(cls, PolicyModule):
