@@ -62,15 +62,29 @@ def build_parser(prog: str = "geor1") -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever `sys.stderr` is when a record is emitted (not the stream of the
+    moment it was made: a caller may replace stderr between runs, as test runners do)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _configure_logging() -> None:
-    """geor1's own loggers print to stderr; Lightning keeps its own handlers (no duplicated lines)."""
+    """geor1's own loggers print to stderr when nothing else handles them (a command-line run: the root logger has
+    no handler); records still propagate, so a program or test runner that configured logging receives them once,
+    through its own handlers. Lightning keeps its own handlers."""
     logger = logging.getLogger("geor1")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
+    logger.setLevel(os.environ.get("GEOR1_LOG_LEVEL", "INFO"))
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(os.environ.get("GEOR1_LOG_LEVEL", "INFO"))
-        logger.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> None:

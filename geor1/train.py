@@ -8,6 +8,7 @@ instantiates the classes, back into the `Geor1Error` that names it.
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from collections.abc import Sequence
@@ -23,20 +24,62 @@ def run_lightning(args: Sequence[str], prog: str = "geor1") -> None:
 
     from geor1.objectives.runs import Geor1CLI
 
+    given = list(args)
+    args = nested_nulls(given)  # jsonargparse loses a null two classes deep: give it as the mapping it means
     evaluation = next(iter(args), None) in ("test", "predict")
     exact = {"allow_abbrev": False}  # `--trainer.max_step` is an error, not a prefix of --trainer.max_steps
-    Geor1CLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        # an evaluation keeps its outputs in the module's out_dir, not a config.yaml in the current folder
-        save_config_callback=None if evaluation else SaveConfigCallback,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": prog, **exact, **{cmd: dict(exact) for cmd in ("fit", "validate", "test", "predict")}},
-        # None lets LightningCLI read sys.argv itself (it warns when given both)
-        args=None if list(args) == sys.argv[1:] else list(args),
-    )
+    with warnings.catch_warnings():  # the rewritten command line is still the user's own
+        if args != given:
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        Geor1CLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            # an evaluation keeps its outputs in the module's out_dir, not a config.yaml in the current folder
+            save_config_callback=None if evaluation else SaveConfigCallback,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={
+                "prog": prog,
+                **exact,
+                **{cmd: dict(exact) for cmd in ("fit", "validate", "test", "predict")},
+            },
+            # None lets LightningCLI read sys.argv itself (it warns when given both)
+            args=None if args == sys.argv[1:] else args,
+        )
+
+
+_NULLS = ("null", "Null", "NULL", "~")
+
+
+def nested_nulls(args: list[str]) -> list[str]:
+    """`args` with every null given to an option two or more levels under a top-level key (e.g.
+    `--model.policy.init_args.max_pixels null`) rewritten as the mapping it means
+    (`--model.policy '{"init_args": {"max_pixels": null}}'`). jsonargparse (4.53) re-parses such a value as the
+    string "None" on its way down the nested classes, which `int | None` refuses; a mapping it merges into the
+    config like any override. Every other argument is kept as it is."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        key, value, used = arg, None, 1
+        if arg.startswith("--") and "=" in arg:
+            key, value = arg.split("=", 1)
+        elif arg.startswith("--") and i + 1 < len(args):
+            value, used = args[i + 1], 2
+        parts = key[2:].split(".") if key.startswith("--") else []
+        if parts[1:2] == ["init_args"]:
+            parts = [parts[0], *parts[2:]]
+        if value in _NULLS and len(parts) >= 3:
+            nested: object = None
+            for part in reversed(parts[2:]):
+                nested = {part: nested}
+            out += [f"--{parts[0]}.{parts[1]}", json.dumps(nested)]
+            i += used
+            continue
+        out.append(arg)
+        i += 1
+    return out
 
 
 def user_error_in_chain(exc: BaseException) -> Geor1Error | None:

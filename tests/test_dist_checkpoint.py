@@ -288,12 +288,12 @@ def test_7b_recipe_on_two_processes_trains_checkpoints_resumes_exports(recipe_di
     run = recipe_dir / "runs" / stage / "qwen2_5_vl_7b"
     first = _recipe_fit(recipe_dir, stage, 2)
     assert first.returncode == 0, first.stderr[-4000:]
-    last = run / "tb" / "version_0" / "checkpoints" / "last.ckpt"
+    last = run / "checkpoints" / "last.ckpt"  # one folder per run: <default_root_dir>/checkpoints
     assert (last / "__0_0.distcp").is_file() and (last / "__1_0.distcp").is_file(), first.stderr[-2000:]
     assert torch.load(last / "meta.pt", weights_only=True)["global_step"] == 2
-    resumed = _recipe_fit(recipe_dir, stage, 4, "--ckpt_path", str(last))
+    resumed = _recipe_fit(recipe_dir, stage, 4, "--ckpt_path", str(last))  # the same run continues in its folder
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    last4 = run / "tb" / "version_1" / "checkpoints" / "last.ckpt"
+    last4 = run / "checkpoints" / "last.ckpt"
     assert torch.load(last4 / "meta.pt", weights_only=True)["global_step"] == 4
     exported = run / "model"  # the recipe's export_dir, written at fit end of the resumed run
     config = run / "tb" / "version_1" / "config.yaml"  # what LightningCLI logged, overrides included

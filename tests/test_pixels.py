@@ -41,7 +41,10 @@ def _all_pixels(policy) -> list[int]:
 def test_max_pixels_bounds_the_pixels_of_every_image(family):
     """Every image of every size and aspect ratio stays within max_pixels; a bigger budget gives some image more
     pixels (the budget is mapped onto the processor, not ignored), except Gemma3's fixed size, which meets both."""
-    small, large = 3 * TILE_AREA, 12544  # 12544: the tiny recipes' value (16 Qwen2.5-VL tokens)
+    small, large = (
+        3 * TILE_AREA,
+        12544,
+    )  # 12544: the tiny recipes' value (16 Qwen2.5-VL tokens)
     got = {budget: _all_pixels(tiny_family_policy(family, max_pixels=budget)) for budget in (small, large)}
     for budget, pixels in got.items():
         assert max(pixels) <= budget, (family, budget, pixels)
@@ -49,7 +52,10 @@ def test_max_pixels_bounds_the_pixels_of_every_image(family):
         assert set(got[small]) == set(got[large]) == {TILE_AREA}  # one 32x32 view, whatever the budget
     else:
         assert max(got[large]) > small, (family, got)
-        assert any(a < b for a, b in zip(got[small], got[large], strict=True)), (family, got)
+        assert any(a < b for a, b in zip(got[small], got[large], strict=True)), (
+            family,
+            got,
+        )
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)
@@ -87,9 +93,24 @@ def test_min_pixels_is_met_where_the_family_has_a_knob_for_it(family):
     ("family", "lo", "hi", "knob"),
     [
         ("gemma3", 2000, None, "size"),  # every image is one 32x32 view: 1024 px
-        ("llava_onevision", 2000, None, "size"),  # several images in a prompt: the 32x32 base view alone
-        ("idefics3", 4000, 5000, "size.longest_edge"),  # 1 tile (1024) or 2x2 + global (up to 5120): neither fits
-        ("internvl", 4500, 5000, "min_patches / max_patches"),  # 4 tiles + thumbnail (5120) needed, 3 + 1 allowed
+        (
+            "llava_onevision",
+            2000,
+            None,
+            "size",
+        ),  # several images in a prompt: the 32x32 base view alone
+        (
+            "idefics3",
+            4000,
+            5000,
+            "size.longest_edge",
+        ),  # 1 tile (1024) or 2x2 + global (up to 5120): neither fits
+        (
+            "internvl",
+            4500,
+            5000,
+            "min_patches / max_patches",
+        ),  # 4 tiles + thumbnail (5120) needed, 3 + 1 allowed
     ],
 )
 def test_a_minimum_the_family_cannot_meet_is_refused(family, lo, hi, knob):
@@ -100,7 +121,10 @@ def test_a_minimum_the_family_cannot_meet_is_refused(family, lo, hi, knob):
 
 @pytest.mark.parametrize(
     ("lo", "hi", "message"),
-    [(5000, 4000, r"min_pixels \(5000\) is larger than max_pixels \(4000\)"), (None, 0, "max_pixels must be")],
+    [
+        (5000, 4000, r"min_pixels \(5000\) is larger than max_pixels \(4000\)"),
+        (None, 0, "max_pixels must be"),
+    ],
 )
 def test_inconsistent_bounds_are_refused(lo, hi, message):
     with pytest.raises(Geor1Error, match=message):
@@ -132,3 +156,38 @@ def test_policy_from_a_folder_maps_max_pixels_for_smolvlm(tmp_path):
     policy = Policy(str(tmp_path / "smol"), max_pixels=5 * TILE_AREA)
     pixels = _all_pixels(policy)
     assert max(pixels) == 5 * TILE_AREA and min(pixels) >= TILE_AREA  # 2x2 tiles + the global view at most
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--model.policy.init_args.max_pixels",
+        "--model.init_args.policy.init_args.max_pixels",
+    ],
+)
+def test_max_pixels_null_on_the_command_line_unsets_it(flag, capsys):
+    """`--model.policy.init_args.max_pixels null` (jsonargparse loses a null two classes deep unless geor1 passes
+    it on as the mapping it means): the recipe's 12544 becomes null; a number still overrides."""
+    import yaml
+
+    from geor1.cli import main
+
+    def policy_args(*extra: str) -> dict:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as done:
+            main(
+                [
+                    "fit",
+                    "--config",
+                    "configs/sft/geoworld_tiny.yaml",
+                    *extra,
+                    "--print_config",
+                ]
+            )
+        assert done.value.code in (0, None)
+        return yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["policy"]["init_args"]
+
+    assert policy_args()["max_pixels"] == 12544
+    assert policy_args(flag, "null")["max_pixels"] is None
+    assert policy_args(f"{flag}=null")["max_pixels"] is None
+    assert policy_args(flag, "777")["max_pixels"] == 777

@@ -151,5 +151,5 @@ def test_a_resampled_stream_of_nothing_but_corrupt_samples_is_an_error_not_an_en
     # pair shards read as pairing episodes: every sample lacks 'k' and 'answer'
     dm = ChatShardDataModule(str(world), task="pairing", resampled=True, samples_per_epoch=8, val_split="")
     dm.setup("fit")
-    with pytest.raises(Geor1Error, match=r"all corrupt; the first: .*'k'"):
+    with pytest.raises(Geor1Error, match=r"no usable sample in .*the most common reason .*'k'"):
         next(iter(dm.train_dataloader()))
