@@ -293,7 +293,7 @@ def test_model_free_truth_with_swapped_columns(tmp_path, capsys):
     """A truth CSV whose header swaps lat and lon (points at sea the way the header reads) is refused with the fix
     named, as every CSV geor1 reads; `--lat-lon-check swap` reads it the other way round."""
     (tmp_path / "truth.csv").write_text("id,lat,lon\na,2.3522,48.8566\nb,-74.0060,40.7128\nc,151.2093,-33.8688\n")
-    (tmp_path / "pred.csv").write_text("id,text\na,\"48.85, 2.35\"\nb,\"40.71, -74.0\"\nc,\"-33.87, 151.21\"\n")
+    (tmp_path / "pred.csv").write_text('id,text\na,"48.85, 2.35"\nb,"40.71, -74.0"\nc,"-33.87, 151.21"\n')
     args = ["eval", "geolocate", "--predictions", str(tmp_path / "pred.csv"), "--truth", str(tmp_path / "truth.csv")]
     with pytest.raises(SystemExit) as done:
         main([*args, "--out", str(tmp_path / "a")])
@@ -301,3 +301,32 @@ def test_model_free_truth_with_swapped_columns(tmp_path, capsys):
     main([*args, "--out", str(tmp_path / "b"), "--lat-lon-check", "swap"])
     m = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert m["n"] == 3 and m["acc@25km"] == 1.0
+
+
+def test_sampled_evaluation_repeats_with_its_seed(world_and_model, tmp_path):
+    """do_sample: each batch is seeded from `seed` and its first key, so a rerun gives the same predictions, and
+    another seed other ones."""
+    world, model = world_and_model
+    texts = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        extra = {"model.init_args.do_sample": True, "model.init_args.seed": seed, "model.init_args.max_new_tokens": 12}
+        cfg = eval_config("geoworld_tiny.yaml", tmp_path / f"{name}.yaml", world, model, tmp_path / name, **extra)
+        run_lightning(["test", "--config", str(cfg)])
+        texts.append([r["text"] for r in read_rows(tmp_path / name / "predictions.csv")])
+    assert texts[0] == texts[1] and texts[0] != texts[2]
+
+
+def test_evaluation_batches_prompts_of_like_sizes():
+    """The group stage sorts items by prompt size within a window (stable), end-of-stream markers keep their
+    skipped keys, and nothing is lost or repeated."""
+    from geor1.data.sample import ChatSample, Prompt
+    from geor1.data.stream import ShardStream, StreamItem, item_size
+
+    sizes = [(64, 48), (32, 32), (64, 48), (32, 32), (48, 48)]
+    items = [StreamItem(ChatSample(f"k{i}", Prompt("<image>q", [Image.new("RGB", s)]))) for i, s in enumerate(sizes)]
+    items.append(StreamItem(None, ["bad"], ["field 'x': broken"]))
+    stream = ShardStream(["unused.tar"], group_window=4)
+    out = list(stream.stage_group(iter(items)))
+    keys = [e.item.key if e.item is not None else None for e in out]
+    assert keys == ["k1", "k3", "k0", "k2", "k4", None] and out[-1].skipped == ["bad"]
+    assert [item_size(e.item) for e in out[:4]] == sorted(item_size(e.item) for e in out[:4])

@@ -242,3 +242,24 @@ def test_encoder_index_mining_end_to_end(tmp_path, capsys):
     assert got["queries"] == 12 and got["gallery"] == 54 and got["queries_without_tile"] == 0
     for k in (1, 5, 10):
         assert got[f"recall@{k}"] == pytest.approx(float((rank < k).float().mean()))
+
+
+def test_index_and_mining_default_to_the_splits_present(tmp_path):
+    """A data set of one's own with no val split: `index build` and `mine episodes` take the splits it has."""
+    import shutil
+
+    from geor1 import Geor1Error
+    from geor1.data.geoworld import build_geoworld
+    from geor1.retrieval.commands import _splits
+
+    world = build_geoworld(tmp_path / "gw", num_train=2, num_val=2, num_test=2, seed=1)
+    assert _splits(None, str(world)) == ("train", "val", "test")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for shard in list(world.glob("train-*.tar")) + list(world.glob("test-*.tar")):
+        shutil.copy(shard, mine / shard.name)
+    assert _splits(None, str(mine)) == ("train", "test")
+    assert _splits("train", str(mine)) == ("train",)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Geor1Error, match="has no train, val or test shards"):
+        _splits(None, str(tmp_path / "empty"))

@@ -14,7 +14,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--shards", required=True, help="folder of pair shards")
     b.add_argument("--out", required=True, help="index folder to write")
     b.add_argument("--type", choices=["flat", "ivf", "hnsw"], default="flat")
-    b.add_argument("--splits", default="train,val,test")
+    b.add_argument(
+        "--splits", default=None, help="comma-separated splits to index (default: those of train,val,test present)"
+    )
     b.add_argument("--nlist", type=int, default=None, help="IVF cells (default ~4*sqrt(N))")
     b.add_argument("--nprobe", type=int, default=16, help="IVF cells probed per query")
     b.add_argument("--m", type=int, default=32, help="HNSW links per node")
@@ -41,15 +43,31 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--min-km", type=float, default=150.0, help="no negative closer than this to the truth")
     e.add_argument("--max-km", type=float, default=2000.0, help="neighbourhood radius (geo, hybrid)")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--splits", default="train,val,test")
+    e.add_argument(
+        "--splits", default=None, help="comma-separated splits to mine (default: those of train,val,test present)"
+    )
     e.set_defaults(handler=_mine)
+
+
+def _splits(given: str | None, shards: str) -> tuple[str, ...]:
+    """The named splits, or by default those of train, val and test that `shards` has (a data set of one's own may
+    have no val split); a one-line error when it has none of them."""
+    from geor1 import Geor1Error
+    from geor1.data.reader import shard_urls
+
+    if given is not None:
+        return tuple(s for s in given.split(",") if s)
+    present = tuple(s for s in ("train", "val", "test") if shard_urls(shards, s))
+    if not present:
+        raise Geor1Error(f"{shards} has no train, val or test shards (name other splits with --splits)")
+    return present
 
 
 def _build(ns: argparse.Namespace) -> None:
     from geor1.retrieval.index import IndexSpec, build_index
 
     spec = IndexSpec(type=ns.type, nlist=ns.nlist, nprobe=ns.nprobe, m=ns.m, ef_search=ns.ef_search)
-    index = build_index(ns.ckpt, ns.shards, ns.out, spec, tuple(s for s in ns.splits.split(",") if s), ns.batch_size)
+    index = build_index(ns.ckpt, ns.shards, ns.out, spec, _splits(ns.splits, ns.shards), ns.batch_size)
     print(f"{ns.type} index of {len(index.meta)} tiles ({index.sat.shape[1]}-d) written to {ns.out}")
 
 
@@ -120,7 +138,7 @@ def _mine(ns: argparse.Namespace) -> None:
         min_km=ns.min_km,
         max_km=ns.max_km,
         seed=ns.seed,
-        splits=tuple(s for s in ns.splits.split(",") if s),
+        splits=_splits(ns.splits, ns.shards),
     )
     report = mine_episodes(ns.index, ns.shards, ns.out, spec)
     for split, n in report.episodes.items():
