@@ -110,14 +110,25 @@ def test_config_errors(tmp_path):
     assert res.returncode != 0 and "Traceback" not in res.stderr
 
 
-def test_resume_from_a_missing_checkpoint_is_one_line(tmp_path):
-    res = run_cli(
-        "fit",
-        "--config",
-        "configs/debug/tiny_sft.yaml",
-        f"--trainer.default_root_dir={tmp_path / 'run'}",
-        "--ckpt_path",
-        str(tmp_path / "run" / "checkpoints" / "last.ckpt"),
-    )
-    _one_line_error(res, "no such checkpoint", str(tmp_path / "run" / "checkpoints" / "last.ckpt"))
+def test_resume_from_a_missing_checkpoint_is_one_line(tmp_path, capsys):
+    import pytest
+    from conftest import REPO
+
+    from geor1.cli import main
+
+    missing = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    with pytest.raises(SystemExit) as done:  # in-process: the error comes before anything is built
+        main(
+            [
+                "fit",
+                "--config",
+                str(REPO / "configs/debug/tiny_sft.yaml"),
+                f"--trainer.default_root_dir={tmp_path / 'run'}",
+                "--ckpt_path",
+                str(missing),
+            ]
+        )
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "Traceback" not in err
+    assert "no such checkpoint" in err and str(missing) in err
     assert not (tmp_path / "run").exists()

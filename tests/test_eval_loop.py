@@ -60,7 +60,19 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_geor1_test_on_geoworld_equals_single_prompt_generation(world_and_model, tmp_path):
+@pytest.fixture(scope="module")
+def one_process(world_and_model, tmp_path_factory) -> Path:
+    """`geor1 test --config configs/eval/geoworld_tiny.yaml` on one process (in this one): the reference of the
+    multi-process runs."""
+    world, model = world_and_model
+    tmp = tmp_path_factory.mktemp("one")
+    run_lightning(
+        ["test", "--config", str(eval_config("geoworld_tiny.yaml", tmp / "c.yaml", world, model, tmp / "out"))]
+    )
+    return tmp / "out"
+
+
+def test_geor1_test_on_geoworld_equals_single_prompt_generation(world_and_model, one_process):
     """`geor1 test --config configs/eval/geoworld_tiny.yaml`: a row per test place, each completion the one a
     single-prompt greedy generate gives, each answer read by the reader, and metrics from those rows."""
     from geor1.eval.samples import load_chat_samples
@@ -68,8 +80,7 @@ def test_geor1_test_on_geoworld_equals_single_prompt_generation(world_and_model,
     from geor1.reading import read_point
 
     world, model = world_and_model
-    out = tmp_path / "out"
-    run_lightning(["test", "--config", str(eval_config("geoworld_tiny.yaml", tmp_path / "c.yaml", world, model, out))])
+    out = one_process
     rows = read_rows(out / "predictions.csv")
     samples, skipped = load_chat_samples(world, "test", "geolocate")
     assert skipped == 0 and [r["key"] for r in rows] == sorted(s.key for s in samples)
@@ -105,10 +116,9 @@ def _run(args: list[str], cwd: Path) -> None:
     assert proc.returncode == 0, err[-4000:]
 
 
-def test_two_processes_give_the_same_predictions_and_metrics_as_one(world_and_model, tmp_path):
+def test_two_processes_give_the_same_predictions_and_metrics_as_one(world_and_model, one_process, tmp_path):
     world, model = world_and_model
-    one, two = tmp_path / "one", tmp_path / "two"
-    _run(["test", "--config", str(eval_config("geoworld_tiny.yaml", tmp_path / "1.yaml", world, model, one))], tmp_path)
+    one, two = one_process, tmp_path / "two"
     cfg2 = eval_config(
         "geoworld_tiny.yaml",
         tmp_path / "2.yaml",
@@ -141,7 +151,7 @@ def test_killed_and_resumed_predict_ends_with_byte_identical_files(world_and_mod
     args = ["geolocate", str(photos), "--model", str(model), "--max-new-tokens", "6", "--batch-size", "1"]
     args += ["--max-pixels", "12544", "--devices", "1"]
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    _run([*args, "--out", str(whole)], tmp_path)
+    main([*args, "--out", str(whole)])  # uninterrupted, in this process
     proc = _launch([*args, "--out", str(resumed)], tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     part = resumed / "parts" / "rank0.jsonl"
     deadline = time.monotonic() + 300
@@ -237,7 +247,7 @@ def test_an_evaluation_of_the_wrong_data_is_an_error_not_n_0(world_and_model, tm
     with pytest.raises(SystemExit) as done:
         main(["eval", "pairing", "--episodes", str(world), "--out", str(tmp_path / "a"), *common])
     err = capsys.readouterr().err
-    assert done.value.code == 2 and "no pairing sample was evaluated (7 skipped" in err
+    assert done.value.code == 2 and "no usable sample" in err and "field 'k'" in err  # the stream's own check
     assert not (tmp_path / "a" / "metrics.json").exists()
     from geor1.cot.synthesize import synthesize
 
@@ -330,3 +340,20 @@ def test_evaluation_batches_prompts_of_like_sizes():
     keys = [e.item.key if e.item is not None else None for e in out]
     assert keys == ["k1", "k3", "k0", "k2", "k4", None] and out[-1].skipped == ["bad"]
     assert [item_size(e.item) for e in out[:4]] == sorted(item_size(e.item) for e in out[:4])
+
+
+def test_fsdp2_evaluation_equals_one_process(world_and_model, one_process, tmp_path):
+    """`strategy: FSDP2Strategy` on 2 processes (gloo): the model sharded per block, decoding synchronised, the rank
+    whose samples run out first stepping with a copy of an earlier prompt (7 samples, batches of 3: 2 batches on one
+    rank, 1 on the other); the same predictions and metrics as one process."""
+    world, model = world_and_model
+    one, two = one_process, tmp_path / "two"
+    fsdp = {"class_path": "geor1.objectives.sharding.FSDP2Strategy"}
+    cfg = eval_config(
+        "geoworld_tiny.yaml", tmp_path / "2.yaml", world, model, two, **{"trainer.devices": 2, "trainer.strategy": fsdp}
+    )
+    _run(["test", "--config", str(cfg)], tmp_path)
+    lines = [len((two / "parts" / f"rank{r}.jsonl").read_text().splitlines()) for r in (0, 1)]
+    assert sorted(lines) == [3, 4]  # uneven: one rank stepped with a padding prompt while the other finished
+    assert (one / "predictions.csv").read_bytes() == (two / "predictions.csv").read_bytes()
+    assert (one / "metrics.json").read_bytes() == (two / "metrics.json").read_bytes()

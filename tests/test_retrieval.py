@@ -245,7 +245,8 @@ def test_encoder_index_mining_end_to_end(tmp_path, capsys):
 
 
 def test_index_and_mining_default_to_the_splits_present(tmp_path):
-    """A data set of one's own with no val split: `index build` and `mine episodes` take the splits it has."""
+    """A data set of one's own with no val split: `index build` takes the splits it has (mining mines the splits of
+    the index, an absent one giving no episode)."""
     import shutil
 
     from geor1 import Geor1Error

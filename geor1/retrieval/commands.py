@@ -44,7 +44,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--max-km", type=float, default=2000.0, help="neighbourhood radius (geo, hybrid)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument(
-        "--splits", default=None, help="comma-separated splits to mine (default: those of train,val,test present)"
+        "--splits",
+        default=None,
+        help="comma-separated splits to mine (default: train,val,test; a split the index lacks gives no episode)",
     )
     e.set_defaults(handler=_mine)
 
@@ -64,8 +66,10 @@ def _splits(given: str | None, shards: str) -> tuple[str, ...]:
 
 
 def _build(ns: argparse.Namespace) -> None:
+    from geor1.retrieval.embed import check_checkpoint
     from geor1.retrieval.index import IndexSpec, build_index
 
+    check_checkpoint(ns.ckpt)  # before the data: the first thing that is missing is named
     spec = IndexSpec(type=ns.type, nlist=ns.nlist, nprobe=ns.nprobe, m=ns.m, ef_search=ns.ef_search)
     index = build_index(ns.ckpt, ns.shards, ns.out, spec, _splits(ns.splits, ns.shards), ns.batch_size)
     print(f"{ns.type} index of {len(index.meta)} tiles ({index.sat.shape[1]}-d) written to {ns.out}")
@@ -138,7 +142,7 @@ def _mine(ns: argparse.Namespace) -> None:
         min_km=ns.min_km,
         max_km=ns.max_km,
         seed=ns.seed,
-        splits=_splits(ns.splits, ns.shards),
+        splits=tuple(s for s in (ns.splits or "train,val,test").split(",") if s),  # a split the index lacks: none
     )
     report = mine_episodes(ns.index, ns.shards, ns.out, spec)
     for split, n in report.episodes.items():

@@ -17,17 +17,23 @@ from geor1.data.stream import ShardStream, StreamLoader
 log = logging.getLogger(__name__)
 
 
-def load_contrastive(ckpt: str | Path, device: str = "cpu"):
-    """(ContrastiveModule in eval mode, its data hyper-parameters) from a Lightning checkpoint, loaded with
-    `weights_only=True` (no arbitrary unpickling)."""
-    from geor1.objectives.contrastive import ContrastiveModule
-
+def check_checkpoint(ckpt: str | Path) -> Path:
+    """The encoder checkpoint's path, or a one-line error saying how to make one."""
     path = Path(ckpt)
     if not path.is_file():
         raise Geor1Error(
             f"checkpoint '{path}' does not exist (train one with "
             f"`geor1 fit --config configs/retrieval/geoworld_tiny.yaml`)"
         )
+    return path
+
+
+def load_contrastive(ckpt: str | Path, device: str = "cpu"):
+    """(ContrastiveModule in eval mode, its data hyper-parameters) from a Lightning checkpoint, loaded with
+    `weights_only=True` (no arbitrary unpickling)."""
+    from geor1.objectives.contrastive import ContrastiveModule
+
+    path = check_checkpoint(ckpt)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
