@@ -37,15 +37,9 @@ def write_metrics(out: str | Path, metrics: dict[str, Any], benchmark: str | Non
             for k, v in metrics.items()
             if not isinstance(v, dict) and k not in ("n", "pairing_acc", "ci95_low", "ci95_high", "task", "model")
         ]
-        from geor1.eval.runners import letter_table
+        from geor1.eval.runners import audit_sections
 
-        audit = letter_table(metrics)
-        if audit:
-            lines += ["", "## Position of the true tile and letters answered", "", *audit]
-        shuffled = metrics.get("shuffled")
-        if isinstance(shuffled, dict) and letter_table(shuffled):
-            lines += ["", "## Candidates shuffled: position of the true tile and letters answered", ""]
-            lines += letter_table(shuffled)
+        lines += audit_sections(metrics)
     else:
         from geor1.eval.published import published_table
 

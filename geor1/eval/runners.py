@@ -229,6 +229,15 @@ def write_results(out: str | Path, metrics: dict[str, Any], preds: list[dict[str
         if isinstance(v, dict):
             continue
         lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
+    lines += audit_sections(metrics)
+    (out / "metrics.md").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def audit_sections(metrics: dict[str, Any]) -> list[str]:
+    """Markdown sections of a pairing evaluation's shortcut audit (`letter_table`): the episodes as given, then the
+    shuffled-order run's (metrics["shuffled"]) when there is one; [] without an audit."""
+    lines: list[str] = []
     audit = letter_table(metrics)
     if audit:
         lines += ["", "## Position of the true tile and letters answered", "", *audit]
@@ -236,11 +245,11 @@ def write_results(out: str | Path, metrics: dict[str, Any], preds: list[dict[str
     if isinstance(shuffled, dict) and letter_table(shuffled):
         lines += ["", "## Candidates shuffled: position of the true tile and letters answered", ""]
         lines += letter_table(shuffled)
-    (out / "metrics.md").write_text("\n".join(lines) + "\n")
-    return out
+    return lines
 
 
 __all__ = [
+    "audit_sections",
     "compare_orders",
     "evaluate_shuffled",
     "letter_table",
