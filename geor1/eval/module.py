@@ -135,7 +135,6 @@ class EvalModule(PolicyModule):
         self.writer = PredictionWriter(self.out_dir, columns, resume)
         self._pad: list[Prompt] | None = None
         self._started = 0.0
-        self._new_rows = 0
         self._reset_metrics()
 
     def _reset_metrics(self) -> None:
@@ -168,7 +167,7 @@ class EvalModule(PolicyModule):
         self._reset_metrics()
         for metric in (self.metric, self.reasons, self.skipped):
             metric.to(self.device)
-        self._started, self._new_rows = time.perf_counter(), 0
+        self._started = time.perf_counter()
 
     def test_step(self, batch: list[ChatSample], batch_idx: int) -> None:
         self._check(batch, need_truth=True)
@@ -244,7 +243,6 @@ class EvalModule(PolicyModule):
     def _update_metrics(self, rows: list[dict[str, Any]]) -> None:
         from geor1.eval.rows import update_geodesic, update_pairing
 
-        self._new_rows += len(rows)
         if self.task_name == "geolocate":
             update_geodesic(self.metric, rows, self.device)
             self.reasons.update([r.get("reason") for r in rows])
